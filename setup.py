@@ -1,0 +1,38 @@
+"""keras-roadmap: the ROADMAP loss (Ramzi et al., NeurIPS 2021) for Keras 3 / TensorFlow."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+# Ranges are the versions this package was tested with (see README, "Tested versions").
+CORE = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.15,<3.16",
+    "numpy>=2.0,<2.5",
+    "faiss-cpu>=1.15,<1.16",
+]
+EXTRAS = {
+    "tfsim": ["tensorflow-similarity==0.17.1"],
+    "cv": ["keras-cv==0.9.0"],
+    "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33"],
+    "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
+    "examples": ["scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
+    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7"],
+}
+EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "test" for dep in deps})
+
+setup(
+    name="keras-roadmap",
+    version="0.1.0",
+    description="ROADMAP: robust and decomposable average precision for image retrieval, in Keras 3",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_roadmap", "keras_roadmap.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["keras-roadmap=keras_roadmap.cli:main"]},
+    license="MIT",
+)

@@ -1,0 +1,34 @@
+"""Shared test helpers: the location of the official-code fixtures and quiet TensorFlow."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> pathlib.Path:
+    """`../shared/fixtures` beside the checkout (or $KERAS_ROADMAP_FIXTURES)."""
+    env = os.environ.get("KERAS_ROADMAP_FIXTURES")
+    path = pathlib.Path(env) if env else REPO.parent / "shared" / "fixtures"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Reference fixtures not found at {path}. Set KERAS_ROADMAP_FIXTURES to the folder "
+            "holding loss_*.npz and metrics_*.npz (the official-code outputs)."
+        )
+    return path
+
+
+def load_fixture(name: str) -> dict:
+    with np.load(fixtures_dir() / name) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture
+def fixture_loader():
+    return load_fixture
