@@ -91,12 +91,12 @@ def test_paper_mode_keeps_singletons_as_their_own_positive():
     assert np.isnan(excluded[0]) and np.isnan(excluded[3]) and np.all(np.isfinite(excluded[1:3]))
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
 def test_chunking_changes_nothing(chunk):
     labels, emb = clustered_batch(num_classes=5, per_class=5)
     labels[:3] = 99  # uneven class sizes: 3 and 2 of the first class
-    base_v, base_g = value_and_grad(ROADMAPLoss(positives_per_chunk=8), labels, emb)
-    v, g = value_and_grad(ROADMAPLoss(positives_per_chunk=chunk), labels, emb)
+    base_v, base_g = value_and_grad(ROADMAPLoss(), labels, emb)
+    v, g = value_and_grad(ROADMAPLoss(pairs_per_chunk=chunk), labels, emb)
     np.testing.assert_allclose(v, base_v, rtol=1e-6)
     np.testing.assert_allclose(g, base_g, rtol=1e-5, atol=1e-7)
 
@@ -288,7 +288,7 @@ def test_sample_weight_is_rejected_with_explanation():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"positives_per_chunk": 0}, "positives_per_chunk"), ({"tau": 0.0}, "tau must be > 0")],
+    [({"pairs_per_chunk": 0}, "pairs_per_chunk must be None or an integer >= 1"), ({"tau": 0.0}, "tau must be > 0")],
 )
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -5,38 +5,31 @@ import functools
 import keras
 from keras import ops
 
-from keras_roadmap.losses import _inputs, ranking
-from keras_roadmap.losses.average_precision import DEFAULT_SLOTS_PER_CHUNK, ap_sums
-from keras_roadmap.losses.base import RetrievalLoss, not_self, reference_in_set, same_label_matrix
+from keras_roadmap.losses import ranking
+from keras_roadmap.losses.average_precision import ap_sums
+from keras_roadmap.losses.base import RetrievalLoss
 
 # SupAP settings of the paper's iNaturalist-2018 configuration (the others use the defaults).
 INATURALIST_SUPAP = {"start": 0.0, "offset": 1.0}
 
 
-def per_query_ap(scores, labels, ref_labels, in_set, pos_step, neg_step, positive_step_has_gradient, positives_per_chunk):
-    """AP of each query from scores, and whether the query has any positive.
+def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_per_chunk):
+    """AP of each query of ``pairs`` (a :class:`~keras_roadmap.losses.base.Pairs`).
 
-    Args:
-        scores: ``(B, N)`` float.
-        labels, ref_labels: ``(B,)`` and ``(N,)`` int.
-        in_set: ``(B, N)`` bool retrieval-set mask, or None for "every item".
     Returns:
         ``(ap, has_positive)``: ``(B,)`` float (0 where there is no positive) and ``(B,)`` bool.
     """
-    same = same_label_matrix(labels, ref_labels)
-    member = ops.ones_like(same) if in_set is None else in_set
-    positive = ops.cast(ops.logical_and(same, member), scores.dtype)
-    negative = ops.cast(ops.logical_and(ops.logical_not(same), member), scores.dtype)
-    sums = ap_sums(
-        scores,
-        positive,
-        negative,
+    sums, num_positives = ap_sums(
+        pairs.scores,
+        pairs.labels,
+        pairs.ref_labels,
         pos_step,
         neg_step,
+        excluded=pairs.excluded,
+        ref_valid=pairs.ref_valid,
         positive_step_has_gradient=positive_step_has_gradient,
-        slots_per_chunk=positives_per_chunk,
+        pairs_per_chunk=pairs_per_chunk,
     )
-    num_positives = ops.sum(positive, axis=1)
     return sums / ops.maximum(num_positives, 1.0), ops.greater(num_positives, 0)
 
 
@@ -51,50 +44,37 @@ class _SmoothRankAPLoss(RetrievalLoss):
 
     positive_step_has_gradient = True
 
-    def __init__(self, *, include_self=True, positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK, name=None, dtype=None):
+    def __init__(self, *, include_self=True, pairs_per_chunk=None, name=None, dtype=None):
         super().__init__(include_self=include_self, name=name, dtype=dtype)
-        self.positives_per_chunk = int(positives_per_chunk)
-        if self.positives_per_chunk < 1:
-            raise ValueError(f"positives_per_chunk must be >= 1, got {positives_per_chunk!r}.")
+        if pairs_per_chunk is not None and int(pairs_per_chunk) < 1:
+            raise ValueError(f"pairs_per_chunk must be None or an integer >= 1, got {pairs_per_chunk!r}.")
+        self.pairs_per_chunk = None if pairs_per_chunk is None else int(pairs_per_chunk)
 
     def _steps(self):
         raise NotImplementedError
 
-    def _per_query(self, labels, embeddings, ref_labels, ref_embeddings, in_set):
-        scores = ops.matmul(embeddings, ops.transpose(ref_embeddings))
+    def _per_query(self, pairs):
         pos_step, neg_step = self._steps()
-        return per_query_ap(
-            scores,
-            labels,
-            ref_labels,
-            in_set,
-            pos_step,
-            neg_step,
-            self.positive_step_has_gradient,
-            self.positives_per_chunk,
-        )
+        return per_query_ap(pairs, pos_step, neg_step, self.positive_step_has_gradient, self.pairs_per_chunk)
 
-    def _loss_from_pairs(self, labels, embeddings, ref_labels, ref_embeddings, in_set, batch_form):
-        return mean_ap_loss(*self._per_query(labels, embeddings, ref_labels, ref_embeddings, in_set))
+    def _loss_from_pairs(self, pairs):
+        return mean_ap_loss(*self._per_query(pairs))
 
-    def average_precision(self, y_true, y_pred, ref_y_true=None, ref_y_pred=None, self_index=None):
+    def average_precision(self, y_true, y_pred, ref_y_true=None, ref_y_pred=None, self_index=None, ref_mask=None):
         """Smoothed AP of each query, ``(B,)``; NaN for a query without positive.
 
         Without a reference the batch is the retrieval set (as in ``call``); with one, as in
         ``call_with_reference``.
         """
-        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
         if ref_y_pred is None:
-            in_set = None if self.include_self else not_self(embeddings)
-            ap, has_positive = self._per_query(labels, embeddings, labels, embeddings, in_set)
+            pairs = self._batch_pairs(y_true, y_pred)
         else:
-            ref_labels, ref_embeddings = _inputs.prepare_reference(ref_y_true, ref_y_pred, self.dtype, embeddings)
-            in_set = None if self.include_self else reference_in_set(ref_embeddings, self_index)
-            ap, has_positive = self._per_query(labels, embeddings, ref_labels, ref_embeddings, in_set)
+            pairs = self._reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+        ap, has_positive = self._per_query(pairs)
         return ops.where(has_positive, ap, ops.full_like(ap, float("nan")))
 
     def get_config(self):
-        return {**super().get_config(), "positives_per_chunk": self.positives_per_chunk}
+        return {**super().get_config(), "pairs_per_chunk": self.pairs_per_chunk}
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
@@ -117,8 +97,8 @@ class SupAPLoss(_SmoothRankAPLoss):
             its own retrieval set (its own top positive). False gives the textbook AP over the
             other items; a query without any other positive is then left out of the mean, and a
             batch without any positive pair gives 0.
-        positives_per_chunk: positives ranked per loop step; bounds memory to
-            ``O(B * positives_per_chunk * N)`` (8).
+        pairs_per_chunk: (query, positive) pairs ranked per loop step; memory is
+            ``O(pairs_per_chunk * N)``. None (default) picks about 2**20 scores per step.
         name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
 
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D))`` -> scalar.
@@ -141,11 +121,11 @@ class SupAPLoss(_SmoothRankAPLoss):
         offset=1.44,
         *,
         include_self=True,
-        positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK,
+        pairs_per_chunk=None,
         name="supap_loss",
         dtype=None,
     ):
-        super().__init__(include_self=include_self, positives_per_chunk=positives_per_chunk, name=name, dtype=dtype)
+        super().__init__(include_self=include_self, pairs_per_chunk=pairs_per_chunk, name=name, dtype=dtype)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau!r}.")
         self.tau, self.rho, self.delta = float(tau), float(rho), float(delta)
@@ -179,13 +159,13 @@ class SmoothAPLoss(_SmoothRankAPLoss):
 
     Args:
         tau: sigmoid temperature (0.01).
-        include_self, positives_per_chunk, name, dtype: as for :class:`SupAPLoss`.
+        include_self, pairs_per_chunk, name, dtype: as for :class:`SupAPLoss`.
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar.
     """
 
-    def __init__(self, tau=0.01, *, include_self=True, positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK, name="smoothap_loss", dtype=None):
-        super().__init__(include_self=include_self, positives_per_chunk=positives_per_chunk, name=name, dtype=dtype)
+    def __init__(self, tau=0.01, *, include_self=True, pairs_per_chunk=None, name="smoothap_loss", dtype=None):
+        super().__init__(include_self=include_self, pairs_per_chunk=pairs_per_chunk, name=name, dtype=dtype)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau!r}.")
         self.tau = float(tau)
@@ -213,6 +193,7 @@ def heaviside_average_precision(
     *,
     include_self=True,
     self_index=None,
+    ref_mask=None,
     dtype="float32",
 ):
     """Exact (non-smooth) AP of each query, as a ``(B,)`` tensor (NaN without a positive).
@@ -229,5 +210,5 @@ def heaviside_average_precision(
         reference_labels, reference_embeddings: optional ``(N,)`` and ``(N, D)``.
     """
     exact = _HeavisideAP(include_self=include_self, dtype=dtype)
-    ap = exact.average_precision(labels, embeddings, reference_labels, reference_embeddings, self_index)
+    ap = exact.average_precision(labels, embeddings, reference_labels, reference_embeddings, self_index, ref_mask)
     return ops.stop_gradient(ap)

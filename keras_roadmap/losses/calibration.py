@@ -10,15 +10,9 @@ embeddings are L2-normalised first whatever the model outputs.
 import keras
 from keras import ops
 
-from keras_roadmap.losses.base import RetrievalLoss, not_self, same_label_matrix
+from keras_roadmap.losses.base import RetrievalLoss
 
 NORM_EPSILON = 1e-12
-
-
-def l2_normalize(x):
-    """Rows divided by ``max(||row||, 1e-12)``; shape preserved."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.maximum(norm, NORM_EPSILON)
 
 
 def _mean_of_nonzero(terms):
@@ -26,12 +20,16 @@ def _mean_of_nonzero(terms):
     return ops.sum(terms) / ops.maximum(count, 1.0)
 
 
-def calibration_loss(query_embeddings, reference_embeddings, same_label, pair_mask, pos_margin, neg_margin):
-    """Contrastive calibration loss between queries and a reference set.
+def inverse_norm(x):
+    """``1 / max(||row||, 1e-12)`` of each row, ``(n,)`` (torch.nn.functional.normalize's guard)."""
+    return 1.0 / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
+
+
+def calibration_loss(cosine, same_label, pair_mask, pos_margin, neg_margin):
+    """Contrastive calibration loss from a cosine-similarity matrix.
 
     Args:
-        query_embeddings: ``(B, D)`` float.
-        reference_embeddings: ``(N, D)`` float (the batch itself for the batch form).
+        cosine: ``(B, N)`` float cosine similarities between queries and items.
         same_label: ``(B, N)`` bool, pair shares a label.
         pair_mask: ``(B, N)`` bool, pair takes part (the batch form drops ``i == j``).
         pos_margin, neg_margin: python floats (paper: 0.9 and 0.6).
@@ -39,12 +37,11 @@ def calibration_loss(query_embeddings, reference_embeddings, same_label, pair_ma
         Scalar: mean of non-zero ``relu(pos_margin - cos)`` over positive pairs plus mean of
         non-zero ``relu(cos - neg_margin)`` over negative pairs.
     """
-    cos = ops.matmul(l2_normalize(query_embeddings), ops.transpose(l2_normalize(reference_embeddings)))
-    zeros = ops.zeros_like(cos)
+    zeros = ops.zeros_like(cosine)
     positive_pairs = ops.logical_and(same_label, pair_mask)
     negative_pairs = ops.logical_and(ops.logical_not(same_label), pair_mask)
-    pos_terms = ops.where(positive_pairs, ops.relu(pos_margin - cos), zeros)
-    neg_terms = ops.where(negative_pairs, ops.relu(cos - neg_margin), zeros)
+    pos_terms = ops.where(positive_pairs, ops.relu(pos_margin - cosine), zeros)
+    neg_terms = ops.where(negative_pairs, ops.relu(cosine - neg_margin), zeros)
     return _mean_of_nonzero(pos_terms) + _mean_of_nonzero(neg_terms)
 
 
@@ -72,12 +69,15 @@ class CalibrationLoss(RetrievalLoss):
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
 
-    def _loss_from_pairs(self, labels, embeddings, ref_labels, ref_embeddings, in_set, batch_form):
-        same = same_label_matrix(labels, ref_labels)
-        pair_mask = ops.ones_like(same) if in_set is None else in_set
-        if batch_form:
-            pair_mask = ops.logical_and(pair_mask, not_self(embeddings))
-        return calibration_loss(embeddings, ref_embeddings, same, pair_mask, self.pos_margin, self.neg_margin)
+    def _loss_from_pairs(self, pairs):
+        # Cosine from the shared dot-product matrix: one (B, D) x (D, N) product serves both terms.
+        cosine = (
+            pairs.scores
+            * ops.expand_dims(inverse_norm(pairs.embeddings), 1)
+            * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
+        )
+        pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
+        return calibration_loss(cosine, pairs.same_label(), pair_mask, self.pos_margin, self.neg_margin)
 
     def get_config(self):
         return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}

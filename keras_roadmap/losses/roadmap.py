@@ -3,7 +3,6 @@
 import keras
 
 from keras_roadmap.losses.ap_losses import INATURALIST_SUPAP, SupAPLoss
-from keras_roadmap.losses.average_precision import DEFAULT_SLOTS_PER_CHUNK
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.losses.calibration import CalibrationLoss
 
@@ -22,7 +21,7 @@ class ROADMAPLoss(RetrievalLoss):
         ap_weight, calibration_weight: weights of the two terms (1.0, 1.0).
         include_self: True (default) reproduces the paper's code (each query is in its own
             retrieval set); False gives the textbook AP (see :class:`SupAPLoss`).
-        positives_per_chunk: memory/speed knob of the SupAP kernel (8).
+        pairs_per_chunk: memory/speed knob of the SupAP kernel (None: automatic).
         name, dtype: as for ``keras.losses.Loss`` (float32 by default).
 
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D) float)`` -> scalar.
@@ -48,13 +47,13 @@ class ROADMAPLoss(RetrievalLoss):
         calibration_weight=1.0,
         *,
         include_self=True,
-        positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK,
+        pairs_per_chunk=None,
         name="roadmap_loss",
         dtype=None,
     ):
         super().__init__(include_self=include_self, name=name, dtype=dtype)
         self.supap = SupAPLoss(
-            tau, rho, delta, start, offset, include_self=include_self, positives_per_chunk=positives_per_chunk, dtype=dtype
+            tau, rho, delta, start, offset, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype
         )
         self.calibration = CalibrationLoss(pos_margin, neg_margin, include_self=include_self, dtype=dtype)
         self.ap_weight = float(ap_weight)
@@ -65,7 +64,7 @@ class ROADMAPLoss(RetrievalLoss):
         """ROADMAP with the paper's iNaturalist-2018 settings (SupAP ``start=0.0, offset=1.0``)."""
         return cls(**{**INATURALIST_SUPAP, **kwargs})
 
-    def _loss_from_pairs(self, labels, embeddings, ref_labels, ref_embeddings, in_set, batch_form):
+    def _loss_from_pairs(self, pairs):
         terms = (
             (self.ap_weight, self.supap),
             (self.calibration_weight, self.calibration),
@@ -73,16 +72,14 @@ class ROADMAPLoss(RetrievalLoss):
         total = 0.0
         for weight, loss in terms:
             if weight != 0.0:
-                total = total + weight * loss._loss_from_pairs(
-                    labels, embeddings, ref_labels, ref_embeddings, in_set, batch_form
-                )
+                total = total + weight * loss._loss_from_pairs(pairs)
         return total
 
     def get_config(self):
         supap, calibration = self.supap.get_config(), self.calibration.get_config()
         return {
             **super().get_config(),
-            **{k: supap[k] for k in ("tau", "rho", "delta", "start", "offset", "positives_per_chunk")},
+            **{k: supap[k] for k in ("tau", "rho", "delta", "start", "offset", "pairs_per_chunk")},
             "pos_margin": calibration["pos_margin"],
             "neg_margin": calibration["neg_margin"],
             "ap_weight": self.ap_weight,
