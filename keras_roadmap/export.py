@@ -566,9 +566,16 @@ def to_onnx(
         raise ExportError(f"{path} is a directory; ONNX export writes one file (e.g. model.onnx).")
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    model_proto, _ = tf2onnx.convert.from_function(
-        tf.function(plan.fn), input_signature=[_input_spec(plan)], opset=opset
-    )
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(
+            tf.function(plan.fn), input_signature=[_input_spec(plan)], opset=opset
+        )
+    except Exception as exc:  # noqa: BLE001 - converter failures surface as one readable error
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"tf2onnx could not convert the model at opset {opset}: {message}. Try a newer "
+            "opset (--opset 18), or export a SavedModel instead."
+        ) from exc
     spatial = ["batch", "height", "width", None] if with_preprocessing else ["batch"]
     _name_dynamic_axes(model_proto.graph.input[0], spatial)
     _name_dynamic_axes(model_proto.graph.output[0], ["batch"])
@@ -577,7 +584,16 @@ def to_onnx(
     entry = model_proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(contract)
     model_proto.producer_name = "keras-roadmap"
-    onnx.checker.check_model(model_proto)
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as exc:
+        # tf2onnx logs unsupported TF ops and leaves them in the graph; the checker catches them.
+        message = str(exc).strip().splitlines()[0]
+        raise ExportError(
+            f"tf2onnx produced an invalid ONNX graph at opset {opset} ({message}): the model uses "
+            "a TensorFlow op the converter does not support. Try a newer opset, replace that op, "
+            "or export a SavedModel instead."
+        ) from exc
     onnx.save(model_proto, str(path))
 
     diff = float("nan")

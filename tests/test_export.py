@@ -258,6 +258,23 @@ def test_unknown_format_and_bad_paths(dense_model, tmp_path):
     assert report.format == "onnx"
 
 
+class _Igamma(keras.layers.Layer):
+    """tf.math.igamma has no ONNX conversion."""
+
+    def call(self, x):
+        return tf.math.igamma(tf.abs(x) + 1.0, tf.abs(x) + 1.0)
+
+
+def test_unconvertible_op_is_a_clear_error(tmp_path):
+    x = keras.Input((4,))
+    model = keras.Model(x, _Igamma()(keras.layers.Dense(3)(x)))
+    with pytest.raises(ex.ExportError, match="Igamma.*does not support.*SavedModel"):
+        ex.to_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    # The SavedModel route keeps the TF op.
+    assert ex.to_saved_model(model, tmp_path / "sm").max_abs_diff <= 1e-4
+
+
 @pytest.mark.parametrize("missing", ["tf2onnx", "onnx", "onnxruntime"])
 def test_missing_export_extra_is_named(dense_model, tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees when it is not installed
