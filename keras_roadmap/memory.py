@@ -1,0 +1,169 @@
+"""Cross-batch memory (XBM): past embeddings that each query is also ranked against.
+
+ROADMAP's second answer to the non-decomposability of AP: rank each query against more items
+than its batch holds. The memory stores detached embeddings, labels and (in keyed mode) sample
+ids as non-trainable Keras variables, so it is part of the model's weights, of
+``model.save_weights`` / ``ModelCheckpoint`` / ``BackupAndRestore``, and an interrupted run
+resumes with the memory it had.
+
+Order of operations (as in the official code): at every training step the current batch is
+written into the memory *first*, then the memory terms of the loss are computed against the
+updated memory, so each query's own stored copy is one of its positives.
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class CrossBatchMemory(keras.layers.Layer):
+    """A memory bank of ``size`` embeddings with their labels.
+
+    Args:
+        size: number of slots M. Keyed mode: sample ids must lie in ``[0, size)`` (use the
+            dataset size, as the official SOP/CUB settings: 59,551 / 5,824). FIFO mode: choose
+            a multiple of the batch size (official iNaturalist: 60,000).
+        embedding_dim: D; None to take it from the encoder when a trainer is built.
+        unique: True (keyed, default): slot = sample id, so an image seen again overwrites its
+            own slot and each image is stored once (the official dict-keyed memory). False:
+            FIFO ring buffer, the oldest batch is overwritten.
+        activate_after: training steps before the memory terms join the loss (the memory is
+            filled from the first step, so it is warm when it activates).
+        weight: weight of the memory terms in the total loss (1.0).
+
+    State (non-trainable variables): ``embeddings (M + 1, D)`` float32, ``labels (M + 1,)``
+    int64, ``filled (M + 1,)`` int32 0/1, ``pointer`` (FIFO write position), ``steps`` (enqueue
+    count) and ``out_of_range`` (keyed ids that did not fit). Row M is a spare slot that
+    swallows out-of-range keyed writes and is never part of the reference.
+    """
+
+    def __init__(self, size, embedding_dim=None, unique=True, activate_after=0, weight=1.0, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        if int(size) < 1:
+            raise ValueError(f"CrossBatchMemory size must be >= 1, got {size!r}.")
+        if int(activate_after) < 0:
+            raise ValueError(f"activate_after must be >= 0 steps, got {activate_after!r}.")
+        self.size = int(size)
+        self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
+        self.unique = bool(unique)
+        self.activate_after = int(activate_after)
+        self.weight = float(weight)
+        if self.embedding_dim is not None:
+            self.build_for_dim(self.embedding_dim)
+
+    def build_for_dim(self, embedding_dim):
+        """Create the state variables for embeddings of dimension ``embedding_dim``."""
+        if self.built:
+            if int(embedding_dim) != self.embedding_dim:
+                raise ValueError(
+                    f"CrossBatchMemory was built for dimension {self.embedding_dim}, got embeddings of dimension {embedding_dim}."
+                )
+            return
+        self.embedding_dim = int(embedding_dim)
+        rows = self.size + 1
+        self.embeddings = self.add_weight(
+            shape=(rows, self.embedding_dim), initializer="zeros", dtype="float32", trainable=False, name="embeddings"
+        )
+        self.labels = self.add_weight(shape=(rows,), initializer="zeros", dtype="int64", trainable=False, name="labels")
+        self.filled = self.add_weight(shape=(rows,), initializer="zeros", dtype="int32", trainable=False, name="filled")
+        self.pointer = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="pointer")
+        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
+        self.out_of_range = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False, name="out_of_range"
+        )
+        self.built = True
+
+    def build(self, input_shape=None):
+        if input_shape is not None and input_shape[-1] is not None:
+            self.build_for_dim(input_shape[-1])
+
+    def _require_built(self):
+        if not self.built:
+            raise ValueError("CrossBatchMemory is not built: give embedding_dim or call build_for_dim(D) first.")
+
+    def slots_for(self, batch_size, sample_ids=None):
+        """``(B,)`` int32 rows the batch will be written to (the spare row for bad keyed ids)."""
+        self._require_built()
+        if self.unique:
+            if sample_ids is None:
+                raise ValueError(
+                    "CrossBatchMemory(unique=True) needs sample ids: make the dataset yield "
+                    "(images, {'label': labels, 'sample_id': ids}) or use unique=False (FIFO)."
+                )
+            ids = ops.reshape(ops.convert_to_tensor(sample_ids), (-1,))
+            in_range = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, self.size))
+            return ops.cast(ops.where(in_range, ids, self.size), "int32")
+        offsets = ops.arange(batch_size, dtype="int32")
+        return (self.pointer + offsets) % self.size
+
+    def updated_state(self, embeddings, labels, sample_ids=None):
+        """The memory with the batch written in, without assigning it.
+
+        Args:
+            embeddings: ``(B, D)`` float (detached here).
+            labels: ``(B,)`` int.
+            sample_ids: ``(B,)`` int, required in keyed mode.
+        Returns:
+            dict with ``embeddings (M+1, D)``, ``labels (M+1,)``, ``filled (M+1,)``,
+            ``pointer``, ``steps``, ``out_of_range`` (the new state) and ``slots (B,)``.
+        """
+        self._require_built()
+        embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))
+        batch = ops.shape(embeddings)[0]
+        slots = self.slots_for(batch, sample_ids)
+        index = ops.expand_dims(slots, 1)
+        filled = ops.scatter_update(self.filled, index, ops.ones((batch,), "int32"))
+        # The spare row swallows out-of-range writes and must never count as an item.
+        filled = ops.slice_update(filled, (self.size,), ops.zeros((1,), "int32"))
+        bad = ops.sum(ops.cast(ops.equal(slots, self.size), "int64"))
+        return {
+            "embeddings": ops.scatter_update(self.embeddings, index, embeddings),
+            "labels": ops.scatter_update(self.labels, index, ops.cast(ops.reshape(labels, (-1,)), "int64")),
+            "filled": filled,
+            "pointer": (self.pointer + ops.cast(batch, "int32")) % self.size,
+            "steps": self.steps + 1,
+            "out_of_range": self.out_of_range + bad,
+            "slots": slots,
+        }
+
+    def assign_state(self, state):
+        """Write a state returned by :meth:`updated_state` into the variables."""
+        for name in ("embeddings", "labels", "filled", "pointer", "steps", "out_of_range"):
+            getattr(self, name).assign(state[name])
+
+    def enqueue(self, embeddings, labels, sample_ids=None):
+        """Write a batch into the memory; returns the ``(B,)`` slots used."""
+        state = self.updated_state(embeddings, labels, sample_ids)
+        self.assign_state(state)
+        return state["slots"]
+
+    def is_active(self, steps=None):
+        """Whether the memory terms count at this step (``steps`` defaults to the stored count)."""
+        steps = self.steps if steps is None else steps
+        return ops.greater_equal(steps, self.activate_after)
+
+    def reset(self):
+        """Empty the memory (e.g. between two trainings)."""
+        self._require_built()
+        for variable in (self.embeddings, self.labels, self.filled, self.pointer, self.steps, self.out_of_range):
+            variable.assign(ops.zeros_like(variable))
+
+    def num_filled(self):
+        """Number of slots holding an item (python int; eager only)."""
+        return int(ops.convert_to_numpy(ops.sum(self.filled)))
+
+    def call(self, inputs):
+        raise NotImplementedError(
+            "CrossBatchMemory is not called on inputs: give it to RetrievalTrainer(encoder, memory=...)."
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "embedding_dim": self.embedding_dim,
+            "unique": self.unique,
+            "activate_after": self.activate_after,
+            "weight": self.weight,
+        }
