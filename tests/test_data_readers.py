@@ -287,3 +287,16 @@ def test_split_validates_its_fields():
         RetrievalSplit("x", ["a", "b"], np.array([0, 1], np.int32), None, np.arange(2), ["a", "b"])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\)"):
         RetrievalSplit("x", ["a", "b"], np.array([0, 1]), None, np.arange(2), ["a"])
+
+
+def test_readers_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from keras_roadmap.data import load_sop, RetrievalSplit; import keras_roadmap.samplers; "
+        "assert 'tensorflow' not in sys.modules, 'readers and samplers must not import TensorFlow'"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

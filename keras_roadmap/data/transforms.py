@@ -107,7 +107,8 @@ class RandomResizedCrop:
             use_image_if_no_bounding_boxes=True,
         )
         if self._layer is not None:
-            return self._layer.augment_image(tf.cast(image, tf.float32), transformation=boxes[0])
+            # crop_and_resize reads uint8 directly and returns float32: no full-image cast.
+            return self._layer.augment_image(image, transformation=boxes[0])
         crop = tf.slice(image, begin, extent)
         return tf.image.resize(crop, (self.size, self.size), method="bilinear")
 
