@@ -1,0 +1,635 @@
+"""Export a Keras embedder to a TensorFlow SavedModel or to ONNX, then check the artifact.
+
+Both exporters wrap the model in one serving function with
+
+* a dynamic batch axis and a named input (``"inputs"``, or ``"images"`` when preprocessing is
+  baked in) and a named output ``"embeddings"`` of shape (batch, D), float32;
+* optionally, **preprocessing baked in**: the artifact takes uint8 RGB images (N, H, W, 3) of
+  any H, W and applies the ImageNet evaluation transform (see :func:`imagenet_eval_preprocess`);
+* optionally, **L2 normalisation baked in** on the output.
+
+After writing, the artifact is reloaded (``tf.saved_model.load`` / onnxruntime with an explicit
+thread count), run on a seeded probe batch and on its first row alone (to prove the batch axis is
+dynamic), and compared with the Keras model with the same preprocessing and normalisation applied
+on the Keras side. A difference above ``atol`` raises :class:`ExportVerificationError`.
+
+The serving contract (input name/dtype, image size, mean/std, L2 flag, embedding size) is stored
+in the artifact itself: as ONNX ``metadata_props`` under :data:`CONTRACT_KEY`, and for a
+SavedModel as ``assets.extra/keras_roadmap.json``. The deployment scripts in the repository's
+top-level ``export/`` folder read it, so they need no flags that must match the export.
+
+This module is TensorFlow-specific on purpose; onnx, tf2onnx and onnxruntime are imported only
+inside the functions that need them (``pip install keras-roadmap[export]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+#: ImageNet channel statistics (RGB, on pixel values scaled to [0, 1]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The centre crop keeps this fraction of the resized shorter side (224 of 256, as in ROADMAP).
+CENTER_CROP_FRACTION = 0.875
+#: Key of the JSON serving contract in ONNX ``metadata_props``.
+CONTRACT_KEY = "keras_roadmap.serving_contract"
+#: File holding the same contract inside a SavedModel directory.
+SAVED_MODEL_CONTRACT_FILE = os.path.join("assets.extra", "keras_roadmap.json")
+#: Name of the exported preprocessing, as written in the contract.
+PREPROCESSING_NAME = "imagenet_resize_shorter_center_crop"
+
+OUTPUT_NAME = "embeddings"
+FORMATS = ("saved_model", "onnx")
+_VERIFY_THREADS = 2
+_EXPORT_EXTRA_HINT = "pip install keras-roadmap[export]"
+
+
+class ExportError(ValueError):
+    """The model or the arguments cannot be exported as asked (the message says why)."""
+
+
+class NotAnEmbedderError(ExportError):
+    """The model does not map one input to one (batch, D) embedding tensor."""
+
+
+class ExportVerificationError(RuntimeError):
+    """The reloaded artifact's outputs differ from the Keras model's by more than ``atol``.
+
+    Attributes:
+        report: the :class:`ExportReport` of the failed check (``max_abs_diff`` included).
+    """
+
+    def __init__(self, message: str, report: "ExportReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What was exported and how well it matches the Keras model.
+
+    Attributes:
+        path: where the artifact was written (a directory for SavedModel, a file for ONNX).
+        format: ``"saved_model"`` or ``"onnx"``.
+        input_name: name of the single input (``"images"`` or ``"inputs"``).
+        input_shape: input shape, ``None`` for dynamic axes, e.g. ``(None, None, None, 3)``.
+        input_dtype: ``"uint8"`` with preprocessing baked in, else the model's input dtype.
+        output_name: ``"embeddings"``.
+        output_dim: embedding size D.
+        with_preprocessing, image_size, l2_normalize: what was baked in.
+        max_abs_diff: largest |artifact - Keras| over the probe batch (``nan`` if not verified).
+        atol: the tolerance it was held to.
+        seconds: wall time of export plus verification.
+    """
+
+    path: str
+    format: str
+    input_name: str
+    input_shape: tuple
+    input_dtype: str
+    output_name: str
+    output_dim: int
+    with_preprocessing: bool
+    image_size: Optional[int]
+    l2_normalize: bool
+    max_abs_diff: float
+    atol: float
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        shape = "[" + ", ".join("?" if d is None else str(d) for d in self.input_shape) + "]"
+        check = (
+            "not verified"
+            if np.isnan(self.max_abs_diff)
+            else f"max |diff| vs Keras {self.max_abs_diff:.2e} (atol {self.atol:g})"
+        )
+        return (
+            f"exported {self.format} to {self.path}: '{self.input_name}' {self.input_dtype} {shape} "
+            f"-> '{self.output_name}' float32 [?, {self.output_dim}]; {check}; {self.seconds:.1f} s"
+        )
+
+
+def resize_size_for(image_size: int) -> int:
+    """Shorter-side length images are resized to before the centre crop (224 -> 256)."""
+    return int(round(image_size / CENTER_CROP_FRACTION))
+
+
+def imagenet_eval_preprocess(images, image_size: int):
+    """The evaluation transform baked into exported artifacts (TensorFlow ops, graph-safe).
+
+    Resize the shorter side to ``resize_size_for(image_size)`` (bilinear, half-pixel centres, no
+    antialiasing; the longer side scaled by the same factor, rounded down), centre-crop
+    ``image_size`` x ``image_size``, scale to [0, 1] and normalise with the ImageNet mean/std.
+    This is the usual torchvision ``Resize(256) + CenterCrop(224) + Normalize`` evaluation
+    transform, and the one ROADMAP evaluates with.
+
+    Args:
+        images: uint8 (or any real dtype holding 0..255 values) tensor (N, H, W, 3), RGB.
+        image_size: side of the square crop fed to the model.
+
+    Returns:
+        float32 tensor (N, image_size, image_size, 3).
+    """
+    import tensorflow as tf
+
+    resize_to = resize_size_for(image_size)
+    x = tf.cast(images, tf.float32)
+    shape = tf.shape(x)
+    height, width = shape[1], shape[2]
+    shorter = tf.minimum(height, width)
+    new_height = height * resize_to // shorter
+    new_width = width * resize_to // shorter
+    x = tf.image.resize(x, tf.stack([new_height, new_width]), method="bilinear", antialias=False)
+    top = (new_height - image_size) // 2
+    left = (new_width - image_size) // 2
+    x = x[:, top : top + image_size, left : left + image_size, :]
+    x = tf.ensure_shape(x, [None, image_size, image_size, 3])
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return (x / 255.0 - mean) / std
+
+
+# --------------------------------------------------------------------------------------------
+# Building the serving function
+
+
+@dataclasses.dataclass(frozen=True)
+class _ServingPlan:
+    """Everything both exporters and the verifier share."""
+
+    fn: Callable  # serving function: input tensor -> {"embeddings": (N, D)}
+    keras_reference: Callable  # numpy input -> numpy (N, D), the Keras side of the parity check
+    input_name: str
+    input_shape: tuple
+    input_dtype: str
+    image_size: Optional[int]
+    probe: np.ndarray
+    with_preprocessing: bool
+    l2_normalize: bool
+
+
+def _model_input_shape(model) -> Optional[tuple]:
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return None
+    if len(inputs) != 1:
+        raise NotAnEmbedderError(
+            f"The model has {len(inputs)} inputs; an embedder for export must take exactly one "
+            "(a batch of images or feature vectors)."
+        )
+    return tuple(inputs[0].shape)
+
+
+def _model_input_dtype(model) -> str:
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        return str(np.dtype(inputs[0].dtype))
+    return "float32"
+
+
+def _resolve_image_size(input_shape: Optional[tuple], image_size: Optional[int]) -> int:
+    if input_shape is not None:
+        if len(input_shape) != 4 or input_shape[-1] != 3:
+            raise ExportError(
+                f"with_preprocessing=True needs an image model taking (N, H, W, 3) inputs; this "
+                f"model takes {input_shape}. Export it without preprocessing."
+            )
+        height, width = input_shape[1], input_shape[2]
+        if height is not None and width is not None:
+            if height != width:
+                raise ExportError(
+                    f"The model takes {height}x{width} images but the baked-in preprocessing "
+                    "produces square crops; give the model a square (or dynamic) input size."
+                )
+            if image_size is not None and image_size != height:
+                raise ExportError(
+                    f"image_size={image_size} does not match the model's input size {height}; "
+                    f"pass image_size={height} (or leave it out)."
+                )
+            return int(height)
+    if image_size is None:
+        raise ExportError(
+            "with_preprocessing=True and the model's input size is dynamic: pass image_size "
+            "(e.g. image_size=224, or --image-size 224 on the command line)."
+        )
+    if int(image_size) < 1:
+        raise ExportError(f"image_size must be a positive integer, got {image_size}.")
+    return int(image_size)
+
+
+def _default_probe(input_shape, dtype: str, with_preprocessing: bool, image_size, seed: int):
+    rng = np.random.default_rng(seed)
+    if with_preprocessing:
+        # Non-square and larger than the crop, so that resize and crop both do real work.
+        resize_to = resize_size_for(image_size)
+        return rng.integers(0, 256, size=(3, resize_to + 7, resize_to + 23, 3), dtype=np.uint8)
+    if input_shape is None:
+        raise ExportError(
+            "The model has no known input shape (a subclassed model that was never built): pass "
+            "probe=<a numpy batch the model accepts> so the export can be traced and checked."
+        )
+    dims = list(input_shape[1:])
+    if any(d is None for d in dims):
+        if len(dims) == 3 and dims[-1] is not None and image_size is not None:
+            dims = [image_size, image_size, dims[-1]]
+        else:
+            raise ExportError(
+                f"The model's input shape {input_shape} has dynamic axes besides the batch: pass "
+                "image_size (image models) or probe=<a numpy batch> to fix the verification input."
+            )
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return rng.integers(0, 256, size=(3, *dims)).astype(dtype)
+    return rng.standard_normal((3, *dims)).astype(dtype)
+
+
+def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0) -> _ServingPlan:
+    import keras
+    import tensorflow as tf
+
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"Expected a keras.Model, got {type(model).__name__}.")
+    input_shape = _model_input_shape(model)
+    if with_preprocessing:
+        image_size = _resolve_image_size(input_shape, image_size)
+    elif image_size is not None and input_shape is not None and len(input_shape) != 4:
+        raise ExportError(
+            f"image_size={image_size} only applies to image models (N, H, W, 3); this model "
+            f"takes {input_shape}."
+        )
+
+    model_dtype = _model_input_dtype(model)
+    if probe is None:
+        probe = _default_probe(input_shape, model_dtype, with_preprocessing, image_size, seed)
+    probe = np.asarray(probe)
+    if with_preprocessing:
+        if probe.ndim != 4 or probe.shape[-1] != 3 or probe.dtype != np.uint8:
+            raise ExportError(
+                "With preprocessing baked in, probe must be uint8 images (N, H, W, 3); got "
+                f"{probe.dtype} {probe.shape}."
+            )
+        signature_shape = (None, None, None, 3)
+        input_name, input_dtype = "images", "uint8"
+    else:
+        if input_shape is not None:
+            expected = tuple(input_shape[1:])
+            ok = probe.ndim == len(input_shape) and all(
+                e is None or e == g for e, g in zip(expected, probe.shape[1:])
+            )
+            if not ok:
+                raise ExportError(f"probe has shape {probe.shape}; the model takes {input_shape}.")
+            signature_shape = (None, *expected)
+            if any(d is None for d in expected) and image_size is not None:
+                signature_shape = (None, image_size, image_size, expected[-1])
+        else:
+            signature_shape = (None, *probe.shape[1:])
+        input_name, input_dtype = "inputs", model_dtype
+        probe = probe.astype(input_dtype, copy=False)
+    if probe.shape[0] < 1:
+        raise ExportError("probe must hold at least one example.")
+
+    def embed(x):
+        if with_preprocessing:
+            x = imagenet_eval_preprocess(x, image_size)
+        y = model(x, training=False)
+        if isinstance(y, (list, tuple, dict)):
+            raise NotAnEmbedderError(
+                "The model returns several outputs; an embedder for export must return one "
+                "(batch, D) tensor."
+            )
+        if len(y.shape) != 2:
+            raise NotAnEmbedderError(
+                f"Not an embedder: the model's output has shape {tuple(y.shape)} (rank "
+                f"{len(y.shape)}); export needs a rank-2 (batch, D) embedding output. Add a "
+                "pooling/Flatten + Dense head, or export the embedding sub-model."
+            )
+        y = tf.cast(y, tf.float32)
+        if l2_normalize:
+            y = keras.ops.normalize(y, axis=-1, order=2)
+        return y
+
+    def serve(x):
+        return {OUTPUT_NAME: embed(x)}
+
+    def keras_reference(batch: np.ndarray) -> np.ndarray:
+        return keras.ops.convert_to_numpy(embed(tf.constant(batch)))
+
+    return _ServingPlan(
+        fn=serve,
+        keras_reference=keras_reference,
+        input_name=input_name,
+        input_shape=tuple(signature_shape),
+        input_dtype=input_dtype,
+        image_size=image_size,
+        probe=probe,
+        with_preprocessing=with_preprocessing,
+        l2_normalize=l2_normalize,
+    )
+
+
+def _input_spec(plan: _ServingPlan):
+    import tensorflow as tf
+
+    return tf.TensorSpec(plan.input_shape, tf.dtypes.as_dtype(plan.input_dtype), name=plan.input_name)
+
+
+def serving_contract(plan_or_report) -> dict:
+    """The JSON-serialisable serving contract stored in the artifact (see module docstring)."""
+    p = plan_or_report
+    contract = {
+        "format_version": 1,
+        "input_name": p.input_name,
+        "input_dtype": p.input_dtype,
+        "input_shape": list(p.input_shape),
+        "output_name": OUTPUT_NAME,
+        "output_dim": getattr(p, "output_dim", None),
+        "l2_normalized": bool(p.l2_normalize),
+        "preprocessing": None,
+    }
+    if p.with_preprocessing:
+        contract["preprocessing"] = {
+            "name": PREPROCESSING_NAME,
+            "image_size": p.image_size,
+            "resize_shorter_side_to": resize_size_for(p.image_size),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "input_value_range": [0, 255],
+            "channels": "RGB",
+        }
+    return contract
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+
+def _check(plan: _ServingPlan, run_artifact: Callable[[np.ndarray], np.ndarray]):
+    """Max |artifact - Keras| over the probe and its first row alone; output dim."""
+    expected = plan.keras_reference(plan.probe)
+    got = np.asarray(run_artifact(plan.probe))
+    if got.shape != expected.shape:
+        raise ExportVerificationError(
+            f"The reloaded artifact returned shape {got.shape}, the Keras model {expected.shape}.",
+            report=None,
+        )
+    single = np.asarray(run_artifact(plan.probe[:1]))
+    diff = max(float(np.max(np.abs(got - expected))), float(np.max(np.abs(single - expected[:1]))))
+    if not np.all(np.isfinite(got)):
+        diff = float("inf")
+    return diff, int(expected.shape[1])
+
+
+def _finish(plan, *, path, fmt, output_dim, diff, atol, started) -> ExportReport:
+    report = ExportReport(
+        path=str(path),
+        format=fmt,
+        input_name=plan.input_name,
+        input_shape=plan.input_shape,
+        input_dtype=plan.input_dtype,
+        output_name=OUTPUT_NAME,
+        output_dim=output_dim,
+        with_preprocessing=plan.with_preprocessing,
+        image_size=plan.image_size,
+        l2_normalize=plan.l2_normalize,
+        max_abs_diff=diff,
+        atol=atol,
+        seconds=time.perf_counter() - started,
+    )
+    if not np.isnan(diff) and not diff <= atol:
+        raise ExportVerificationError(
+            f"The exported {fmt} model at {path} differs from the Keras model by up to {diff:.3g} "
+            f"(> atol={atol:g}) on the probe batch. The artifact was kept for inspection; check "
+            "for ops the converter does not support exactly, or raise atol if this is expected.",
+            report=report,
+        )
+    return report
+
+
+def _validate_common(path, atol):
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ExportError(f"path must be a file system path, got {path!r}.")
+    if not atol >= 0:
+        raise ExportError(f"atol must be >= 0, got {atol}.")
+
+
+def _output_dim_of(plan: _ServingPlan) -> int:
+    return int(plan.keras_reference(plan.probe[:1]).shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Public exporters
+
+
+def to_saved_model(
+    model,
+    path,
+    *,
+    with_preprocessing: bool = False,
+    image_size: Optional[int] = None,
+    l2_normalize: bool = False,
+    verify: bool = True,
+    atol: float = 1e-4,
+    probe: Optional[np.ndarray] = None,
+) -> ExportReport:
+    """Export an embedder as a TensorFlow SavedModel directory and check it.
+
+    The SavedModel has endpoints ``serve`` and ``serving_default``; the signature takes
+    ``images`` (uint8 (N, H, W, 3), with preprocessing) or ``inputs`` (the model's input dtype,
+    (N, ...) with the model's per-example shape) and returns ``{"embeddings": float32 (N, D)}``.
+
+    Args:
+        model: a ``keras.Model`` with one input and one (batch, D) output.
+        path: output directory (created; must not be an existing file).
+        with_preprocessing: bake in :func:`imagenet_eval_preprocess`. Default False.
+        image_size: with preprocessing, the crop size; inferred from a fixed square model input,
+            required when the model's input size is dynamic. Without preprocessing, it fixes the
+            spatial size of an image model whose input is dynamic (N, None, None, C), which the
+            probe needs. Default None.
+        l2_normalize: L2-normalise the output rows inside the artifact. Default False.
+        verify: reload and compare with Keras on a probe batch. Default True.
+        atol: largest allowed absolute difference. Default 1e-4.
+        probe: the verification batch (numpy). Default: 3 seeded random examples (uint8 images
+            of a non-square size larger than the crop when preprocessing is baked in).
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        NotAnEmbedderError: the model's output is not rank 2 (or it has several inputs/outputs).
+        ExportError: other invalid arguments (message says which).
+        ExportVerificationError: the reloaded SavedModel differs by more than ``atol``.
+    """
+    import tensorflow as tf
+    import keras
+
+    _validate_common(path, atol)
+    started = time.perf_counter()
+    plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
+                 l2_normalize=l2_normalize, probe=probe)
+    output_dim = _output_dim_of(plan)  # also surfaces NotAnEmbedderError before writing anything
+    path = pathlib.Path(path)
+    if path.is_file():
+        raise ExportError(f"{path} is an existing file; a SavedModel is written as a directory.")
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", plan.fn, input_signature=[_input_spec(plan)])
+    archive.write_out(str(path), verbose=False)
+    contract = serving_contract(plan)
+    contract["output_dim"] = output_dim
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / SAVED_MODEL_CONTRACT_FILE).write_text(json.dumps(contract, indent=2))
+
+    diff = float("nan")
+    if verify:
+        loaded = tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+
+        def run(batch):
+            return signature(**{plan.input_name: tf.constant(batch)})[OUTPUT_NAME].numpy()
+
+        diff, output_dim = _check(plan, run)
+    return _finish(plan, path=path, fmt="saved_model", output_dim=output_dim, diff=diff,
+                   atol=atol, started=started)
+
+
+def _import_export_deps(*names):
+    import importlib
+
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise ImportError(
+                f"ONNX export needs the optional package '{name}', which could not be imported "
+                f"({exc}). Install the export extra: {_EXPORT_EXTRA_HINT}"
+            ) from exc
+    return modules
+
+
+def _name_dynamic_axes(graph_io, names: Sequence[Optional[str]]):
+    """Give the symbolic axes readable names (tf2onnx calls them ``unk__N``)."""
+    dims = graph_io.type.tensor_type.shape.dim
+    for dim, name in zip(dims, names):
+        if name is not None and not dim.HasField("dim_value"):
+            dim.dim_param = name
+
+
+def to_onnx(
+    model,
+    path,
+    *,
+    opset: int = 17,
+    with_preprocessing: bool = False,
+    image_size: Optional[int] = None,
+    l2_normalize: bool = False,
+    verify: bool = True,
+    atol: float = 1e-4,
+    probe: Optional[np.ndarray] = None,
+) -> ExportReport:
+    """Export an embedder as one ONNX file (via tf2onnx) and check it with onnxruntime.
+
+    The graph takes ``images`` (uint8 [batch, height, width, 3], with preprocessing) or
+    ``inputs`` ([batch, ...], the model's per-example shape) and returns ``embeddings``
+    (float32 [batch, D]). The serving contract is stored as JSON in ``metadata_props`` under
+    :data:`CONTRACT_KEY`. Verification uses onnxruntime's CPU provider with
+    ``intra_op_num_threads=2``.
+
+    Args:
+        opset: ONNX opset. Default 17.
+        Other arguments, return value and errors: as :func:`to_saved_model`; in addition an
+        ``ImportError`` naming ``keras-roadmap[export]`` when onnx, tf2onnx or onnxruntime
+        (needed only with ``verify=True``) is missing.
+    """
+    import tensorflow as tf
+
+    _validate_common(path, atol)
+    if not isinstance(opset, int) or opset < 13:
+        raise ExportError(f"opset must be an integer >= 13, got {opset!r}.")
+    onnx, tf2onnx = _import_export_deps("onnx", "tf2onnx")
+    ort = _import_export_deps("onnxruntime")[0] if verify else None
+
+    started = time.perf_counter()
+    plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
+                 l2_normalize=l2_normalize, probe=probe)
+    output_dim = _output_dim_of(plan)
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory; ONNX export writes one file (e.g. model.onnx).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(
+            tf.function(plan.fn), input_signature=[_input_spec(plan)], opset=opset
+        )
+    except Exception as exc:  # noqa: BLE001 - converter failures surface as one readable error
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"tf2onnx could not convert the model at opset {opset}: {message}. Try a newer "
+            "opset (--opset 18), or export a SavedModel instead."
+        ) from exc
+    spatial = ["batch", "height", "width", None] if with_preprocessing else ["batch"]
+    _name_dynamic_axes(model_proto.graph.input[0], spatial)
+    _name_dynamic_axes(model_proto.graph.output[0], ["batch"])
+    contract = serving_contract(plan)
+    contract["output_dim"] = output_dim
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = CONTRACT_KEY, json.dumps(contract)
+    model_proto.producer_name = "keras-roadmap"
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as exc:
+        # tf2onnx logs unsupported TF ops and leaves them in the graph; the checker catches them.
+        message = str(exc).strip().splitlines()[0]
+        raise ExportError(
+            f"tf2onnx produced an invalid ONNX graph at opset {opset} ({message}): the model uses "
+            "a TensorFlow op the converter does not support. Try a newer opset, replace that op, "
+            "or export a SavedModel instead."
+        ) from exc
+    onnx.save(model_proto, str(path))
+
+    diff = float("nan")
+    if verify:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _VERIFY_THREADS
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def run(batch):
+            return session.run([OUTPUT_NAME], {plan.input_name: batch})[0]
+
+        diff, output_dim = _check(plan, run)
+    return _finish(plan, path=path, fmt="onnx", output_dim=output_dim, diff=diff, atol=atol,
+                   started=started)
+
+
+def export(model, path, *, format: str, **kwargs) -> ExportReport:
+    """Dispatch to :func:`to_onnx` (``format="onnx"``) or :func:`to_saved_model`.
+
+    ``opset`` is accepted for ONNX only.
+    """
+    if format == "onnx":
+        return to_onnx(model, path, **kwargs)
+    if format == "saved_model":
+        if "opset" in kwargs:
+            if kwargs.pop("opset") is not None:
+                raise ExportError("opset only applies to format='onnx'.")
+        return to_saved_model(model, path, **kwargs)
+    raise ExportError(f"Unknown export format {format!r}; choose one of: {', '.join(FORMATS)}.")
+
+
+def read_onnx_contract(path) -> dict[str, Any]:
+    """Read the serving contract stored by :func:`to_onnx` (needs only the ``onnx`` package)."""
+    (onnx,) = _import_export_deps("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == CONTRACT_KEY:
+            return json.loads(prop.value)
+    raise ExportError(f"{path} has no keras-roadmap serving contract (was it exported by to_onnx?).")

@@ -1,0 +1,130 @@
+"""Plumbing shared by the ranking losses: Keras calling convention, batch and reference forms."""
+
+import keras
+from keras import ops
+
+from keras_roadmap.losses import _inputs
+
+
+class RetrievalLoss(keras.losses.Loss):
+    """A loss over a whole batch of ``(label, embedding)`` pairs, returning one scalar.
+
+    Subclasses implement ``_loss_from_pairs``. Two forms share it:
+
+    * ``loss(y_true, y_pred)``: the batch is both the queries and the retrieval set.
+    * ``loss.call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred)``: the batch is the
+      queries and a reference (e.g. a cross-batch memory) is the retrieval set; the reference
+      is a constant (no gradient flows into it).
+
+    Unlike Keras' built-in losses, labels are *not* cast to float: ``y_true`` must be integer
+    class ids of shape ``(B,)`` or ``(B, 1)`` and stays exact for any id. ``y_pred`` is cast to
+    the loss ``dtype`` (float32 by default, also under a mixed-precision policy; pass
+    ``dtype="float64"`` for a float64 computation).
+
+    ``sample_weight`` is rejected: AP is not a mean of independent per-example terms, so there
+    is no faithful way to weight examples. Balance the data with a class-balanced sampler.
+    """
+
+    def __init__(self, *, include_self=True, name=None, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.include_self = bool(include_self)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not support sample_weight: average precision ranks "
+                "every item of the batch against the others, so per-example weights have no "
+                "faithful meaning. Remove sample_weight (or class_weight) from fit()/the loss call "
+                "and balance classes with a sampler instead."
+            )
+        with keras.name_scope(self.name):
+            return self.call(y_true, y_pred)
+
+    def call(self, y_true, y_pred):
+        """Scalar loss of the batch ``y_pred`` ``(B, D)`` with labels ``y_true`` ``(B,)``."""
+        return self._loss_from_pairs(self._batch_pairs(y_true, y_pred))
+
+    def call_with_reference(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
+        """Scalar loss of the queries ``y_pred`` ``(B, D)`` ranked against a reference ``(M, D)``.
+
+        Args:
+            y_true: ``(B,)`` int query labels.
+            y_pred: ``(B, D)`` float query embeddings (receive gradients).
+            ref_y_true: ``(M,)`` int reference labels.
+            ref_y_pred: ``(M, D)`` float reference embeddings (constant).
+            self_index: optional ``(B,)`` int, the reference row holding each query's own
+                stored copy (-1 if none). Only used with ``include_self=False``, to take that
+                copy out of the query's retrieval set.
+            ref_mask: optional ``(M,)`` bool, the reference rows that hold an item (e.g. the
+                filled slots of a memory); the others are ignored.
+        Queries whose label is absent from the reference have no positive: they are left out of
+        the mean (the official code returns NaN for the whole loss).
+        """
+        return self._loss_from_pairs(self._reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask))
+
+    def _batch_pairs(self, y_true, y_pred):
+        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
+        pairs = Pairs(labels, embeddings, labels, embeddings, batch_form=True)
+        if not self.include_self:
+            pairs.excluded = ops.arange(ops.shape(embeddings)[0], dtype="int32")
+        return pairs
+
+    def _reference_pairs(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
+        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
+        ref_labels, ref_embeddings = _inputs.prepare_reference(ref_y_true, ref_y_pred, self.dtype, embeddings)
+        pairs = Pairs(labels, embeddings, ref_labels, ref_embeddings, batch_form=False)
+        if not self.include_self and self_index is not None:
+            pairs.excluded = ops.reshape(ops.cast(self_index, "int32"), (-1,))
+        if ref_mask is not None:
+            pairs.ref_valid = ops.reshape(ops.cast(ref_mask, "bool"), (-1,))
+        return pairs
+
+    def _loss_from_pairs(self, pairs):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "include_self": self.include_self}
+
+
+class Pairs:
+    """Queries and their retrieval set, as the loss terms see them.
+
+    ``labels (B,)``, ``embeddings (B, D)``, ``ref_labels (N,)``, ``ref_embeddings (N, D)``;
+    ``excluded`` ``(B,)`` int32: an item left out of each query's retrieval set (-1: none);
+    ``ref_valid`` ``(N,)`` bool: items that exist. The score matrix is computed once and shared by
+    every term of a combined loss.
+    """
+
+    def __init__(self, labels, embeddings, ref_labels, ref_embeddings, *, batch_form):
+        self.labels = labels
+        self.embeddings = embeddings
+        self.ref_labels = ops.cast(ref_labels, labels.dtype)
+        self.ref_embeddings = ref_embeddings
+        self.batch_form = batch_form
+        self.excluded = None
+        self.ref_valid = None
+        self._scores = None
+
+    @property
+    def scores(self):
+        """``(B, N)`` dot products ``embeddings @ ref_embeddings.T`` (as the paper's code)."""
+        if self._scores is None:
+            self._scores = ops.matmul(self.embeddings, ops.transpose(self.ref_embeddings))
+        return self._scores
+
+    def same_label(self):
+        """``(B, N)`` bool: ``labels[q] == ref_labels[j]``."""
+        return ops.equal(ops.expand_dims(self.labels, 1), ops.expand_dims(self.ref_labels, 0))
+
+    def membership(self, exclude_diagonal=False):
+        """``(B, N)`` bool retrieval-set mask; ``exclude_diagonal`` also drops pair ``(i, i)``."""
+        columns = ops.expand_dims(ops.arange(ops.shape(self.ref_labels)[0], dtype="int32"), 0)
+        member = ops.ones((ops.shape(self.labels)[0], ops.shape(self.ref_labels)[0]), dtype="bool")
+        if self.excluded is not None:
+            member = ops.logical_and(member, ops.not_equal(columns, ops.expand_dims(self.excluded, 1)))
+        if exclude_diagonal:
+            rows = ops.expand_dims(ops.arange(ops.shape(self.labels)[0], dtype="int32"), 1)
+            member = ops.logical_and(member, ops.not_equal(columns, rows))
+        if self.ref_valid is not None:
+            member = ops.logical_and(member, ops.expand_dims(self.ref_valid, 0))
+        return member
