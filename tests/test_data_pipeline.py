@@ -18,7 +18,8 @@ from keras_roadmap.data import (
     make_train_dataset,
     train_transform,
 )
-from keras_roadmap.samplers import MPerClassSampler
+from keras_roadmap.losses import ROADMAPLoss
+from keras_roadmap.samplers import HierarchicalSampler, MPerClassSampler
 
 SIZE = 32  # small output side keeps the tests fast; the transforms are size-agnostic
 
@@ -205,16 +206,34 @@ def test_train_pipeline_with_sample_ids_and_endless_epochs():
         np.testing.assert_array_equal(target["label"].numpy(), labels[expected])
 
 
-def test_model_fit_consumes_train_dataset():
+def test_model_fit_consumes_train_dataset_with_roadmap_loss():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (48, 20, 20, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(12), 4)
     sampler = MPerClassSampler(labels, 16, 4, seed=0)
     ds = make_train_dataset((images, labels), sampler, image_size=16, backend="tf_image")
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(12)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(8),
+        keras.layers.UnitNormalization(),
+    ])
+    model.compile("sgd", ROADMAPLoss())
     history = model.fit(ds, epochs=2, steps_per_epoch=len(sampler), shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_hierarchical_sampler_drives_the_pipeline(tmp_path):
+    split = make_sop_tree(tmp_path, num_classes=8, per_class=3)
+    sampler = HierarchicalSampler(split.labels, split.super_labels, batch_size=8, samples_per_class=2,
+                                  batches_per_super_pair=3, seed=0)
+    ds = make_train_dataset(split, sampler, image_size=SIZE, backend="tf_image", epochs=1)
+    got = [y.numpy() for _, y in ds]
+    assert len(got) == len(sampler) == 3
+    for labels, rows in zip(got, sampler.batches(0)):
+        np.testing.assert_array_equal(labels, split.labels[rows])
+        supers = split.super_labels[rows]
+        assert len(set(supers[:4])) == 1 and len(set(supers[4:])) == 1 and supers[0] != supers[4]
 
 
 def test_sampler_and_data_sizes_must_match():

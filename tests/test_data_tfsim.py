@@ -1,23 +1,12 @@
 """tensorflow-similarity's MultiShotMemorySampler as a drop-in training source: same C x E batch
-structure as our samplers, consumed by model.fit with a ranking-style loss on embeddings."""
+structure as our samplers, consumed by model.fit with ROADMAPLoss on embeddings."""
 
 import keras
 import numpy as np
 
 from keras_roadmap.data import make_train_dataset
+from keras_roadmap.losses import ROADMAPLoss
 from keras_roadmap.samplers import MPerClassSampler
-
-
-def pairwise_ranking_loss(y_true, y_pred):
-    """A small contrastive ranking loss on L2-normalised embeddings: positives above 0.9 cosine,
-    negatives below 0.6 (the calibration part of ROADMAP), so the test needs C x E batches."""
-    labels = keras.ops.reshape(y_true, (-1,))
-    same = keras.ops.cast(keras.ops.equal(labels[:, None], labels[None, :]), "float32")
-    eye = keras.ops.eye(keras.ops.shape(labels)[0])
-    sim = keras.ops.matmul(y_pred, keras.ops.transpose(y_pred))
-    pos = keras.ops.relu(0.9 - sim) * (same - eye)
-    neg = keras.ops.relu(sim - 0.6) * (1.0 - same)
-    return keras.ops.sum(pos + neg) / keras.ops.cast(keras.ops.size(sim), "float32")
 
 
 def embedder(shape):
@@ -55,12 +44,12 @@ def test_multishot_memory_sampler_is_a_drop_in_source():
         assert class_blocks(labels[batch], classes=4, per_class=2)
 
     model = embedder((12, 12, 3))
-    model.compile(keras.optimizers.Adam(0.01), loss=pairwise_ranking_loss)
+    model.compile(keras.optimizers.Adam(0.01), loss=ROADMAPLoss())
     before = model.evaluate(images, labels, batch_size=60, verbose=0)
     history = model.fit(tfsim, epochs=3, verbose=0)
     assert len(history.history["loss"]) == 3 and np.isfinite(history.history["loss"]).all()
     after = model.evaluate(images, labels, batch_size=60, verbose=0)
-    assert after < before, "the ranking loss on the whole set must fall when trained on C x E batches"
+    assert after < before, "ROADMAP on the whole set must fall when trained on C x E batches"
 
 
 def test_our_pipeline_and_tfsim_feed_the_same_model():
@@ -71,7 +60,7 @@ def test_our_pipeline_and_tfsim_feed_the_same_model():
     images = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(10), 4)
     model = embedder((16, 16, 3))
-    model.compile("sgd", loss=pairwise_ranking_loss)
+    model.compile("sgd", loss=ROADMAPLoss())
     ours = make_train_dataset((images, labels), MPerClassSampler(labels, 8, 2, seed=0), image_size=16,
                               backend="tf_image", epochs=1)
     tfsim = MultiShotMemorySampler(images.astype("float32"), labels, classes_per_batch=4,
