@@ -289,14 +289,24 @@ def test_split_validates_its_fields():
         RetrievalSplit("x", ["a", "b"], np.array([0, 1]), None, np.arange(2), ["a"])
 
 
-def test_readers_do_not_import_tensorflow():
+def test_pipeline_modules_load_only_on_first_use():
     import subprocess
     import sys
 
+    # The readers are numpy-only: `keras_roadmap.data` defers its TensorFlow modules (pipeline,
+    # transforms) to first attribute access.
     code = (
-        "import sys; from keras_roadmap.data import load_sop, RetrievalSplit; import keras_roadmap.samplers; "
-        "assert 'tensorflow' not in sys.modules, 'readers and samplers must not import TensorFlow'"
+        "import sys; from keras_roadmap.data import load_sop, RetrievalSplit; "
+        "assert 'keras_roadmap.data.pipeline' not in sys.modules; "
+        "assert 'keras_roadmap.data.transforms' not in sys.modules; "
+        "from keras_roadmap.data import make_train_dataset; "
+        "assert 'keras_roadmap.data.pipeline' in sys.modules"
     )
     root = pathlib.Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_split_repr_is_compact(tmp_path):
+    split = load_sop(make_sop(tmp_path), "train")
+    assert repr(split) == "RetrievalSplit('sop/train', images=12, classes=4, super_classes=2)"

@@ -5,7 +5,8 @@ sampler (`keras_roadmap.samplers`) into class-balanced training batches with the
 augmentations, `make_eval_dataset` reads a split in order with the test transforms.
 
 The readers need only numpy; the pipeline and transform names import TensorFlow on first use,
-so `from keras_roadmap.data import load_sop` stays cheap (CLI, ONNX/faiss evaluation).
+so they load only when a pipeline is built (keeps `keras_roadmap.data` light for tools that
+only read list files).
 """
 
 import importlib

@@ -71,6 +71,11 @@ class RetrievalSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __repr__(self) -> str:
+        # The default dataclass repr would print every path.
+        supers = "" if self.super_class_names is None else f", super_classes={len(self.super_class_names)}"
+        return f"RetrievalSplit({self.name!r}, images={len(self)}, classes={self.num_classes}{supers})"
+
     @property
     def num_classes(self) -> int:
         """Number of classes in this split's label space (`len(class_names)`)."""
