@@ -1,0 +1,46 @@
+"""Retrieval datasets (SOP, CUB-200-2011, iNaturalist-2018, In-Shop) as fast tf.data pipelines.
+
+Readers parse the official list files into a `RetrievalSplit`; `make_train_dataset` turns a
+sampler (`keras_roadmap.samplers`) into class-balanced training batches with the paper's
+augmentations, `make_eval_dataset` reads a split in order with the test transforms.
+
+The readers need only numpy; the pipeline and transform names import TensorFlow on first use,
+so they load only when a pipeline is built (keeps `keras_roadmap.data` light for tools that
+only read list files).
+"""
+
+import importlib
+
+from keras_roadmap.data.cub import load_cub
+from keras_roadmap.data.inaturalist import load_inaturalist
+from keras_roadmap.data.inshop import load_inshop
+from keras_roadmap.data.sop import load_sop
+from keras_roadmap.data.split import DatasetFormatError, RetrievalSplit
+
+_LAZY = {
+    "CorruptImageLog": "pipeline",
+    "make_eval_dataset": "pipeline",
+    "make_train_dataset": "pipeline",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "RandomResizedCrop": "transforms",
+    "decode_image": "transforms",
+    "eval_transform": "transforms",
+    "normalize_imagenet": "transforms",
+    "train_transform": "transforms",
+}
+
+__all__ = sorted(
+    ["DatasetFormatError", "RetrievalSplit", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
+)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"keras_roadmap.data.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'keras_roadmap.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
