@@ -1,0 +1,233 @@
+"""Average-precision losses: SupAP (ROADMAP's smooth upper bound), SmoothAP, and exact AP."""
+
+import functools
+
+import keras
+from keras import ops
+
+from keras_roadmap.losses import _inputs, ranking
+from keras_roadmap.losses.average_precision import DEFAULT_SLOTS_PER_CHUNK, ap_sums
+from keras_roadmap.losses.base import RetrievalLoss, not_self, reference_in_set, same_label_matrix
+
+# SupAP settings of the paper's iNaturalist-2018 configuration (the others use the defaults).
+INATURALIST_SUPAP = {"start": 0.0, "offset": 1.0}
+
+
+def per_query_ap(scores, labels, ref_labels, in_set, pos_step, neg_step, positive_step_has_gradient, positives_per_chunk):
+    """AP of each query from scores, and whether the query has any positive.
+
+    Args:
+        scores: ``(B, N)`` float.
+        labels, ref_labels: ``(B,)`` and ``(N,)`` int.
+        in_set: ``(B, N)`` bool retrieval-set mask, or None for "every item".
+    Returns:
+        ``(ap, has_positive)``: ``(B,)`` float (0 where there is no positive) and ``(B,)`` bool.
+    """
+    same = same_label_matrix(labels, ref_labels)
+    member = ops.ones_like(same) if in_set is None else in_set
+    positive = ops.cast(ops.logical_and(same, member), scores.dtype)
+    negative = ops.cast(ops.logical_and(ops.logical_not(same), member), scores.dtype)
+    sums = ap_sums(
+        scores,
+        positive,
+        negative,
+        pos_step,
+        neg_step,
+        positive_step_has_gradient=positive_step_has_gradient,
+        slots_per_chunk=positives_per_chunk,
+    )
+    num_positives = ops.sum(positive, axis=1)
+    return sums / ops.maximum(num_positives, 1.0), ops.greater(num_positives, 0)
+
+
+def mean_ap_loss(ap, has_positive):
+    """``1 - mean AP`` over the queries that have a positive; 0 when none has one."""
+    valid = ops.cast(has_positive, ap.dtype)
+    return ops.sum((1.0 - ap) * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
+class _SmoothRankAPLoss(RetrievalLoss):
+    """Common part of the AP losses: ``1 - mean over queries of AP`` with a smooth rank."""
+
+    positive_step_has_gradient = True
+
+    def __init__(self, *, include_self=True, positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK, name=None, dtype=None):
+        super().__init__(include_self=include_self, name=name, dtype=dtype)
+        self.positives_per_chunk = int(positives_per_chunk)
+        if self.positives_per_chunk < 1:
+            raise ValueError(f"positives_per_chunk must be >= 1, got {positives_per_chunk!r}.")
+
+    def _steps(self):
+        raise NotImplementedError
+
+    def _per_query(self, labels, embeddings, ref_labels, ref_embeddings, in_set):
+        scores = ops.matmul(embeddings, ops.transpose(ref_embeddings))
+        pos_step, neg_step = self._steps()
+        return per_query_ap(
+            scores,
+            labels,
+            ref_labels,
+            in_set,
+            pos_step,
+            neg_step,
+            self.positive_step_has_gradient,
+            self.positives_per_chunk,
+        )
+
+    def _loss_from_pairs(self, labels, embeddings, ref_labels, ref_embeddings, in_set, batch_form):
+        return mean_ap_loss(*self._per_query(labels, embeddings, ref_labels, ref_embeddings, in_set))
+
+    def average_precision(self, y_true, y_pred, ref_y_true=None, ref_y_pred=None, self_index=None):
+        """Smoothed AP of each query, ``(B,)``; NaN for a query without positive.
+
+        Without a reference the batch is the retrieval set (as in ``call``); with one, as in
+        ``call_with_reference``.
+        """
+        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
+        if ref_y_pred is None:
+            in_set = None if self.include_self else not_self(embeddings)
+            ap, has_positive = self._per_query(labels, embeddings, labels, embeddings, in_set)
+        else:
+            ref_labels, ref_embeddings = _inputs.prepare_reference(ref_y_true, ref_y_pred, self.dtype, embeddings)
+            in_set = None if self.include_self else reference_in_set(ref_embeddings, self_index)
+            ap, has_positive = self._per_query(labels, embeddings, ref_labels, ref_embeddings, in_set)
+        return ops.where(has_positive, ap, ops.full_like(ap, float("nan")))
+
+    def get_config(self):
+        return {**super().get_config(), "positives_per_chunk": self.positives_per_chunk}
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class SupAPLoss(_SmoothRankAPLoss):
+    """SupAP: ``1 - mAP`` with ROADMAP's smooth upper bound of the rank (Ramzi et al. 2021).
+
+    The step counting how much an item j ranks before a positive k (``t = s_j - s_k``) is the
+    exact Heaviside for positives j (no gradient flows through positives) and, for negatives,
+    ``sigmoid(t / tau)`` for ``t <= 0``, ``start + sigmoid(t / tau)`` for ``0 < t <= delta`` and
+    ``rho * (t - delta) + offset`` above: an upper bound of the true rank, hence of ``1 - AP``.
+
+    Args:
+        tau: sigmoid temperature (0.01).
+        rho: slope of the linear piece (100.0).
+        delta: where the linear piece starts (0.05).
+        start: offset added in ``(0, delta]`` (0.5).
+        offset: value of the linear piece at ``delta`` (1.44).
+            iNaturalist: ``SupAPLoss(start=0.0, offset=1.0)``, or ``SupAPLoss.inaturalist()``.
+        include_self: True (default) reproduces the paper's code, where each query is part of
+            its own retrieval set (its own top positive). False gives the textbook AP over the
+            other items; a query without any other positive is then left out of the mean, and a
+            batch without any positive pair gives 0.
+        positives_per_chunk: positives ranked per loop step; bounds memory to
+            ``O(B * positives_per_chunk * N)`` (8).
+        name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
+
+    Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D))`` -> scalar.
+
+    Example:
+    >>> import numpy as np
+    >>> emb = np.eye(4, dtype="float32")[[0, 0, 1, 1]]
+    >>> float(SupAPLoss()([0, 0, 1, 1], emb))
+    0.0
+    """
+
+    positive_step_has_gradient = False
+
+    def __init__(
+        self,
+        tau=0.01,
+        rho=100.0,
+        delta=0.05,
+        start=0.5,
+        offset=1.44,
+        *,
+        include_self=True,
+        positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK,
+        name="supap_loss",
+        dtype=None,
+    ):
+        super().__init__(include_self=include_self, positives_per_chunk=positives_per_chunk, name=name, dtype=dtype)
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}.")
+        self.tau, self.rho, self.delta = float(tau), float(rho), float(delta)
+        self.start, self.offset = float(start), float(offset)
+
+    @classmethod
+    def inaturalist(cls, **kwargs):
+        """SupAP with the paper's iNaturalist-2018 settings (``start=0.0, offset=1.0``)."""
+        return cls(**{**INATURALIST_SUPAP, **kwargs})
+
+    def _steps(self):
+        negative = functools.partial(
+            ranking.supap_negative_step, tau=self.tau, rho=self.rho, delta=self.delta, start=self.start, offset=self.offset
+        )
+        return ranking.heaviside_step, negative
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "tau": self.tau,
+            "rho": self.rho,
+            "delta": self.delta,
+            "start": self.start,
+            "offset": self.offset,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class SmoothAPLoss(_SmoothRankAPLoss):
+    """SmoothAP (Brown et al. 2020): ``1 - mAP`` with ``sigmoid(t / tau)`` for every item.
+
+    Args:
+        tau: sigmoid temperature (0.01).
+        include_self, positives_per_chunk, name, dtype: as for :class:`SupAPLoss`.
+
+    Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar.
+    """
+
+    def __init__(self, tau=0.01, *, include_self=True, positives_per_chunk=DEFAULT_SLOTS_PER_CHUNK, name="smoothap_loss", dtype=None):
+        super().__init__(include_self=include_self, positives_per_chunk=positives_per_chunk, name=name, dtype=dtype)
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}.")
+        self.tau = float(tau)
+
+    def _steps(self):
+        step = functools.partial(ranking.clamped_sigmoid_step, tau=self.tau)
+        return step, step
+
+    def get_config(self):
+        return {**super().get_config(), "tau": self.tau}
+
+
+class _HeavisideAP(_SmoothRankAPLoss):
+    positive_step_has_gradient = False
+
+    def _steps(self):
+        return ranking.heaviside_step, ranking.heaviside_step
+
+
+def heaviside_average_precision(
+    labels,
+    embeddings,
+    reference_labels=None,
+    reference_embeddings=None,
+    *,
+    include_self=True,
+    self_index=None,
+    dtype="float32",
+):
+    """Exact (non-smooth) AP of each query, as a ``(B,)`` tensor (NaN without a positive).
+
+    Ties are pessimistic: an item scored equal to a positive counts as ranked before it. By
+    default (as in the paper's code) each query belongs to its own retrieval set; see
+    :class:`SupAPLoss` for ``include_self``. With a reference set, queries are ranked against it
+    (``self_index``: the reference row of each query's own copy, -1 if none, used with
+    ``include_self=False``). No gradient: for tests and evaluation on moderate sizes; use
+    ``keras_roadmap.evaluation`` for whole datasets.
+
+    Args:
+        labels: ``(B,)`` int. embeddings: ``(B, D)`` float.
+        reference_labels, reference_embeddings: optional ``(N,)`` and ``(N, D)``.
+    """
+    exact = _HeavisideAP(include_self=include_self, dtype=dtype)
+    ap = exact.average_precision(labels, embeddings, reference_labels, reference_embeddings, self_index)
+    return ops.stop_gradient(ap)
