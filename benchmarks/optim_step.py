@@ -25,16 +25,22 @@ from keras_roadmap.models import build_embedder  # noqa: E402
 from keras_roadmap.optim import build_optimizer  # noqa: E402
 
 
-def time_updates(optimizer, variables, grads, repeats):
+def compiled_step(optimizer, variables, grads):
     optimizer.build(variables)
     step = tf.function(lambda: optimizer.apply(grads, variables))
     step()  # trace
-    times = []
+    return step
+
+
+def time_pair(ours, base, repeats):
+    """Median seconds per call of two steps, alternated so machine load hits both alike."""
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, bucket in zip((ours, base), times):
+            start = time.perf_counter()
+            step()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main():
@@ -57,11 +63,11 @@ def main():
         ("SGD momentum 0.9", lambda: build_optimizer(1e-2, optimizer="sgd"),
          "keras SGD momentum 0.9", lambda: keras.optimizers.SGD(1e-2, momentum=0.9)),
     ]
-    print(f"| keras_roadmap.optim | ms/update | baseline | ms/update | ratio |")
+    print("| keras_roadmap.optim | ms/update | baseline | ms/update | ratio |")
     print("|---|---|---|---|---|")
     for ours_name, ours, base_name, base in pairs:
-        t_base = time_updates(base(), variables, grads, args.repeats)
-        t_ours = time_updates(ours(), variables, grads, args.repeats)
+        t_ours, t_base = time_pair(compiled_step(ours(), variables, grads),
+                                   compiled_step(base(), variables, grads), args.repeats)
         print(f"| {ours_name} | {t_ours * 1e3:.1f} | {base_name} | {t_base * 1e3:.1f} | "
               f"{t_ours / t_base:.2f} |")
 

@@ -210,7 +210,7 @@ class TorchAdam(_GroupedDecayOptimizer):
         v = self._velocities[index]
         self.assign_add(m, (gradient - m) * (1 - self.beta_1))
         self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
-        denom = ops.sqrt(v / bias_correction_2) + self.epsilon
+        denom = ops.sqrt(v) * ops.rsqrt(bias_correction_2) + self.epsilon
         self.assign_sub(variable, (lr / bias_correction_1) * m / denom)
 
     def get_config(self):
@@ -279,9 +279,8 @@ class TorchSGD(_GroupedDecayOptimizer):
 class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     """``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch, driven by the step count.
 
-    ``lr(step) = initial_learning_rate * gamma ** #{m in milestones : step // steps_per_epoch >= m}``
-
-    so the first step of epoch ``m`` (0-based) already uses the decayed rate, as PyTorch does
+    ``lr(step) = initial_learning_rate * gamma ** n`` where ``n`` is the number of milestones
+    ``m`` with ``step // steps_per_epoch >= m``, so the first step of epoch ``m`` (0-based) already uses the decayed rate, as PyTorch does
     after ``scheduler.step()`` at the end of epoch ``m - 1``. (``PiecewiseConstantDecay`` keeps the
     old value *at* the boundary step and counts in steps, hence this class.)
 
@@ -296,7 +295,8 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.3, name=None):
         milestones = [int(m) for m in milestones]
-        if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+        increasing = all(b > a for a, b in zip(milestones, milestones[1:]))
+        if any(m < 1 for m in milestones) or not increasing:
             raise ValueError(
                 f"milestones must be strictly increasing epoch numbers >= 1, got {milestones}."
             )

@@ -5,6 +5,7 @@ import pytest
 
 import keras
 
+from keras_roadmap.losses import ROADMAPLoss
 from keras_roadmap.models import (
     HEAD_PREFIX,
     IMAGENET_MEAN,
@@ -43,11 +44,11 @@ def _batchnorm_stats(model):
 
 
 def _train_one_step(model, images, lr=1e-3):
-    """One compiled training step pulling the embeddings towards random unit targets."""
-    targets = keras.ops.normalize(_images(len(images), model.output_shape[1:], seed=1), axis=-1)
+    """One compiled training step with the ROADMAP loss (2 images per class), paper optimiser."""
+    labels = np.arange(len(images)) // 2
     # Eager: one step does not pay for tracing a 12-block graph (x3 faster on 2 CPU cores).
-    model.compile(optimizer=build_optimizer(lr, 2 * lr), loss="mse", run_eagerly=True)
-    return float(model.train_on_batch(images, targets))
+    model.compile(optimizer=build_optimizer(lr, 2 * lr), loss=ROADMAPLoss(), run_eagerly=True)
+    return float(model.train_on_batch(images, labels))
 
 
 def _check_embedder_step(model, images, dim):
@@ -149,6 +150,18 @@ def test_weights_file_round_trip(tmp_path):
         build_embedder("tiny_cnn", input_shape=SMALL, embedding_dim=32, weights=path)
 
 
+def test_saved_embedder_reloads_with_frozen_batchnorm(tmp_path):
+    model = build_embedder("tiny_cnn", input_shape=SMALL, embedding_dim=16)
+    model.save(tmp_path / "tiny.keras")
+    loaded = keras.models.load_model(tmp_path / "tiny.keras")
+    x = _images(3, SMALL)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    bns = [l for l in loaded.get_layer("backbone").layers
+           if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) == 3 and not any(l.trainable for l in bns)
+    assert loaded.inputs[0].name == "images"
+
+
 def test_missing_weights_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.weights.h5"
     with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
@@ -178,6 +191,16 @@ def test_other_bad_arguments_have_clear_errors(tmp_path):
         build_embedder("deit_small", input_shape=SMALL, token="cls_dist_mean")
     with pytest.raises(ValueError, match="pooling must be one of"):
         build_embedder("tiny_cnn", input_shape=SMALL, pooling="median")
+
+
+def test_missing_keras_hub_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # what `import keras_hub` sees when absent
+    with pytest.raises(ImportError, match=r"keras-roadmap\[hub\].*variant='keras_applications'"):
+        build_embedder("resnet50", input_shape=SMALL)
+    with pytest.raises(ImportError, match=r"keras-roadmap\[hub\]"):
+        build_embedder("deit_small", input_shape=SMALL)
 
 
 def test_token_pooling_modes():
@@ -266,6 +289,26 @@ def test_distilled_deit_can_concatenate_class_and_distillation_tokens():
     out = np.asarray(model(_images(2, SMALL)))
     assert out.shape == (2, 768)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_deit_backbone_from_a_preset_directory(tmp_path):
+    model = build_embedder("deit_small_distilled", input_shape=SMALL)
+    model.get_layer("backbone").save_to_preset(str(tmp_path / "deit"))
+    loaded = build_embedder("deit_small_distilled", input_shape=SMALL, weights=tmp_path / "deit")
+    x = _images(2, SMALL)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    with pytest.raises(ValueError, match=r"pass input_shape=\(32, 32, 3\)"):
+        build_embedder("deit_small_distilled", input_shape=(48, 48, 3), weights=tmp_path / "deit")
+
+
+@pytest.mark.slow
+def test_saved_deit_embedder_reloads(tmp_path):
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_mean")
+    model.save(tmp_path / "deit.keras")
+    loaded = keras.models.load_model(tmp_path / "deit.keras")
+    x = _images(2, SMALL)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
 
 
 @pytest.mark.slow

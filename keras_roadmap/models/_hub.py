@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 
-def import_keras_hub():
+def import_keras_hub(hint: str = ""):
     """Return the ``keras_hub`` module or raise an ImportError naming the extra to install."""
     try:
         import keras_hub
-    except ImportError as error:  # pragma: no cover - depends on the environment
+    except ImportError as error:
         raise ImportError(
             "This embedder needs keras-hub: `pip install keras-roadmap[hub]` "
-            "(tested with keras-hub==0.32.0)."
+            "(tested with keras-hub==0.32.0)." + (f" {hint}" if hint else "")
         ) from error
     return keras_hub
 

@@ -54,7 +54,14 @@ def deit_backbone(size, input_shape, *, distilled, backbone_weights=None) -> ker
     keras_hub = import_keras_hub()
     cls = keras_hub.models.DeiTBackbone if distilled else keras_hub.models.ViTBackbone
     if backbone_weights is not None:
-        return backbone_from_preset(backbone_weights, cls, name="backbone")
+        backbone = backbone_from_preset(backbone_weights, cls, name="backbone")
+        if tuple(backbone.image_shape) != tuple(input_shape):
+            raise ValueError(
+                f"Preset {backbone_weights!r} is built for images of shape "
+                f"{tuple(backbone.image_shape)} (its position embeddings fix the size); pass "
+                f"input_shape={tuple(backbone.image_shape)}."
+            )
+        return backbone
     config = dict(DEIT_CONFIGS[size])
     if distilled:
         config["intermediate_dim"] = config.pop("mlp_dim")
@@ -65,7 +72,9 @@ def _build(size, distilled, *, input_shape, embedding_dim, l2_normalize, freeze_
            backbone_weights, token, model_name):
     del freeze_batchnorm  # DeiT has no BatchNorm; accepted so every embedder takes the flag.
     if not distilled and token != "cls":
-        raise ValueError(f"{model_name} has no distillation token: token must be 'cls', got {token!r}.")
+        raise ValueError(
+            f"{model_name} has no distillation token: token must be 'cls', got {token!r}."
+        )
     backbone = deit_backbone(size, input_shape, distilled=distilled,
                              backbone_weights=backbone_weights)
     images = keras.Input(shape=input_shape, name=INPUT_NAME)

@@ -50,7 +50,9 @@ def embedding_head(
         )(x)
     if embedding_dim is not None:
         if int(embedding_dim) != embedding_dim or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive int or None, got {embedding_dim!r}.")
+            raise ValueError(
+                f"embedding_dim must be a positive int or None, got {embedding_dim!r}."
+            )
         x = keras.layers.Dense(int(embedding_dim), name=HEAD_PREFIX + "projection")(x)
     if l2_normalize:
         return keras.layers.UnitNormalization(

@@ -44,7 +44,8 @@ def _check_input_shape(input_shape):
     shape = tuple(input_shape)
     if len(shape) != 3 or any(d is not None and (int(d) != d or d < 1) for d in shape):
         raise ValueError(
-            f"input_shape must be (height, width, channels) with positive ints, got {input_shape!r}."
+            "input_shape must be (height, width, channels) with positive ints, "
+            f"got {input_shape!r}."
         )
     if shape[2] is None:
         raise ValueError(f"input_shape needs a known channel count, got {input_shape!r}.")
@@ -124,7 +125,9 @@ def build_embedder(
         FileNotFoundError: a weights path that does not exist.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown embedder {name!r}. Known embedders: {', '.join(list_embedders())}.")
+        raise ValueError(
+            f"Unknown embedder {name!r}. Known embedders: {', '.join(list_embedders())}."
+        )
     input_shape = _check_input_shape(input_shape)
     kind, source = _resolve_weights(weights)
     model = _REGISTRY[name](

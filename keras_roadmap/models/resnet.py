@@ -44,7 +44,10 @@ def resnet50_backbone(input_shape, *, variant="keras_hub", backbone_weights=None
     if variant not in VARIANTS:
         raise ValueError(f"ResNet-50 variant must be one of {VARIANTS}, got {variant!r}.")
     if variant == "keras_hub":
-        keras_hub = import_keras_hub()
+        keras_hub = import_keras_hub(
+            "Or pass variant='keras_applications' for keras.applications.ResNet50, which is "
+            "ResNet v1, not the paper's v1.5."
+        )
         if backbone_weights is not None:
             return backbone_from_preset(
                 backbone_weights,
@@ -61,8 +64,9 @@ def resnet50_backbone(input_shape, *, variant="keras_hub", backbone_weights=None
             f".weights.h5 file, got {backbone_weights!r}."
         )
     images = keras.Input(shape=input_shape, name="backbone_images")
+    caffe_images = ImageNetToCaffe(name="to_caffe")(images)
     trunk = keras.applications.ResNet50(
-        include_top=False, weights=backbone_weights, input_tensor=ImageNetToCaffe(name="to_caffe")(images)
+        include_top=False, weights=backbone_weights, input_tensor=caffe_images
     )
     return keras.Model(images, trunk.output, name="backbone")
 
@@ -92,7 +96,8 @@ def build_resnet50(*, input_shape, embedding_dim=None, l2_normalize=True, freeze
     ``pooling``: "avg" (default) or "max".
     """
     return _build(input_shape, embedding_dim, l2_normalize, freeze_batchnorm, backbone_weights,
-                  pooling=pooling, layer_norm=False, variant=variant, model_name="resnet50_embedder")
+                  pooling=pooling, layer_norm=False, variant=variant,
+                  model_name="resnet50_embedder")
 
 
 @register_embedder("resnet50_max_ln")
