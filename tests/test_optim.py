@@ -252,3 +252,30 @@ def test_training_under_mixed_precision():
         assert all(v.dtype == "float32" for v in model.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def _two_steps(model, **compile_kwargs):
+    model.compile(optimizer=build_optimizer(1e-2, 2e-2, weight_decay=1e-3, milestones=[1],
+                                            steps_per_epoch=1), loss="mse", **compile_kwargs)
+    x, y = _data()
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    return [w.numpy() for w in model.weights]
+
+
+def test_xla_and_tf_distribute_give_the_eager_result():
+    import tensorflow as tf
+
+    reference_model = _tiny_model()
+    initial = reference_model.get_weights()
+    expected = _two_steps(reference_model, run_eagerly=True)
+    xla_model = _tiny_model()
+    xla_model.set_weights(initial)
+    for got, want in zip(_two_steps(xla_model, jit_compile=True), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        mirrored_model = _tiny_model()
+        mirrored_model.set_weights(initial)
+        mirrored = _two_steps(mirrored_model)
+    for got, want in zip(mirrored, expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
