@@ -102,6 +102,8 @@ def build_embedder(
     Args:
         name: one of :func:`list_embedders` ("resnet50", "resnet50_max_ln", "deit_small",
             "deit_small_distilled", "deit_base", "tiny_cnn", plus any you register).
+            "resnet50*" are ResNet-50 **v1.5** (torchvision's, the paper's) from keras-hub;
+            ``variant="keras_applications"`` gives keras.applications' v1 instead.
         embedding_dim: projection size; None = the paper's default for that model (512 for
             ResNet-50, none for DeiT so D = 384 / 768, 64 for tiny_cnn).
         weights: None (random init), a ``.weights.h5`` file of this embedder (saved with
