@@ -1,0 +1,61 @@
+"""The embedding head shared by all embedders: pooling, optional LayerNorm, projection, L2."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_roadmap.models.layers import TokenPooling
+
+# Every head layer's name starts with this, so its variables' paths do too: the optimiser uses it
+# to give the head its own learning rate (`keras_roadmap.optim.build_optimizer`).
+HEAD_PREFIX = "head_"
+
+_POOLINGS = ("avg", "max") + TokenPooling.MODES
+
+
+def embedding_head(
+    features,
+    *,
+    pooling: str,
+    embedding_dim: int | None,
+    layer_norm: bool = False,
+    l2_normalize: bool = True,
+):
+    """Apply the head to backbone features (a symbolic tensor) and return the embeddings.
+
+    Args:
+        features: (B, H, W, C) feature map for ``pooling`` "avg"/"max", or (B, T, D) tokens for
+            the TokenPooling modes ("cls", "cls_dist_mean", "cls_dist_concat").
+        pooling: one of the above.
+        embedding_dim: size of the Dense projection, or None for no projection.
+        layer_norm: LayerNorm without affine parameters (eps 1e-5) before the projection: the
+            paper's CUB setting (``norm_features=True`` in the official code).
+        l2_normalize: divide by the L2 norm (zero vectors stay zero, no NaN).
+
+    Returns:
+        (B, embedding_dim or feature dim) embeddings, float32 whatever the dtype policy: the last
+        layer computes in float32 so mixed precision keeps a float32 output.
+    """
+    if pooling not in _POOLINGS:
+        raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}.")
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "avg_pool")(features)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name=HEAD_PREFIX + "max_pool")(features)
+    else:
+        x = TokenPooling(pooling, name=HEAD_PREFIX + "token_pool")(features)
+    if layer_norm:
+        x = keras.layers.LayerNormalization(
+            epsilon=1e-5, center=False, scale=False, name=HEAD_PREFIX + "layer_norm"
+        )(x)
+    if embedding_dim is not None:
+        if int(embedding_dim) != embedding_dim or embedding_dim < 1:
+            raise ValueError(
+                f"embedding_dim must be a positive int or None, got {embedding_dim!r}."
+            )
+        x = keras.layers.Dense(int(embedding_dim), name=HEAD_PREFIX + "projection")(x)
+    if l2_normalize:
+        return keras.layers.UnitNormalization(
+            axis=-1, dtype="float32", name=HEAD_PREFIX + "l2_normalize"
+        )(x)
+    return keras.layers.Activation("linear", dtype="float32", name=HEAD_PREFIX + "output")(x)
