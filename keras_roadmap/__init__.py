@@ -3,11 +3,15 @@
     from keras_roadmap import ROADMAPLoss
     model.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=True)
 
-Public names are loaded on first access, so light entry points (``keras-roadmap --help``, the
-serving scripts) never import TensorFlow.
+The modules that define Keras-serializable objects (losses, memory, trainer, models,
+optimisers) are imported with the package, so ``keras.models.load_model`` finds them after a
+plain ``import keras_roadmap``. Data, samplers, evaluation and export load on first access.
 """
 
 import importlib
+
+# Registers the serializable classes with Keras (this imports TensorFlow).
+from keras_roadmap import losses, memory, models, optim, trainer  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -23,6 +27,29 @@ _EXPORTS = {
     # memory and training
     "CrossBatchMemory": "keras_roadmap.memory",
     "RetrievalTrainer": "keras_roadmap.trainer",
+    # models and optimisers
+    "IMAGENET_MEAN": "keras_roadmap.models",
+    "IMAGENET_STD": "keras_roadmap.models",
+    "build_embedder": "keras_roadmap.models",
+    "freeze_batchnorm": "keras_roadmap.models",
+    "list_embedders": "keras_roadmap.models",
+    "register_embedder": "keras_roadmap.models",
+    "MultiStepDecay": "keras_roadmap.optim",
+    "TorchAdam": "keras_roadmap.optim",
+    "TorchSGD": "keras_roadmap.optim",
+    "build_optimizer": "keras_roadmap.optim",
+    # data and samplers
+    "CorruptImageLog": "keras_roadmap.data",
+    "DatasetFormatError": "keras_roadmap.data",
+    "RetrievalSplit": "keras_roadmap.data",
+    "load_cub": "keras_roadmap.data",
+    "load_inaturalist": "keras_roadmap.data",
+    "load_inshop": "keras_roadmap.data",
+    "load_sop": "keras_roadmap.data",
+    "make_eval_dataset": "keras_roadmap.data",
+    "make_train_dataset": "keras_roadmap.data",
+    "HierarchicalSampler": "keras_roadmap.samplers",
+    "MPerClassSampler": "keras_roadmap.samplers",
     # export
     "ExportError": "keras_roadmap.export",
     "ExportReport": "keras_roadmap.export",
