@@ -25,6 +25,10 @@ class RetrievalLoss(keras.losses.Loss):
     is no faithful way to weight examples. Balance the data with a class-balanced sampler.
     """
 
+    # Read by tensorflow-similarity's SimilarityModel.compile(distance="auto"): its cosine
+    # index ranks exactly as our dot-product scores on L2-normalised embeddings.
+    distance = "cosine"
+
     def __init__(self, *, include_self=True, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.include_self = bool(include_self)
