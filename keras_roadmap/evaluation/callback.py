@@ -1,5 +1,7 @@
 """Keras callback writing retrieval metrics (`val_recall@1`, `val_map@r`, ...) into the epoch logs."""
 
+import logging
+import sys
 import time
 
 import keras
@@ -131,10 +133,19 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(value)
         if self.verbose:
             shown = " - ".join(f"{key}: {value:.4f}" for key, value in self._latest.items())
-            keras.utils.io_utils.print_msg(
+            _print_line(
                 f"Epoch {epoch + 1}: retrieval on {metrics['num_queries']} queries "
                 f"({time.perf_counter() - began:.1f}s) - {shown}"
             )
+
+
+def _print_line(message: str) -> None:
+    # Same routing as Keras' own progress output: stdout, or logging when interactive output is off.
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+    else:
+        logging.getLogger("keras_roadmap").info(message)
 
 
 _MULTI_OUTPUT = "The model has several outputs; pass `model=` a model whose single output is the embedding."
