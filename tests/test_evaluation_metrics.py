@@ -61,16 +61,20 @@ def test_recall_without_lone_queries_matches_fixture(name):
     np.testing.assert_allclose(recall, z["recall_at_k_nonlone"], rtol=0, atol=1e-6)
 
 
-def test_few_neighbours_path_matches_fixture():
-    # ks=(1,) searches only R_max neighbours, so most mAP values come from the exact recount.
+@pytest.mark.parametrize("search_k", [1, 5])
+def test_short_neighbour_list_matches_fixture(search_k):
+    # With 1 or 5 listed neighbours nearly every query goes through the exact full-row recount.
     z = load_fixture("metrics_split_n3000_d64_c300.npz")
     metrics, per_query = retrieval_metrics(
         z["reference"], z["reference_labels"], query_embeddings=z["query"], query_labels=z["query_labels"],
-        ks=(1,), return_per_query=True,
+        ks=tuple(z["recall_ks"]), search_k=search_k, return_per_query=True,
     )
-    assert metrics["map"] == pytest.approx(float(z["pml_mean_average_precision"]), abs=1e-6)
-    assert metrics["mrr"] == pytest.approx(float(z["pml_mean_reciprocal_rank"]), abs=1e-6)
+    for ours, theirs in PML_KEYS.items():
+        assert metrics[ours] == pytest.approx(float(z[theirs]), abs=1e-6), ours
+    recall = [metrics[f"recall@{k}"] for k in z["recall_ks"]]
+    np.testing.assert_allclose(recall, z["recall_at_k"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(per_query["first_pos_rank"], z["first_pos_rank"])
+    np.testing.assert_allclose(per_query["ap_at_r"], z["per_query_ap_at_r"], rtol=0, atol=1e-12, equal_nan=True)
 
 
 def test_average_precision_helper_matches_fixture_exactly():
@@ -101,9 +105,12 @@ HAND_SAME = dict(
 
 
 @pytest.mark.parametrize("metric", ["inner_product", "l2"])
-@pytest.mark.parametrize("ks", [(1, 2, 4, 1000), (1,)])
-def test_hand_computed_same_source(metric, ks):
-    metrics, per_query = retrieval_metrics(**HAND_SAME, ks=ks, metric=metric, return_per_query=True)
+@pytest.mark.parametrize("ks, search_k", [((1, 2, 4, 1000), None), ((1,), 1), ((1, 2), 2)])
+def test_hand_computed_same_source(metric, ks, search_k):
+    # search_k 1 or 2 leaves positives out of the k-NN list: the exact recount path answers.
+    metrics, per_query = retrieval_metrics(
+        **HAND_SAME, ks=ks, metric=metric, search_k=search_k, return_per_query=True
+    )
     assert metrics["precision@1"] == pytest.approx(2 / 3)
     assert metrics["r_precision"] == pytest.approx(1 / 2)
     assert metrics["map@r"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 4) / 3)
@@ -112,6 +119,7 @@ def test_hand_computed_same_source(metric, ks):
     assert metrics["recall@1"] == pytest.approx(2 / 5)
     if len(ks) > 1:
         assert metrics["recall@2"] == pytest.approx(3 / 5)
+    if len(ks) > 2:
         assert metrics["recall@4"] == pytest.approx(3 / 5)
         assert metrics["recall@1000"] == pytest.approx(3 / 5)
     assert (metrics["num_queries"], metrics["num_lone_queries"], metrics["num_references"]) == (5, 2, 5)
@@ -127,13 +135,15 @@ def test_hand_computed_same_source(metric, ks):
 # qA@40: g1- g0+ g2+ g3- -> AP 7/12, P@1 0, Rprec 1/2, AP@R 1/4, first 2
 # qB@140: g3+ g2- g1+ g0- -> AP 5/6, P@1 1, Rprec 1/2, AP@R 1/2, first 1
 # qC@0: no reference of class C -> lone
-def test_hand_computed_query_gallery():
+@pytest.mark.parametrize("search_k", [None, 1])
+def test_hand_computed_query_gallery(search_k):
     metrics, per_query = retrieval_metrics(
         _circle([0, 45, 90, 135]),
         np.array([1, 2, 1, 2]),
         query_embeddings=_circle([40, 140, 0]),
         query_labels=np.array([1, 2, 3]),
         ks=(1, 2),
+        search_k=search_k,
         return_per_query=True,
     )
     assert metrics["precision@1"] == pytest.approx(1 / 2)
@@ -148,13 +158,13 @@ def test_hand_computed_query_gallery():
 
 
 @pytest.mark.parametrize("metric", ["inner_product", "l2"])
-@pytest.mark.parametrize("ks", [(1, 2, 3), (1,)])
-def test_exact_ties_are_broken_by_reference_index(metric, ks):
+@pytest.mark.parametrize("search_k", [None, 1, 2])
+def test_exact_ties_are_broken_by_reference_index(metric, search_k):
     # Rows 1 (class B) and 2 (class A) are identical. For query 0 they tie and the B row comes
     # first (smaller index): ranking B+ ... -> A at rank 2, AP 1/2. For query 2 (tied with 1,
     # its exact duplicate, ranked first) the A row 0 and the C row 3 tie: 0 first -> rank 2.
     e = np.array([[1, 0], [0, 1], [0, 1], [-1, 0]], np.float32)
-    metrics, per_query = retrieval_metrics(e, [0, 1, 0, 2], ks=ks, metric=metric, return_per_query=True)
+    metrics, per_query = retrieval_metrics(e, [0, 1, 0, 2], ks=(1,), metric=metric, search_k=search_k, return_per_query=True)
     np.testing.assert_allclose(per_query["ap"], [0.5, np.nan, 0.5, np.nan])
     np.testing.assert_array_equal(per_query["first_pos_rank"], [2, 0, 2, 0])
     assert metrics["precision@1"] == 0.0
@@ -170,11 +180,14 @@ def _clustered(n_classes, per_class, dim, noise, seed):
     return x[order].astype(np.float32), labels[order]
 
 
-@pytest.mark.parametrize("ks", [(1, 2, 4, 8, 100), (1,)])
-def test_chunk_size_does_not_change_results(ks):
+@pytest.mark.parametrize("search_k", [None, 2])
+def test_chunk_size_does_not_change_results(search_k):
     x, y = _clustered(12, 5, 8, 1.0, seed=3)
     y[:2] = [5000, 5001]  # two lone queries
-    runs = [retrieval_metrics(x, y, ks=ks, chunk_size=c, return_per_query=True) for c in (1, 7, len(x))]
+    runs = [
+        retrieval_metrics(x, y, ks=(1, 2, 4, 8, 100), chunk_size=c, search_k=search_k, return_per_query=True)
+        for c in (1, 7, len(x))
+    ]
     for metrics, per_query in runs[1:]:
         assert metrics == runs[0][0]
         for key, value in per_query.items():
@@ -185,7 +198,9 @@ def test_chunk_size_does_not_change_results(ks):
 def test_full_map_agrees_with_dense_average_precision():
     x, y = _clustered(20, 6, 16, 1.5, seed=4)
     q, qy = _clustered(20, 2, 16, 1.5, seed=4)  # same centres, fresh noise
-    metrics, per_query = retrieval_metrics(x, y, query_embeddings=q, query_labels=qy, ks=(1,), return_per_query=True)
+    metrics, per_query = retrieval_metrics(
+        x, y, query_embeddings=q, query_labels=qy, ks=(1,), search_k=3, return_per_query=True
+    )
     dense = average_precision(q.astype(np.float64) @ x.T.astype(np.float64), qy[:, None] == y[None, :])
     np.testing.assert_allclose(per_query["ap"], dense, rtol=0, atol=1e-12)
     assert metrics["map"] == pytest.approx(float(np.mean(dense)))
@@ -252,6 +267,7 @@ GOOD_Y = np.array([1, 1, 2, 2])
         (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=()), "`ks` is empty"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, metric="cosine"), "`metric` must be one of"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, chunk_size=0), "`chunk_size` must be a positive integer"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, search_k=0), "`search_k` must be a positive integer"),
         (dict(embeddings=GOOD_X[:1], labels=GOOD_Y[:1]), "at least 2 embeddings"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, query_embeddings=GOOD_X), "needs `query_labels`"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, query_labels=GOOD_Y), "without `query_embeddings`"),

@@ -51,7 +51,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         logged: which non-recall metrics to log (default precision@1, r_precision, map@r, map, mrr).
         skipped_epochs: "carry" or "omit", see above.
         verbose: 1 (default) prints one line per evaluation; 0 is silent.
-        chunk_size: query chunk of the exact search (default 1024).
+        chunk_size: query chunk of the exact search (default 2048).
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         logged=LOGGED_METRICS,
         skipped_epochs: str = "carry",
         verbose: int = 1,
-        chunk_size: int = 1024,
+        chunk_size: int = 2048,
     ):
         super().__init__()
         self.data = _check_data(data, "data")

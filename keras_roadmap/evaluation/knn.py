@@ -48,7 +48,7 @@ def exact_knn(
     k: int = 10,
     *,
     metric: str = "inner_product",
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest references of each query.
 

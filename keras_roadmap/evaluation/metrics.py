@@ -8,13 +8,17 @@ Conventions follow the official ROADMAP evaluation (pytorch-metric-learning's
 * R = number of references sharing the query's label (class size - 1 in same-source mode). A
   query with R = 0 is "lone": it counts as a miss in Recall@K (ROADMAP's definition) and is left
   out of every other metric (pytorch-metric-learning's).
-* ties between equal scores are broken by reference index (a stable sort, as faiss does).
+* ties between equal scores are broken by reference index (a stable sort). faiss does not cut
+  ties that way, so rows with equal scores are reordered, and a query whose positive ties with
+  the k-th score is recounted exactly (below).
 
-Cost: one exact search with k = max(max(ks), R_max) over query chunks, O(chunk_size * k) memory.
-The full mAP needs the rank of every relevant reference; for the (usually few) queries with a
-relevant reference beyond the k-th neighbour, the query's full score row is recomputed in small
-blocks and each positive's rank is counted with a binary search against the sorted positive
-scores (O(N log R) per query), so no N x N matrix is ever held.
+Cost: one exact faiss search with k = max(max(ks), R_max, 100), in query chunks: O(chunk_size * k)
+memory on top of the index. P@1, R-precision, MAP@R, Recall@K and MRR come from that list. The
+full mAP needs the rank of every relevant reference: a query with a relevant reference beyond
+the k-th neighbour (usually few) has its full score row recomputed in small float32 blocks, and
+each positive's rank is counted by a binary search of the row against the sorted positive
+scores (O(N log R) per query); its metrics then all come from those exact ranks. No N x N
+matrix is ever held.
 """
 
 import numpy as np
@@ -24,6 +28,8 @@ from keras_roadmap.evaluation import checks, knn
 DEFAULT_KS = (1, 2, 4, 8, 10, 16, 32, 100, 1000)
 # Bytes of float32 score rows recomputed at once for queries whose positives lie beyond the k-NN list.
 _FULL_ROW_BUDGET = 64 * 2**20
+# A deeper list costs little in faiss and spares most queries the exact full-row recount.
+_MIN_SEARCH_K = 100
 
 
 def retrieval_metrics(
@@ -34,9 +40,10 @@ def retrieval_metrics(
     query_labels=None,
     ks=DEFAULT_KS,
     metric: str = "inner_product",
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
     exclude_lone_from_recall: bool = False,
     return_per_query: bool = False,
+    search_k: int | None = None,
 ):
     """Exact retrieval metrics of `query_embeddings` against `embeddings` (the references).
 
@@ -51,11 +58,15 @@ def retrieval_metrics(
         metric: "inner_product" (default: the score ROADMAP trains on; faiss `IndexFlatIP`) or
             "l2" (squared Euclidean, `IndexFlatL2`, what pytorch-metric-learning uses). They rank
             unit-norm embeddings identically (up to float32 rounding at near-ties).
-        chunk_size: queries searched at once (memory O(chunk_size * k)); results do not depend
-            on it (except for float32 near-ties).
+        chunk_size: queries searched at once (default 2048; memory O(chunk_size * k)); results
+            do not depend on it (except where float32 rounding reorders near-ties).
         exclude_lone_from_recall: False (default, ROADMAP): lone queries count as misses in
             `recall@K`. True: `recall@K` is averaged over non-lone queries only.
         return_per_query: also return a dict of per-query numpy arrays (see Returns).
+        search_k: neighbours listed per query by the faiss search (default
+            max(max(ks), largest R, 100), capped at the number of references). Any value >= 1
+            gives the same results: queries whose relevant references are not all listed are
+            recounted exactly from their full score row; a small value only shifts work there.
 
     Returns:
         dict of python numbers: `recall@K` for each K, `precision@1`, `r_precision`, `map@r`,
@@ -96,7 +107,9 @@ def retrieval_metrics(
 
     classes = _ReferenceClasses(ref_labels)
     num_relevant = classes.count(q_labels) - (1 if same_source else 0)
-    k = min(available, max(ks[-1], int(num_relevant.max()), 1))
+    if search_k is None:
+        search_k = max(ks[-1], int(num_relevant.max()), _MIN_SEARCH_K)
+    k = min(available, checks.positive_int(search_k, "search_k"))
 
     n_q = queries.shape[0]
     ap = np.full(n_q, np.nan)
