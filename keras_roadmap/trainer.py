@@ -111,22 +111,18 @@ class RetrievalTrainer(keras.Model):
 
     def _memory_loss(self, loss_fn, labels, embeddings, state):
         """Memory terms once active (0 before): the batch ranked against the updated memory."""
-
-        def active():
-            return ops.cast(
-                loss_fn.call_with_reference(
-                    labels,
-                    embeddings,
-                    state["labels"],
-                    state["embeddings"],
-                    self_index=state["slots"],
-                    ref_mask=ops.cast(state["filled"], "bool"),
-                ),
-                "float32",
-            )
-
-        # Steps already taken before this one: `activate_after` full steps run without the memory.
-        return tf.cond(self.memory.is_active(), active, lambda: tf.constant(0.0))
+        value = loss_fn.call_with_reference(
+            labels,
+            embeddings,
+            state["labels"],
+            state["embeddings"],
+            self_index=state["slots"],
+            ref_mask=ops.cast(state["filled"], "bool"),
+        )
+        # A multiplication rather than a tf.cond: XLA keeps one static program (a cond around
+        # the chunked kernel's gradient forced recompilation at every step with dynamic batch
+        # sizes). Steps already taken before this one count: `activate_after` steps run without.
+        return ops.cast(value, "float32") * ops.cast(self.memory.is_active(), "float32")
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
