@@ -1,0 +1,16 @@
+"""ROADMAP on In-Shop Clothes Retrieval with the paper's settings (recipes/configs/inshop.yaml).
+
+    python recipes/inshop.py --data-dir PATH --out runs/inshop [--backbone ...] [--smoke]
+
+All the logic lives in keras_roadmap.recipes; run with --help for the flags.
+"""
+
+import pathlib
+import sys
+
+from keras_roadmap.recipes import main
+
+CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "inshop.yaml"
+
+if __name__ == "__main__":
+    sys.exit(main("inshop", sys.argv[1:], CONFIG))
