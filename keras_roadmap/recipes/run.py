@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import time
 import warnings
 
+from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
 from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config
@@ -355,8 +357,15 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         )
     elif not data_dir:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
+    if args.resume and backup_epoch(out / "backup") == 0 and not (out / "backup" / "latest.weights.h5").is_file():
+        parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
-    run(config, data_dir, out, require_backup=args.resume)
+    try:
+        run(config, data_dir, out, require_backup=args.resume)
+    except (DatasetFormatError, FileNotFoundError, ConfigError) as err:
+        # Dataset layout and config problems: the message says what and where; no traceback.
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     print(f"Done in {time.perf_counter() - started:.1f} s; outputs in {out}.", flush=True)
     return 0
 
