@@ -227,3 +227,19 @@ def test_best_embedder_checkpoint_saves_the_embedder_on_improvement_only(tmp_pat
     resumed.on_epoch_end(3, {"val_map@r": 0.6})
     np.testing.assert_array_equal(keras.models.load_model(path).get_weights()[0], other.get_weights()[0])
     assert json.loads((tmp_path / "best.keras.best.json").read_text()) == {"best": 0.6, "epoch": 3, "monitor": "val_map@r"}
+
+
+def test_resumed_training_stream_continues_the_uninterrupted_one(tmp_path):
+    """A run resumed at epoch k reads exactly the batches an unbroken run reads from epoch k."""
+    from keras_roadmap.recipes.run import _datasets
+
+    config = resolve_config(load_yaml(CONFIGS / "sop.yaml"), source="sop", smoke=True)
+    splits = assembly.load_splits("sop", write_smoke_dataset("sop", tmp_path / "sop"))
+    sampler = assembly.build_sampler(config, splits.train)
+    steps = len(sampler)
+    unbroken = [b for b in _datasets(config, splits, sampler, first_epoch=0)[0].take(3 * steps)]
+    resumed = [b for b in _datasets(config, splits, sampler, first_epoch=2)[0].take(steps)]
+    for (images, labels), (images_r, labels_r) in zip(unbroken[2 * steps :], resumed):
+        np.testing.assert_array_equal(labels, labels_r)
+        np.testing.assert_array_equal(images, images_r)
+    assert not np.array_equal(unbroken[0][1], resumed[0][1]) or not np.array_equal(unbroken[0][0], resumed[0][0])
