@@ -41,6 +41,7 @@ class RecipeConfig:
         evaluation: dict(every_n_epochs, ks, batch_size, grid_queries, grid_k).
         mixed_precision: Keras dtype policy used when a GPU is present ("float32" = off).
         smoke: True for a `--smoke` run.
+        precision_forced: apply `mixed_precision` even without a GPU (`--precision`).
     """
 
     dataset: str
@@ -61,6 +62,7 @@ class RecipeConfig:
     evaluation: dict
     mixed_precision: str
     smoke: bool = False
+    precision_forced: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -49,6 +49,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
     parser.add_argument("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
     parser.add_argument("--eval-every", type=int, help="evaluate (and select the best model) every N epochs")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+        default="auto",
+        help="Keras dtype policy; auto (default) = the config's mixed_precision on a GPU, float32 otherwise",
+    )
     parser.add_argument("--seed", type=int, help="sampler/augmentation/initialisation seed")
     parser.add_argument("--resume", action="store_true", help="require a backup in --out to continue from (a run always continues from one when present)")
     parser.add_argument("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
@@ -70,6 +76,9 @@ def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
         "seed": args.seed,
     }
     config = resolve_config(raw, source=str(path), overrides=overrides, smoke=args.smoke)
+    if args.precision != "auto":
+        config.mixed_precision = args.precision
+        config.precision_forced = True
     if args.eval_every is not None:
         if args.eval_every < 1:
             raise ConfigError(f"--eval-every must be >= 1, got {args.eval_every}.")
@@ -78,11 +87,13 @@ def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
 
 
 def _setup_precision(config: RecipeConfig) -> str:
-    """Mixed precision on a GPU (the config's policy), float32 elsewhere; returns the policy."""
+    """Mixed precision on a GPU (the config's policy), float32 elsewhere unless `--precision`
+    forced a policy; returns the policy."""
     import keras
     import tensorflow as tf
 
-    policy = config.mixed_precision if tf.config.list_physical_devices("GPU") else "float32"
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    policy = config.mixed_precision if on_gpu or config.precision_forced else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
