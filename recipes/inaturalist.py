@@ -5,10 +5,13 @@
 All the logic lives in keras_roadmap.recipes; run with --help for the flags.
 """
 
+import os
 import pathlib
 import sys
 
-from keras_roadmap.recipes import main
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+from keras_roadmap.recipes import main  # noqa: E402
 
 CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "inaturalist.yaml"
 
