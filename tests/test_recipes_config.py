@@ -100,6 +100,7 @@ def test_flags_override_the_file():
     [
         ({"backbone": "vgg16"}, "unknown backbone profile 'vgg16'"),
         ({"batch_size": 130}, "not a multiple of samples_per_class"),
+        ({"batch_size": 12}, "batch_size / samples_per_class must be even"),
         ({"memory": "lots"}, "--memory must be"),
         ({"memory": -5}, "memory size must be >= 0"),
         ({"epochs": 0}, "epochs must be a positive integer"),
@@ -137,6 +138,8 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     assert "no backup to continue from" in capsys.readouterr().err
     status = main("cub", ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty")], CONFIGS / "cub.yaml")
     assert status == 2 and "CUB images list not found" in capsys.readouterr().err
+    status = main("cub", ["--smoke", "--out", str(tmp_path / "s"), "--batch-size", "64"], CONFIGS / "cub.yaml")
+    assert status == 2 and "do not fit cub/train" in capsys.readouterr().err
 
 
 def test_format_table_lists_the_dataset_ks_then_map_at_r():
@@ -179,7 +182,10 @@ def test_hierarchical_sampler_needs_super_labels(tmp_path):
     root = write_smoke_dataset("cub", tmp_path / "cub")
     config = resolved("cub")
     config.sampler = {"name": "hierarchical", "batch_size": 8, "samples_per_class": 2, "batches_per_super_pair": 1}
-    with pytest.raises(ValueError, match="has no super-categories"):
+    with pytest.raises(ConfigError, match="has no super-categories"):
+        assembly.build_sampler(config, assembly.load_splits("cub", root).train)
+    config.sampler = {"name": "m_per_class", "batch_size": 64, "samples_per_class": 4}
+    with pytest.raises(ConfigError, match="do not fit cub/train: .*16"):
         assembly.build_sampler(config, assembly.load_splits("cub", root).train)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_roadmap.recipes.config import RecipeConfig
+from keras_roadmap.recipes.config import ConfigError, RecipeConfig
 
 
 @dataclasses.dataclass
@@ -36,7 +36,19 @@ def load_splits(dataset: str, root) -> Splits:
 
 
 def build_sampler(config: RecipeConfig, split):
-    """The config's sampler over `split` (`MPerClassSampler` or `HierarchicalSampler`)."""
+    """The config's sampler over `split` (`MPerClassSampler` or `HierarchicalSampler`).
+
+    Raises:
+        ConfigError: the sampler settings do not fit the split (e.g. more classes per batch
+            than the split has), with the sampler's own explanation.
+    """
+    try:
+        return _sampler(config, split)
+    except ValueError as err:
+        raise ConfigError(f"sampler settings {config.sampler} do not fit {split.name}: {err}") from err
+
+
+def _sampler(config: RecipeConfig, split):
     from keras_roadmap.samplers import HierarchicalSampler, MPerClassSampler
 
     s = config.sampler

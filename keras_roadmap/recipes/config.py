@@ -161,6 +161,12 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
             f"{sampler['samples_per_class']}; choose e.g. {sampler['samples_per_class'] * (sampler['batch_size'] // sampler['samples_per_class'] or 1)}."
         )
     if sampler["name"] == "hierarchical":
+        if (sampler["batch_size"] // sampler["samples_per_class"]) % 2:
+            raise ConfigError(
+                f"the hierarchical sampler takes half of each batch's classes from each of two "
+                f"super-categories, so batch_size / samples_per_class must be even; got "
+                f"{sampler['batch_size']} / {sampler['samples_per_class']}."
+            )
         sampler["batches_per_super_pair"] = _positive_int(
             sampler.get("batches_per_super_pair", 10), "sampler.batches_per_super_pair"
         )
