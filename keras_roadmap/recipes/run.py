@@ -368,7 +368,7 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         )
     elif not data_dir:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
-    if args.resume and backup_epoch(out / "backup") == 0 and not (out / "backup" / "latest.weights.h5").is_file():
+    if args.resume and not (out / "backup" / "latest.weights.h5").is_file():
         parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
