@@ -133,6 +133,15 @@ def _keras_and_trainer_steps(strategy, results):
             "mirrored_loss": mirrored_loss,
         }
 
+    # 15 examples: the second step's batch of 7 is split 4 / 3 between the replicas.
+    x15 = rng.normal(size=(15, 6)).astype("float32")
+    labels15 = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 1, 2, 2, 3, 3], dtype="int64")
+    single_model, _, _ = _fit_one_step(None, plain_model(False), x15, labels15)
+    mirrored_model, _, _ = _fit_one_step(strategy, plain_model(False), x15, labels15)
+    results["keras_fit_uneven_last_batch"] = {
+        "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_model.get_weights(), mirrored_model.get_weights())),
+    }
+
     # Trainer with a keyed memory, three steps (memory terms from the first step), plain and
     # with embedding-gradient caching, against a single-device plain run.
     xs = rng.normal(size=(3 * GLOBAL_BATCH, 6)).astype("float32")
@@ -250,6 +259,10 @@ def test_keras_fit_step_equals_single_device_step(mirrored, include_self):
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
 
 
+def test_uneven_replica_batches_use_the_right_global_rows(mirrored):
+    assert mirrored["keras_fit_uneven_last_batch"]["weight_diff"] < 1e-6
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_trainer_memory_is_identical_on_every_replica_and_equals_single_device(mirrored, chunk_size):
     result = mirrored[f"trainer_memory_chunk_{chunk_size}"]
@@ -267,6 +280,36 @@ def test_xla_under_mirrored_on_logical_cpus_outcome_is_known(mirrored):
     # from CPU:0); if a TF release fixes it, this test says so and the README limit is stale.
     assert not mirrored["xla"]["ok"], "XLA under Mirrored on logical CPUs now works: update the docs."
     assert "device" in mirrored["xla"]["error"].lower() or "resource" in mirrored["xla"]["error"].lower()
+
+
+@pytest.mark.parametrize("case", LOSS_CASES)
+@pytest.mark.parametrize("form", ["batch", "reference"])
+def test_ratio_decomposition_equals_each_loss(case, form):
+    # The cross-replica path recombines these ratios; on one device they must give the loss.
+    loss = _make_loss(case, dtype="float64")
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(GLOBAL_BATCH, 5))
+    if form == "batch":
+        pairs = loss._batch_pairs(LABELS, emb)
+    else:
+        ref = rng.normal(size=(12, 5))
+        ref_labels = np.array([0, 1, 2, 3, 4, 5] * 2)
+        mask = np.arange(12) < 10
+        pairs = loss._reference_pairs(LABELS, emb, ref_labels, ref, np.arange(GLOBAL_BATCH), mask)
+    expected = float(loss._loss_from_pairs(pairs))
+    assert float(distributed.combine_ratios(distributed.ratio_terms(loss, pairs))) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_loss_without_ratio_decomposition_is_named():
+    from keras_roadmap.losses import RetrievalLoss
+
+    class CustomLoss(RetrievalLoss):
+        def _loss_from_pairs(self, pairs):
+            return pairs.scores[0, 0]
+
+    loss = CustomLoss()
+    with pytest.raises(TypeError, match="CustomLoss cannot be computed across replicas.*_ratio_terms"):
+        distributed.ratio_terms(loss, loss._batch_pairs(LABELS, np.ones((GLOBAL_BATCH, 2), "float32")))
 
 
 def test_no_replica_context_on_a_single_device():
