@@ -20,6 +20,13 @@ convention of Keras' own losses under ``tf.distribute`` (each replica's mean sca
 ``1 / num_replicas``): Keras' optimizer sums the replicas' gradients, and Keras' loss tracker
 multiplies each replica's value by ``num_replicas`` before averaging, so ``model.fit`` reports
 the global loss. :class:`~keras_roadmap.RetrievalTrainer` follows the same convention.
+
+``loss.gather_across_replicas = False`` opts out: each replica ranks its own examples only and
+returns its local loss divided by the number of replicas (Keras' usual data-parallel mean).
+
+Known limit: ``jit_compile=True`` under ``MirroredStrategy`` on logical CPU devices fails in
+TensorFlow itself (a replica's variable accessed from another device), with any loss; Keras'
+default ``jit_compile="auto"`` turns XLA off under a distribution strategy.
 """
 
 import tensorflow as tf
@@ -146,11 +153,19 @@ def gathered_batch_pairs(loss, context, y_true, y_pred):
     return pairs
 
 
-def cross_replica_batch_loss(loss, context, y_true, y_pred):
-    """This replica's share of the global batch loss (the shares sum to the global loss)."""
+def batch_loss(loss, context, y_true, y_pred):
+    """This replica's share of the global batch loss (the replicas' shares sum to it).
+
+    With ``loss.gather_across_replicas = False``: the loss of the local batch alone, divided by
+    the number of replicas.
+    """
+    if not loss.gather_across_replicas:
+        return loss._loss_from_pairs(loss._batch_pairs(y_true, y_pred)) / context.num_replicas_in_sync
     return combine_ratios(ratio_terms(loss, gathered_batch_pairs(loss, context, y_true, y_pred)), context)
 
 
-def cross_replica_reference_loss(loss, context, pairs):
-    """This replica's share of the reference-form loss of all replicas' queries."""
+def reference_loss(loss, context, pairs):
+    """This replica's share of the reference-form loss of every replica's queries."""
+    if not loss.gather_across_replicas:
+        return loss._loss_from_pairs(pairs) / context.num_replicas_in_sync
     return combine_ratios(ratio_terms(loss, pairs), context)

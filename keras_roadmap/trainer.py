@@ -126,7 +126,7 @@ class RetrievalTrainer(keras.Model):
         if sample_weight is not None:
             raise ValueError("RetrievalTrainer does not support sample weights (AP is not a per-example mean).")
         labels, sample_ids = split_targets(y)
-        context = distributed.replica_context() if self._retrieval_loss().gather_across_replicas else None
+        context = distributed.replica_context()
         variables = self.trainable_variables
         if self.chunk_size is None:
             with tf.GradientTape() as tape:
@@ -137,6 +137,7 @@ class RetrievalTrainer(keras.Model):
                     total = total + _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])))
                 scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
             gradients = tape.gradient(scaled, variables)
+            terms["total"] = total
         else:
             gradients, terms = self._cached_gradients(x, labels, sample_ids, context, variables)
         self.optimizer.apply(gradients, variables)
@@ -252,8 +253,9 @@ class RetrievalTrainer(keras.Model):
         if regularizers:
             with tf.GradientTape() as reg_tape:
                 penalty = _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in self._get_regularization_losses()])))
-                penalty = self.optimizer.scale_loss(penalty) if hasattr(self.optimizer, "scale_loss") else penalty
-            reg_grads = reg_tape.gradient(penalty, variables)
+                scaled = self.optimizer.scale_loss(penalty) if hasattr(self.optimizer, "scale_loss") else penalty
+            reg_grads = reg_tape.gradient(scaled, variables)
+            terms["total"] = terms["total"] + penalty
             gradients = [g if r is None else g + ops.cast(r, g.dtype) for g, r in zip(gradients, reg_grads)]
         return list(gradients), terms
 
@@ -261,7 +263,8 @@ class RetrievalTrainer(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels, _ = split_targets(y)
         embeddings = ops.cast(self.encoder(x, training=False), "float32")
-        batch_loss = self._retrieval_loss()(labels, embeddings)
+        # A replica's share of the loss times the replicas: the trackers average the replicas.
+        batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * distributed.num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
         return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker}

@@ -165,6 +165,7 @@ def _keras_and_trainer_steps(strategy, results):
         return model, history.history
 
     single_model, single_history = fit(None, trainer(None))
+    single_eval = single_model.evaluate(xs, ys, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)["batch_loss"]
     single_weights = single_model.encoder.get_weights()
     single_memory = {k: np.asarray(getattr(single_model.memory, k)) for k in ("embeddings", "labels", "filled", "steps")}
     for chunk_size in (None, 3):
@@ -181,6 +182,7 @@ def _keras_and_trainer_steps(strategy, results):
             "loss_diff": abs(single_history["loss"][-1] - history["loss"][-1]),
             "memory_loss_diff": abs(single_history["memory_loss"][-1] - history["memory_loss"][-1]),
             "memory_loss": history["memory_loss"][-1],
+            "eval_diff": abs(model.evaluate(xs, ys, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)["batch_loss"] - single_eval),
         }
 
 
@@ -273,6 +275,7 @@ def test_trainer_memory_is_identical_on_every_replica_and_equals_single_device(m
     assert result["memory_loss"] > 0.0
     assert result["weight_diff"] < 1e-6
     assert result["loss_diff"] < 1e-5 and result["memory_loss_diff"] < 1e-5
+    assert result["eval_diff"] < 1e-5  # evaluate reports the global batch loss, not a share
 
 
 def test_xla_under_mirrored_on_logical_cpus_outcome_is_known(mirrored):

@@ -30,7 +30,8 @@ class RetrievalLoss(keras.losses.Loss):
     batch (batch form) and divide by counts summed across replicas, so that the replicas' losses
     sum to the single-device loss of the global batch and their summed gradients equal its
     gradient (see :mod:`keras_roadmap.distributed`). Set the attribute
-    ``gather_across_replicas = False`` for a per-replica loss instead.
+    ``gather_across_replicas = False`` for per-replica losses instead (each replica ranks its own
+    examples only; its loss is scaled by ``1 / num_replicas``, as Keras scales its own losses).
     """
 
     # A class attribute (not a constructor argument) so every subclass gets it unchanged.
@@ -56,8 +57,8 @@ class RetrievalLoss(keras.losses.Loss):
             return self.call(y_true, y_pred)
 
     def _replica_context(self):
-        """The multi-replica context to gather across, or None (single device, or opted out)."""
-        if not self.gather_across_replicas or keras.backend.backend() != "tensorflow":
+        """The current multi-replica ``tf.distribute`` context, or None (single device)."""
+        if keras.backend.backend() != "tensorflow":
             return None
         from keras_roadmap import distributed  # tf.distribute lives there
 
@@ -69,7 +70,7 @@ class RetrievalLoss(keras.losses.Loss):
         if context is not None:
             from keras_roadmap import distributed
 
-            return distributed.cross_replica_batch_loss(self, context, y_true, y_pred)
+            return distributed.batch_loss(self, context, y_true, y_pred)
         return self._loss_from_pairs(self._batch_pairs(y_true, y_pred))
 
     def call_with_reference(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
@@ -93,7 +94,7 @@ class RetrievalLoss(keras.losses.Loss):
         if context is not None:
             from keras_roadmap import distributed
 
-            return distributed.cross_replica_reference_loss(self, context, pairs)
+            return distributed.reference_loss(self, context, pairs)
         return self._loss_from_pairs(pairs)
 
     def _batch_pairs(self, y_true, y_pred):
