@@ -15,6 +15,8 @@ than memory allows (embedding-gradient caching); under ``tf.distribute.MirroredS
 same code ranks against the global batch and keeps the memory identical on every replica.
 """
 
+import numbers
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -50,8 +52,9 @@ class RetrievalTrainer(keras.Model):
             back-propagate the cached embedding gradients
             (``tape.gradient(chunk_embeddings, variables, output_gradients=cached)``),
             accumulating the parameter gradients, then apply them once. Peak activation memory
-            grows with ``chunk_size``, not with B; the encoder runs twice (about 1.3-1.5x the
-            compute of a plain step). The update equals the plain full-batch update when the
+            grows with ``chunk_size``, not with B (the loss's own ``(B, B)`` terms remain); the
+            encoder's forward pass runs twice (about 4/3 of a plain step's compute when a
+            backward pass costs two forwards). The update equals the plain full-batch update when the
             encoder treats examples independently and deterministically. It differs when
             BatchNorm is in training mode (statistics of each chunk instead of the batch, and
             moving statistics updated twice per chunk, by both passes) and with dropout (pass 1
@@ -77,7 +80,9 @@ class RetrievalTrainer(keras.Model):
 
     def __init__(self, encoder, memory=None, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
-        if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
+        ):
             raise ValueError(f"chunk_size must be None or an integer >= 1 (inputs embedded per pass), got {chunk_size!r}.")
         self.encoder = encoder
         self.memory = memory

@@ -78,7 +78,7 @@ def test_chunk_as_large_as_the_batch_is_the_plain_step():
     assert max_weight_diff(plain, cached) < 1e-6
 
 
-@pytest.mark.parametrize("chunk_size", [0, -2, 2.5, True])
+@pytest.mark.parametrize("chunk_size", [0, -2, 2.5, True, "64"])
 def test_bad_chunk_size_is_a_clear_error(chunk_size):
     with pytest.raises(ValueError, match="chunk_size must be None or an integer >= 1"):
         RetrievalTrainer(small_cnn(0), chunk_size=chunk_size)
