@@ -20,6 +20,16 @@ EXTRAS = {
     "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33"],
     "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
     "examples": ["scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
+    "recipes": [
+        "pyyaml>=6,<7",
+        "tensorboard>=2.21,<2.22",
+        "keras-hub==0.32.0",
+        "onnx>=1.23,<1.24",
+        "tf2onnx==1.17.0",
+        "onnxruntime>=1.32,<1.33",
+        "matplotlib>=3.10,<3.12",
+        "pillow>=11,<14",
+    ],
     "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7"],
 }
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "test" for dep in deps})

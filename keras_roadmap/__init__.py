@@ -50,6 +50,11 @@ _EXPORTS = {
     "make_train_dataset": "keras_roadmap.data",
     "HierarchicalSampler": "keras_roadmap.samplers",
     "MPerClassSampler": "keras_roadmap.samplers",
+    # evaluation
+    "RetrievalEvaluation": "keras_roadmap.evaluation",
+    "retrieval_metrics": "keras_roadmap.evaluation",
+    "save_recall_curve": "keras_roadmap.evaluation",
+    "save_retrieval_grid": "keras_roadmap.evaluation",
     # export
     "ExportError": "keras_roadmap.export",
     "ExportReport": "keras_roadmap.export",

@@ -190,26 +190,19 @@ class RetrievalTrainer(keras.Model):
 
     def _memory_loss(self, loss_fn, labels, embeddings, state, self_index):
         """Memory terms once active (0 before): the batch ranked against the updated memory."""
-
-        def active():
-            return ops.cast(
-                loss_fn.call_with_reference(
-                    labels,
-                    embeddings,
-                    state["labels"],
-                    state["embeddings"],
-                    self_index=self_index,
-                    ref_mask=ops.cast(state["filled"], "bool"),
-                ),
-                "float32",
-            )
-
-        # Steps already taken before this one: `activate_after` full steps run without the memory.
-        if not distributed.num_replicas() > 1:
-            return tf.cond(self.memory.is_active(), active, lambda: tf.constant(0.0))
-        # Across replicas the loss all-reduces its counts, which TF forbids inside a tf.cond: compute
-        # it every step and select.
-        return ops.where(self.memory.is_active(), active(), 0.0)
+        value = loss_fn.call_with_reference(
+            labels,
+            embeddings,
+            state["labels"],
+            state["embeddings"],
+            self_index=self_index,
+            ref_mask=ops.cast(state["filled"], "bool"),
+        )
+        # A multiplication rather than a tf.cond: XLA keeps one static program (a cond around
+        # the chunked kernel's gradient forced recompilation at every step with dynamic batch
+        # sizes), and across replicas the loss all-reduces its counts, which TF forbids inside a
+        # tf.cond. Steps already taken before this one count: `activate_after` steps run without.
+        return ops.cast(value, "float32") * ops.cast(self.memory.is_active(), "float32")
 
     def _cached_gradients(self, x, labels, sample_ids, context, variables):
         """Parameter gradients of the loss by embedding-gradient caching (see ``chunk_size``)."""

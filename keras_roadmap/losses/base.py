@@ -37,6 +37,10 @@ class RetrievalLoss(keras.losses.Loss):
     # A class attribute (not a constructor argument) so every subclass gets it unchanged.
     gather_across_replicas = True
 
+    # Read by tensorflow-similarity's SimilarityModel.compile(distance="auto"): its cosine
+    # index ranks exactly as our dot-product scores on L2-normalised embeddings.
+    distance = "cosine"
+
     def __init__(self, *, include_self=True, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.include_self = bool(include_self)

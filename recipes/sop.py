@@ -1,0 +1,19 @@
+"""ROADMAP on Stanford Online Products with the paper's settings (recipes/configs/sop.yaml).
+
+    python recipes/sop.py --data-dir PATH --out runs/sop [--backbone ...] [--smoke]
+
+All the logic lives in keras_roadmap.recipes; run with --help for the flags.
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+from keras_roadmap.recipes import main  # noqa: E402
+
+CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "sop.yaml"
+
+if __name__ == "__main__":
+    sys.exit(main("sop", sys.argv[1:], CONFIG))

@@ -1,0 +1,140 @@
+"""End-to-end smoke runs of every recipe (train -> select -> test table -> grid -> ONNX) and a
+run killed with SIGKILL mid-training that resumes where its backup left off."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from keras_roadmap.recipes.run import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "configs"
+# Smoke trees (see the `smoke.data` section of each config): test queries and gallery sizes.
+SMOKE_QUERIES = {"sop": 36, "cub": 24, "inaturalist": 24, "inshop": 9}
+# Flags that route some runs through the other code paths: mixed precision (forced on the CPU)
+# with a keyed memory, a FIFO memory, a keyed memory with query/gallery evaluation.
+EXTRA_FLAGS = {
+    "sop": ["--precision", "mixed_float16", "--memory", "official"],
+    "cub": [],
+    "inaturalist": ["--memory", "official"],
+    "inshop": ["--memory", "official"],
+}
+
+
+def history(out):
+    with open(out / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_log(out):
+    return [json.loads(line) for line in (out / "run_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", sorted(SMOKE_QUERIES))
+def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
+    import keras
+    import onnxruntime as ort
+    from PIL import Image
+
+    from keras_roadmap.evaluation.visualization import grid_cell_origin
+
+    out = tmp_path / dataset
+    argv = ["--smoke", "--out", str(out), *EXTRA_FLAGS[dataset]]
+    assert main(dataset, argv, CONFIGS / f"{dataset}.yaml") == 0
+    printed = capsys.readouterr().out
+    assert "SMOKE MODE: tiny_cnn at 32x32" in printed
+
+    result = json.loads((out / "test_metrics.json").read_text())
+    smoke_ks = {"sop": [1, 2, 4], "cub": [1, 2, 4, 8], "inaturalist": [1, 4, 16], "inshop": [1, 2, 4]}[dataset]
+    metrics = result["metrics"]
+    assert metrics["num_queries"] == SMOKE_QUERIES[dataset]
+    recalls = [metrics[f"recall@{k}"] for k in smoke_ks]
+    assert all(0 <= r <= 1 for r in recalls) and recalls == sorted(recalls)
+    assert 0 < metrics["map@r"] <= 1
+    assert result["table"] in printed and result["table"].splitlines()[0].startswith("| R@1 |")
+
+    # Model selection: the saved embedder is the epoch with the best val_map@r.
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    (started,) = run_log(out)
+    assert started["precision"] == ("mixed_float16" if dataset == "sop" else "float32")
+    if EXTRA_FLAGS[dataset]:
+        assert started["config"]["memory"]["size"] > 0 and all(float(r["memory_loss"]) > 0 for r in rows)
+    scores = [float(r["val_map@r"]) for r in rows]
+    assert result["selected"]["epoch"] == int(np.argmax(scores))
+    assert result["selected"]["best"] == pytest.approx(max(scores))
+    assert any((out / "tensorboard" / "train").iterdir())
+
+    # Pictures: the grid has 4 query rows x (query + 3 neighbours); the curve is a PNG.
+    width, height = grid_cell_origin(4, 4, 96, 4, 4)
+    with Image.open(out / "retrieval_grid.png") as grid:
+        assert grid.size == (width, height)
+    with Image.open(out / "recall_curve.png") as curve:
+        assert curve.format == "PNG"
+
+    # The ONNX file (float32) reproduces the selected embedder (float16 compute under mixed precision).
+    best = keras.models.load_model(out / "best_embedder.keras")
+    probe = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
+    session = ort.InferenceSession(str(out / "embedder.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    np.testing.assert_allclose(onnx_out, best.predict_on_batch(probe), atol=1e-4 if dataset != "sop" else 1e-2)
+    assert result["onnx"]["max_abs_diff"] <= 1e-4
+
+
+def _recipe_command(out, epochs):
+    return [sys.executable, str(REPO / "recipes" / "cub.py"), "--smoke", "--out", str(out), "--epochs", str(epochs)]
+
+
+def _wait_for_backup(process, metadata, min_epoch, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (status {process.returncode}) before it could be killed")
+        try:
+            if json.loads(metadata.read_text())["epoch"] >= min_epoch:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no backup of epoch {min_epoch} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_backup(tmp_path):
+    import h5py
+
+    epochs, steps_per_epoch = 12, 3  # cub smoke: 24 images, batches of 8
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(_recipe_command(out, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_backup(first, out / "backup" / "training_metadata.json", min_epoch=2)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    saved = json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"]
+    assert 2 <= saved < epochs and not (out / "test_metrics.json").exists()
+    rows_before = len(history(out))
+
+    second = subprocess.run(_recipe_command(out, epochs), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Resuming from epoch {saved}" in second.stdout
+
+    starts = [entry["initial_epoch"] for entry in run_log(out)]
+    assert starts == [0, saved]
+    resumed_epochs = [int(r["epoch"]) for r in history(out)[rows_before:]]
+    assert resumed_epochs == list(range(saved, epochs))
+    # Optimiser state came back with the weights: the step count is that of one unbroken run.
+    with h5py.File(out / "backup" / "latest.weights.h5", "r") as weights:
+        assert int(weights["optimizer/vars/0"][()]) == epochs * steps_per_epoch
+    assert json.loads((out / "test_metrics.json").read_text())["metrics"]["num_queries"] == 24
