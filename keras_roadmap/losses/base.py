@@ -23,7 +23,19 @@ class RetrievalLoss(keras.losses.Loss):
 
     ``sample_weight`` is rejected: AP is not a mean of independent per-example terms, so there
     is no faithful way to weight examples. Balance the data with a class-balanced sampler.
+
+    Under ``tf.distribute`` with more than one replica (``MirroredStrategy``,
+    ``MultiWorkerMirroredStrategy``), inside the replica context of ``model.fit`` or
+    ``strategy.run``, both forms rank each replica's queries against the all-gathered global
+    batch (batch form) and divide by counts summed across replicas, so that the replicas' losses
+    sum to the single-device loss of the global batch and their summed gradients equal its
+    gradient (see :mod:`keras_roadmap.distributed`). Set the attribute
+    ``gather_across_replicas = False`` for per-replica losses instead (each replica ranks its own
+    examples only; its loss is scaled by ``1 / num_replicas``, as Keras scales its own losses).
     """
+
+    # A class attribute (not a constructor argument) so every subclass gets it unchanged.
+    gather_across_replicas = True
 
     # Read by tensorflow-similarity's SimilarityModel.compile(distance="auto"): its cosine
     # index ranks exactly as our dot-product scores on L2-normalised embeddings.
@@ -41,11 +53,28 @@ class RetrievalLoss(keras.losses.Loss):
                 "faithful meaning. Remove sample_weight (or class_weight) from fit()/the loss call "
                 "and balance classes with a sampler instead."
             )
+        if _in_keras_symbolic_build():
+            # Keras builds the compiled loss from output specs only; under tf.distribute it feeds
+            # labels averaged over replicas (floats), which the label checks would reject.
+            return ops.zeros((), dtype=self.dtype)
         with keras.name_scope(self.name):
             return self.call(y_true, y_pred)
 
+    def _replica_context(self):
+        """The current multi-replica ``tf.distribute`` context, or None (single device)."""
+        if keras.backend.backend() != "tensorflow":
+            return None
+        from keras_roadmap import distributed  # tf.distribute lives there
+
+        return distributed.replica_context()
+
     def call(self, y_true, y_pred):
         """Scalar loss of the batch ``y_pred`` ``(B, D)`` with labels ``y_true`` ``(B,)``."""
+        context = self._replica_context()
+        if context is not None:
+            from keras_roadmap import distributed
+
+            return distributed.batch_loss(self, context, y_true, y_pred)
         return self._loss_from_pairs(self._batch_pairs(y_true, y_pred))
 
     def call_with_reference(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
@@ -64,7 +93,13 @@ class RetrievalLoss(keras.losses.Loss):
         Queries whose label is absent from the reference have no positive: they are left out of
         the mean (the official code returns NaN for the whole loss).
         """
-        return self._loss_from_pairs(self._reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask))
+        pairs = self._reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+        context = self._replica_context()
+        if context is not None:
+            from keras_roadmap import distributed
+
+            return distributed.reference_loss(self, context, pairs)
+        return self._loss_from_pairs(pairs)
 
     def _batch_pairs(self, y_true, y_pred):
         labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
@@ -90,13 +125,24 @@ class RetrievalLoss(keras.losses.Loss):
         return {"name": self.name, "dtype": self.dtype, "include_self": self.include_self}
 
 
+def _in_keras_symbolic_build():
+    """True inside ``keras.SymbolicScope`` (Keras computing output specs, no real data)."""
+    try:
+        from keras.src.backend import in_symbolic_scope
+    except ImportError:  # a Keras without it never builds losses symbolically
+        return False
+    return in_symbolic_scope()
+
+
 class Pairs:
     """Queries and their retrieval set, as the loss terms see them.
 
     ``labels (B,)``, ``embeddings (B, D)``, ``ref_labels (N,)``, ``ref_embeddings (N, D)``;
     ``excluded`` ``(B,)`` int32: an item left out of each query's retrieval set (-1: none);
-    ``ref_valid`` ``(N,)`` bool: items that exist. The score matrix is computed once and shared by
-    every term of a combined loss.
+    ``ref_valid`` ``(N,)`` bool: items that exist; ``self_columns`` ``(B,)`` int32 or None: the
+    column of each query's own copy in the batch form (None: column q for query q; set when the
+    retrieval set is a batch gathered across replicas). The score matrix is computed once and
+    shared by every term of a combined loss.
     """
 
     def __init__(self, labels, embeddings, ref_labels, ref_embeddings, *, batch_form):
@@ -107,6 +153,7 @@ class Pairs:
         self.batch_form = batch_form
         self.excluded = None
         self.ref_valid = None
+        self.self_columns = None
         self._scores = None
 
     @property
@@ -127,7 +174,10 @@ class Pairs:
         if self.excluded is not None:
             member = ops.logical_and(member, ops.not_equal(columns, ops.expand_dims(self.excluded, 1)))
         if exclude_diagonal:
-            rows = ops.expand_dims(ops.arange(ops.shape(self.labels)[0], dtype="int32"), 1)
+            if self.self_columns is None:
+                rows = ops.expand_dims(ops.arange(ops.shape(self.labels)[0], dtype="int32"), 1)
+            else:
+                rows = ops.expand_dims(self.self_columns, 1)
             member = ops.logical_and(member, ops.not_equal(columns, rows))
         if self.ref_valid is not None:
             member = ops.logical_and(member, ops.expand_dims(self.ref_valid, 0))

@@ -1,0 +1,171 @@
+"""Ranking losses across replicas (``tf.distribute``): gathered retrieval sets, global means.
+
+TensorFlow-specific. Under ``MirroredStrategy`` (or ``MultiWorkerMirroredStrategy``, same code
+path) each replica holds ``B_local`` of the ``B_global`` examples of a step. A ranking loss is
+not a mean of independent per-example terms, so two things must change for the replicas' update
+to equal the single-device update on the global batch:
+
+1. **Retrieval set.** Each replica ranks its local queries against the *all-gathered* global
+   batch: a ``(B_local, B_global)`` score matrix. ``ReplicaContext.all_gather`` is
+   differentiable, so the gradient of the columns flows back to the replica that owns them.
+   Self handling uses the global index of each local query (``offset + q``, the offset being
+   the number of examples held by the replicas before this one).
+2. **Means.** Every term of our losses is a ratio ``sum of terms / count`` (AP: sum of
+   ``1 - AP`` over queries with a positive / their number; calibration: sum of non-zero terms /
+   their number), and the counts are piecewise constant (no gradient). Each replica returns
+   ``its local sum / max(global count, 1)`` with the counts all-reduced across replicas.
+
+The replicas' values then *sum* to the single-device loss on the global batch, which is the
+convention of Keras' own losses under ``tf.distribute`` (each replica's mean scaled by
+``1 / num_replicas``): Keras' optimizer sums the replicas' gradients, and Keras' loss tracker
+multiplies each replica's value by ``num_replicas`` before averaging, so ``model.fit`` reports
+the global loss. :class:`~keras_roadmap.RetrievalTrainer` follows the same convention.
+
+``loss.gather_across_replicas = False`` opts out: each replica ranks its own examples only and
+returns its local loss divided by the number of replicas (Keras' usual data-parallel mean).
+
+Known limit: ``jit_compile=True`` under ``MirroredStrategy`` on logical CPU devices fails in
+TensorFlow itself (a replica's variable accessed from another device), with any loss; Keras'
+default ``jit_compile="auto"`` turns XLA off under a distribution strategy.
+"""
+
+import tensorflow as tf
+from keras import ops
+
+
+def replica_context():
+    """The current ``tf.distribute.ReplicaContext`` when it has more than one replica, else None.
+
+    None on a single device, in the default strategy, and in a cross-replica context (e.g. a
+    loss called directly under ``strategy.scope()``, which then sees the whole batch).
+    """
+    if not tf.distribute.has_strategy():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def num_replicas():
+    """Replicas of the current replica context (1 outside of one)."""
+    context = replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+def gather(context, value):
+    """``value`` of every replica concatenated on axis 0, in replica order (differentiable)."""
+    return context.all_gather(value, axis=0)
+
+
+def global_rows(context, local_size):
+    """``(B_local,)`` int32 global index of each local row in the gathered batch.
+
+    The offset is the sum of the batch sizes of the replicas before this one, so uneven local
+    batches (a last partial batch split unevenly) still index the right rows.
+    """
+    local_size = ops.cast(local_size, "int32")
+    sizes = context.all_gather(ops.reshape(local_size, (1,)), axis=0)
+    replica = ops.cast(context.replica_id_in_sync_group, "int32")
+    offset = ops.sum(ops.where(ops.arange(ops.shape(sizes)[0], dtype="int32") < replica, sizes, 0))
+    return offset + ops.arange(local_size, dtype="int32")
+
+
+def ratio_terms(loss, pairs):
+    """``[(weight, numerator, denominator), ...]`` with ``loss == sum(w * n / max(d, 1))``.
+
+    The decomposition of each of our losses into ratios whose denominators (counts, without
+    gradient) can be summed across replicas. Known: :class:`~keras_roadmap.losses.ROADMAPLoss`,
+    :class:`~keras_roadmap.losses.SupAPLoss` / :class:`~keras_roadmap.losses.SmoothAPLoss`
+    (and any AP loss with ``_per_query``), :class:`~keras_roadmap.losses.CalibrationLoss`.
+    A new loss adds a ``_ratio_terms(pairs)`` method returning the same list.
+    """
+    from keras_roadmap.losses import calibration, roadmap
+
+    own = getattr(loss, "_ratio_terms", None)
+    if own is not None:
+        return own(pairs)
+    if isinstance(loss, roadmap.ROADMAPLoss):
+        terms = []
+        for weight, part in ((loss.ap_weight, loss.supap), (loss.calibration_weight, loss.calibration)):
+            if weight != 0.0:
+                terms += [(weight * w, n, d) for w, n, d in ratio_terms(part, pairs)]
+        return terms
+    if isinstance(loss, calibration.CalibrationLoss):
+        return _calibration_terms(loss, pairs)
+    if hasattr(loss, "_per_query"):
+        return _average_precision_terms(loss, pairs)
+    raise TypeError(
+        f"{type(loss).__name__} cannot be computed across replicas: give it a `_ratio_terms(pairs)` "
+        "method returning [(weight, numerator, denominator), ...], or construct it with "
+        "gather_across_replicas=False."
+    )
+
+
+def _average_precision_terms(loss, pairs):
+    ap, has_positive = loss._per_query(pairs)
+    valid = ops.cast(has_positive, ap.dtype)
+    return [(1.0, ops.sum((1.0 - ap) * valid), ops.sum(valid))]
+
+
+def _calibration_terms(loss, pairs):
+    # Same terms as calibration.calibration_loss, kept apart so the counts can be all-reduced.
+    from keras_roadmap.losses.calibration import inverse_norm
+
+    cosine = (
+        pairs.scores
+        * ops.expand_dims(inverse_norm(pairs.embeddings), 1)
+        * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
+    )
+    pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
+    same = pairs.same_label()
+    zeros = ops.zeros_like(cosine)
+    pos = ops.where(ops.logical_and(same, pair_mask), ops.relu(loss.pos_margin - cosine), zeros)
+    neg = ops.where(ops.logical_and(ops.logical_not(same), pair_mask), ops.relu(cosine - loss.neg_margin), zeros)
+    terms = []
+    for values in (pos, neg):
+        terms.append((1.0, ops.sum(values), ops.sum(ops.cast(ops.greater(values, 0), values.dtype))))
+    return terms
+
+
+def combine_ratios(terms, context=None):
+    """``sum(w * n / max(D, 1))`` with ``D`` the denominators summed over replicas (if any)."""
+    denominators = ops.stop_gradient(ops.stack([ops.cast(d, terms[0][1].dtype) for _, _, d in terms]))
+    if context is not None:
+        denominators = context.all_reduce(tf.distribute.ReduceOp.SUM, denominators)
+    total = 0.0
+    for k, (weight, numerator, _) in enumerate(terms):
+        total = total + weight * numerator / ops.maximum(denominators[k], 1.0)
+    return total
+
+
+def gathered_batch_pairs(loss, context, y_true, y_pred):
+    """:class:`~keras_roadmap.losses.base.Pairs` of the local queries against the gathered batch."""
+    from keras_roadmap.losses import _inputs
+    from keras_roadmap.losses.base import Pairs
+
+    labels, embeddings = _inputs.prepare_batch(y_true, y_pred, loss.dtype)
+    rows = global_rows(context, ops.shape(embeddings)[0])
+    pairs = Pairs(labels, embeddings, gather(context, labels), gather(context, embeddings), batch_form=True)
+    pairs.self_columns = rows
+    if not loss.include_self:
+        pairs.excluded = rows
+    return pairs
+
+
+def batch_loss(loss, context, y_true, y_pred):
+    """This replica's share of the global batch loss (the replicas' shares sum to it).
+
+    With ``loss.gather_across_replicas = False``: the loss of the local batch alone, divided by
+    the number of replicas.
+    """
+    if not loss.gather_across_replicas:
+        return loss._loss_from_pairs(loss._batch_pairs(y_true, y_pred)) / context.num_replicas_in_sync
+    return combine_ratios(ratio_terms(loss, gathered_batch_pairs(loss, context, y_true, y_pred)), context)
+
+
+def reference_loss(loss, context, pairs):
+    """This replica's share of the reference-form loss of every replica's queries."""
+    if not loss.gather_across_replicas:
+        return loss._loss_from_pairs(pairs) / context.num_replicas_in_sync
+    return combine_ratios(ratio_terms(loss, pairs), context)
