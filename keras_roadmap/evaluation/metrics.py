@@ -122,7 +122,7 @@ def retrieval_metrics(
         stop = start + neighbours.shape[0]
         if metric == "l2":
             scores = -scores
-        neighbours = _order_ties_by_index(scores, neighbours)
+        neighbours = knn.order_ties_by_index(scores, neighbours)
         r = num_relevant[start:stop]
         rel = ref_labels[neighbours] == q_labels[start:stop, None]
         hits = np.cumsum(rel, axis=1)
@@ -201,17 +201,6 @@ class _ReferenceClasses:
             return np.empty(0, np.int64)
         start = self.starts[slot[0]]
         return self.order[start : start + self.counts[slot[0]]]
-
-
-def _order_ties_by_index(scores: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Reorder rows holding equal scores (best first) so that ties go by reference index."""
-    tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
-    if tied.size:
-        neighbours = neighbours.copy()
-        for row in tied:
-            order = np.lexsort((neighbours[row], -scores[row]))
-            neighbours[row] = neighbours[row, order]
-    return neighbours
 
 
 def _metrics_from_ranks(rank: np.ndarray) -> tuple[float, float, float, int]:
