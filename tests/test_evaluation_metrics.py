@@ -305,3 +305,10 @@ def test_exact_knn_and_average_precision_bad_inputs():
         average_precision(np.array([1.0, np.nan]), np.array([True, False]))
     with pytest.raises(ValueError, match="`ties` must be one of"):
         average_precision(np.ones(2), np.ones(2, bool), ties="optimistic")
+
+
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_exact_knn_lists_ties_in_reference_order(metric):
+    e = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [-1, 0]], np.float32)
+    idx, _ = exact_knn(e[:1], e, k=4, metric=metric)
+    np.testing.assert_array_equal(idx, [[0, 1, 2, 3]])

@@ -42,6 +42,20 @@ def iter_knn_chunks(
         yield start, scores, indices
 
 
+def order_ties_by_index(scores: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Reorder each row's equal `scores` (higher = better, sorted) so that ties go by reference index.
+
+    faiss breaks ties differently for inner product and L2; this gives both a stable order.
+    """
+    tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
+    if tied.size:
+        neighbours = neighbours.copy()
+        for row in tied:
+            order = np.lexsort((neighbours[row], -scores[row]))
+            neighbours[row] = neighbours[row, order]
+    return neighbours
+
+
 def exact_knn(
     queries,
     references=None,
@@ -62,7 +76,7 @@ def exact_knn(
 
     Returns:
         `(indices, scores)`: (Nq, k) int64 reference rows and (Nq, k) float32 scores
-        (inner products or squared distances), best first.
+        (inner products or squared distances), best first; equal scores in reference order.
     """
     metric = checks.as_metric(metric)
     queries = checks.as_embeddings(queries, "queries")
@@ -81,6 +95,6 @@ def exact_knn(
     indices = np.empty((queries.shape[0], k), np.int64)
     scores = np.empty((queries.shape[0], k), np.float32)
     for start, s, i in iter_knn_chunks(index, queries, k, chunk_size, same_source):
-        indices[start : start + len(i)] = i
+        indices[start : start + len(i)] = order_ties_by_index(-s if metric == "l2" else s, i)
         scores[start : start + len(s)] = s
     return indices, scores

@@ -15,10 +15,9 @@ Conventions follow the official ROADMAP evaluation (pytorch-metric-learning's
 Cost: one exact faiss search with k = max(max(ks), R_max, 100), in query chunks: O(chunk_size * k)
 memory on top of the index. P@1, R-precision, MAP@R, Recall@K and MRR come from that list. The
 full mAP needs the rank of every relevant reference: a query with a relevant reference beyond
-the k-th neighbour (usually few) has its full score row recomputed in small float32 blocks, and
-each positive's rank is counted by a binary search of the row against the sorted positive
-scores (O(N log R) per query); its metrics then all come from those exact ranks. No N x N
-matrix is ever held.
+the k-th neighbour (usually few) has its full score row recomputed in small float32 blocks and
+sorted, and each positive's rank is read by binary search (O(N log N) per query); its metrics
+then all come from those exact ranks. No N x N matrix is ever held.
 """
 
 import numpy as np
@@ -27,7 +26,7 @@ from keras_roadmap.evaluation import checks, knn
 
 DEFAULT_KS = (1, 2, 4, 8, 10, 16, 32, 100, 1000)
 # Bytes of float32 score rows recomputed at once for queries whose positives lie beyond the k-NN list.
-_FULL_ROW_BUDGET = 64 * 2**20
+_FULL_ROW_BUDGET = 32 * 2**20  # held twice: the scores and their sorted copy
 # A deeper list costs little in faiss and spares most queries the exact full-row recount.
 _MIN_SEARCH_K = 100
 
@@ -123,7 +122,7 @@ def retrieval_metrics(
         stop = start + neighbours.shape[0]
         if metric == "l2":
             scores = -scores
-        neighbours = _order_ties_by_index(scores, neighbours)
+        neighbours = knn.order_ties_by_index(scores, neighbours)
         r = num_relevant[start:stop]
         rel = ref_labels[neighbours] == q_labels[start:stop, None]
         hits = np.cumsum(rel, axis=1)
@@ -204,17 +203,6 @@ class _ReferenceClasses:
         return self.order[start : start + self.counts[slot[0]]]
 
 
-def _order_ties_by_index(scores: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Reorder rows holding equal scores (best first) so that ties go by reference index."""
-    tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
-    if tied.size:
-        neighbours = neighbours.copy()
-        for row in tied:
-            order = np.lexsort((neighbours[row], -scores[row]))
-            neighbours[row] = neighbours[row, order]
-    return neighbours
-
-
 def _metrics_from_ranks(rank: np.ndarray) -> tuple[float, float, float, int]:
     """(AP, AP@R, R-precision, first positive rank) from the sorted 1-based ranks of all R positives."""
     r = len(rank)
@@ -226,9 +214,10 @@ def _metrics_from_ranks(rank: np.ndarray) -> tuple[float, float, float, int]:
 def _positive_ranks(queries, references, q_labels, classes, rows, metric, same_source):
     """Sorted exact ranks of every relevant reference of each query in `rows`, from its full score row.
 
-    Scores are recomputed in float32 blocks of at most _FULL_ROW_BUDGET bytes. The rank of a
-    positive j is 1 + #{refs scoring higher} + #{refs tied with it and of smaller index},
-    counted by a binary search of the whole row against the sorted positive scores.
+    Scores are recomputed in float32 blocks of at most _FULL_ROW_BUDGET bytes and each row is
+    sorted (numpy's SIMD sort is several times faster than counting with a per-row binary search
+    of the unsorted row). The rank of a positive j is 1 + #{refs scoring higher} + #{refs tied
+    with it and of smaller index}.
     """
     n_ref = references.shape[0]
     block = max(1, _FULL_ROW_BUDGET // (4 * n_ref))
@@ -241,31 +230,24 @@ def _positive_ranks(queries, references, q_labels, classes, rows, metric, same_s
             # Larger is nearer: -(|q|^2 + |r|^2 - 2 q.r) without the per-query constant.
             scores *= 2.0
             scores -= sq_norms
+        if same_source:
+            scores[np.arange(len(ids)), ids] = -np.inf
+        ascending = np.sort(scores, axis=1)
         for local, q in enumerate(ids):
-            row = scores[local]
             positives = classes.rows(q_labels[q])
             if same_source:
                 positives = positives[positives != q]
-                row[q] = -np.inf
-            ranks.append(_ranks_in_row(row, positives))
+            ranks.append(_ranks_in_row(scores[local], ascending[local], positives))
     return ranks
 
 
-def _ranks_in_row(row: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """Sorted 1-based ranks of `positives` (reference rows) in one full score `row` (-inf = excluded)."""
+def _ranks_in_row(row: np.ndarray, ascending: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """Sorted 1-based ranks of `positives` (reference rows) given their score `row` and its sorted copy."""
     pos_scores = row[positives]
-    order = np.argsort(pos_scores, kind="stable")
-    sorted_scores = pos_scores[order]
-    below = np.searchsorted(sorted_scores, row, side="left")
-    # higher[i]: references scoring strictly above the i-th smallest positive score.
-    higher = row.size - np.cumsum(np.bincount(below, minlength=len(positives) + 1))[:-1]
-    rank = np.empty(len(positives), np.int64)
-    rank[order] = higher + 1
-    tied = np.flatnonzero(
-        (below < len(positives)) & (sorted_scores[np.minimum(below, len(positives) - 1)] == row)
-    )
-    if tied.size > len(positives) or np.unique(sorted_scores).size < len(positives):
-        # Another reference shares a positive's score: those of smaller index rank before it.
-        for i, (j, s) in enumerate(zip(positives, pos_scores)):
-            rank[i] += np.count_nonzero((row[tied] == s) & (tied < j))
+    not_below = np.searchsorted(ascending, pos_scores, side="right")
+    rank = row.size - not_below + 1
+    tied = not_below - np.searchsorted(ascending, pos_scores, side="left") > 1
+    # Another reference shares a positive's score: those of smaller index rank before it.
+    for i in np.flatnonzero(tied):
+        rank[i] += np.count_nonzero(np.flatnonzero(row == pos_scores[i]) < positives[i])
     return np.sort(rank)
