@@ -72,71 +72,25 @@ def global_rows(context, local_size):
 
 
 def ratio_terms(loss, pairs):
-    """``[(weight, numerator, denominator), ...]`` with ``loss == sum(w * n / max(d, 1))``.
-
-    The decomposition of each of our losses into ratios whose denominators (counts, without
-    gradient) can be summed across replicas. Known: :class:`~keras_roadmap.losses.ROADMAPLoss`,
-    :class:`~keras_roadmap.losses.SupAPLoss` / :class:`~keras_roadmap.losses.SmoothAPLoss`
-    (and any AP loss with ``_per_query``), :class:`~keras_roadmap.losses.CalibrationLoss`.
-    A new loss adds a ``_ratio_terms(pairs)`` method returning the same list.
-    """
-    from keras_roadmap.losses import calibration, roadmap
-
-    own = getattr(loss, "_ratio_terms", None)
-    if own is not None:
-        return own(pairs)
-    if isinstance(loss, roadmap.ROADMAPLoss):
-        terms = []
-        for weight, part in ((loss.ap_weight, loss.supap), (loss.calibration_weight, loss.calibration)):
-            if weight != 0.0:
-                terms += [(weight * w, n, d) for w, n, d in ratio_terms(part, pairs)]
-        return terms
-    if isinstance(loss, calibration.CalibrationLoss):
-        return _calibration_terms(loss, pairs)
-    if hasattr(loss, "_per_query"):
-        return _average_precision_terms(loss, pairs)
-    raise TypeError(
-        f"{type(loss).__name__} cannot be computed across replicas: give it a `_ratio_terms(pairs)` "
-        "method returning [(weight, numerator, denominator), ...], or construct it with "
-        "gather_across_replicas=False."
-    )
-
-
-def _average_precision_terms(loss, pairs):
-    ap, has_positive = loss._per_query(pairs)
-    valid = ops.cast(has_positive, ap.dtype)
-    return [(1.0, ops.sum((1.0 - ap) * valid), ops.sum(valid))]
-
-
-def _calibration_terms(loss, pairs):
-    # Same terms as calibration.calibration_loss, kept apart so the counts can be all-reduced.
-    from keras_roadmap.losses.calibration import inverse_norm
-
-    cosine = (
-        pairs.scores
-        * ops.expand_dims(inverse_norm(pairs.embeddings), 1)
-        * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
-    )
-    pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
-    same = pairs.same_label()
-    zeros = ops.zeros_like(cosine)
-    pos = ops.where(ops.logical_and(same, pair_mask), ops.relu(loss.pos_margin - cosine), zeros)
-    neg = ops.where(ops.logical_and(ops.logical_not(same), pair_mask), ops.relu(cosine - loss.neg_margin), zeros)
-    terms = []
-    for values in (pos, neg):
-        terms.append((1.0, ops.sum(values), ops.sum(ops.cast(ops.greater(values, 0), values.dtype))))
-    return terms
+    """``loss._ratio_terms(pairs)``, or a TypeError naming what a custom loss must provide."""
+    try:
+        return loss._ratio_terms(pairs)
+    except NotImplementedError:
+        raise TypeError(
+            f"{type(loss).__name__} cannot be computed across replicas: give it a `_ratio_terms(pairs)` "
+            "method returning [(weight, numerator, count), ...], or set gather_across_replicas = False."
+        ) from None
 
 
 def combine_ratios(terms, context=None):
-    """``sum(w * n / max(D, 1))`` with ``D`` the denominators summed over replicas (if any)."""
-    denominators = ops.stop_gradient(ops.stack([ops.cast(d, terms[0][1].dtype) for _, _, d in terms]))
-    if context is not None:
-        denominators = context.all_reduce(tf.distribute.ReduceOp.SUM, denominators)
-    total = 0.0
-    for k, (weight, numerator, _) in enumerate(terms):
-        total = total + weight * numerator / ops.maximum(denominators[k], 1.0)
-    return total
+    """``sum(w * n / max(C, 1))`` with each count ``C`` summed over the replicas (if any)."""
+    from keras_roadmap.losses.base import sum_of_ratios
+
+    if context is None:
+        return sum_of_ratios(terms)
+    counts = ops.stack([ops.cast(count, terms[0][1].dtype) for _, _, count in terms])
+    counts = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.stop_gradient(counts))
+    return sum_of_ratios(terms, counts=[counts[k] for k in range(len(terms))])
 
 
 def gathered_batch_pairs(loss, context, y_true, y_pred):

@@ -285,24 +285,6 @@ def test_xla_under_mirrored_on_logical_cpus_outcome_is_known(mirrored):
     assert "device" in mirrored["xla"]["error"].lower() or "resource" in mirrored["xla"]["error"].lower()
 
 
-@pytest.mark.parametrize("case", LOSS_CASES)
-@pytest.mark.parametrize("form", ["batch", "reference"])
-def test_ratio_decomposition_equals_each_loss(case, form):
-    # The cross-replica path recombines these ratios; on one device they must give the loss.
-    loss = _make_loss(case, dtype="float64")
-    rng = np.random.default_rng(5)
-    emb = rng.normal(size=(GLOBAL_BATCH, 5))
-    if form == "batch":
-        pairs = loss._batch_pairs(LABELS, emb)
-    else:
-        ref = rng.normal(size=(12, 5))
-        ref_labels = np.array([0, 1, 2, 3, 4, 5] * 2)
-        mask = np.arange(12) < 10
-        pairs = loss._reference_pairs(LABELS, emb, ref_labels, ref, np.arange(GLOBAL_BATCH), mask)
-    expected = float(loss._loss_from_pairs(pairs))
-    assert float(distributed.combine_ratios(distributed.ratio_terms(loss, pairs))) == pytest.approx(expected, abs=1e-12)
-
-
 def test_a_loss_without_ratio_decomposition_is_named():
     from keras_roadmap.losses import RetrievalLoss
 

@@ -33,10 +33,10 @@ def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_pe
     return sums / ops.maximum(num_positives, 1.0), ops.greater(num_positives, 0)
 
 
-def mean_ap_loss(ap, has_positive):
-    """``1 - mean AP`` over the queries that have a positive; 0 when none has one."""
+def mean_ap_terms(ap, has_positive):
+    """``1 - mean AP`` over the queries that have a positive (0 when none has one), as one ratio."""
     valid = ops.cast(has_positive, ap.dtype)
-    return ops.sum((1.0 - ap) * valid) / ops.maximum(ops.sum(valid), 1.0)
+    return [(1.0, ops.sum((1.0 - ap) * valid), ops.sum(valid))]
 
 
 class _SmoothRankAPLoss(RetrievalLoss):
@@ -57,8 +57,8 @@ class _SmoothRankAPLoss(RetrievalLoss):
         pos_step, neg_step = self._steps()
         return per_query_ap(pairs, pos_step, neg_step, self.positive_step_has_gradient, self.pairs_per_chunk)
 
-    def _loss_from_pairs(self, pairs):
-        return mean_ap_loss(*self._per_query(pairs))
+    def _ratio_terms(self, pairs):
+        return mean_ap_terms(*self._per_query(pairs))
 
     def average_precision(self, y_true, y_pred, ref_y_true=None, ref_y_pred=None, self_index=None, ref_mask=None):
         """Smoothed AP of each query, ``(B,)``; NaN for a query without positive.

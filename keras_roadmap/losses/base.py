@@ -118,8 +118,16 @@ class RetrievalLoss(keras.losses.Loss):
             pairs.ref_valid = ops.reshape(ops.cast(ref_mask, "bool"), (-1,))
         return pairs
 
-    def _loss_from_pairs(self, pairs):
+    def _ratio_terms(self, pairs):
+        """The loss as ``[(weight, numerator, count), ...]``: ``sum(w * n / max(count, 1))``.
+
+        Counts carry no gradient. Written this way so that, across replicas, the counts can be
+        summed before dividing (``keras_roadmap.distributed``) while one device divides at once.
+        """
         raise NotImplementedError
+
+    def _loss_from_pairs(self, pairs):
+        return sum_of_ratios(self._ratio_terms(pairs))
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype, "include_self": self.include_self}
@@ -132,6 +140,18 @@ def _in_keras_symbolic_build():
     except ImportError:  # a Keras without it never builds losses symbolically
         return False
     return in_symbolic_scope()
+
+
+def sum_of_ratios(terms, counts=None):
+    """``sum(w * n / max(count, 1))`` over ``terms = [(w, n, count), ...]``.
+
+    ``counts``: optional replacement counts, e.g. summed over replicas (same order as terms).
+    """
+    total = 0.0
+    for k, (weight, numerator, count) in enumerate(terms):
+        count = ops.stop_gradient(ops.cast(count if counts is None else counts[k], numerator.dtype))
+        total = total + weight * numerator / ops.maximum(count, 1.0)
+    return total
 
 
 class Pairs:

@@ -15,18 +15,13 @@ from keras_roadmap.losses.base import RetrievalLoss
 NORM_EPSILON = 1e-12
 
 
-def _mean_of_nonzero(terms):
-    count = ops.sum(ops.cast(ops.greater(terms, 0), terms.dtype))
-    return ops.sum(terms) / ops.maximum(count, 1.0)
-
-
 def inverse_norm(x):
     """``1 / max(||row||, 1e-12)`` of each row, ``(n,)`` (torch.nn.functional.normalize's guard)."""
     return 1.0 / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
 
 
-def calibration_loss(cosine, same_label, pair_mask, pos_margin, neg_margin):
-    """Contrastive calibration loss from a cosine-similarity matrix.
+def calibration_terms(cosine, same_label, pair_mask, pos_margin, neg_margin):
+    """Contrastive calibration loss from a cosine-similarity matrix, as ratio terms.
 
     Args:
         cosine: ``(B, N)`` float cosine similarities between queries and items.
@@ -34,15 +29,19 @@ def calibration_loss(cosine, same_label, pair_mask, pos_margin, neg_margin):
         pair_mask: ``(B, N)`` bool, pair takes part (the batch form drops ``i == j``).
         pos_margin, neg_margin: python floats (paper: 0.9 and 0.6).
     Returns:
-        Scalar: mean of non-zero ``relu(pos_margin - cos)`` over positive pairs plus mean of
-        non-zero ``relu(cos - neg_margin)`` over negative pairs.
+        ``[(1, sum, count), (1, sum, count)]`` of the non-zero ``relu(pos_margin - cos)`` over
+        positive pairs and of the non-zero ``relu(cos - neg_margin)`` over negative pairs: the
+        loss is the sum of the two means (an empty mean is 0).
     """
     zeros = ops.zeros_like(cosine)
     positive_pairs = ops.logical_and(same_label, pair_mask)
     negative_pairs = ops.logical_and(ops.logical_not(same_label), pair_mask)
     pos_terms = ops.where(positive_pairs, ops.relu(pos_margin - cosine), zeros)
     neg_terms = ops.where(negative_pairs, ops.relu(cosine - neg_margin), zeros)
-    return _mean_of_nonzero(pos_terms) + _mean_of_nonzero(neg_terms)
+    return [
+        (1.0, ops.sum(terms), ops.sum(ops.cast(ops.greater(terms, 0), terms.dtype)))
+        for terms in (pos_terms, neg_terms)
+    ]
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
@@ -69,7 +68,7 @@ class CalibrationLoss(RetrievalLoss):
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
 
-    def _loss_from_pairs(self, pairs):
+    def _ratio_terms(self, pairs):
         # Cosine from the shared dot-product matrix: one (B, D) x (D, N) product serves both terms.
         cosine = (
             pairs.scores
@@ -77,7 +76,7 @@ class CalibrationLoss(RetrievalLoss):
             * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
         )
         pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
-        return calibration_loss(cosine, pairs.same_label(), pair_mask, self.pos_margin, self.neg_margin)
+        return calibration_terms(cosine, pairs.same_label(), pair_mask, self.pos_margin, self.neg_margin)
 
     def get_config(self):
         return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}

@@ -64,16 +64,12 @@ class ROADMAPLoss(RetrievalLoss):
         """ROADMAP with the paper's iNaturalist-2018 settings (SupAP ``start=0.0, offset=1.0``)."""
         return cls(**{**INATURALIST_SUPAP, **kwargs})
 
-    def _loss_from_pairs(self, pairs):
-        terms = (
-            (self.ap_weight, self.supap),
-            (self.calibration_weight, self.calibration),
-        )
-        total = 0.0
-        for weight, loss in terms:
+    def _ratio_terms(self, pairs):
+        terms = []
+        for weight, loss in ((self.ap_weight, self.supap), (self.calibration_weight, self.calibration)):
             if weight != 0.0:
-                total = total + weight * loss._loss_from_pairs(pairs)
-        return total
+                terms += [(weight * w, numerator, count) for w, numerator, count in loss._ratio_terms(pairs)]
+        return terms
 
     def get_config(self):
         supap, calibration = self.supap.get_config(), self.calibration.get_config()
