@@ -29,6 +29,10 @@ from keras_roadmap.samplers import MPerClassSampler
 _FULL_SET_ROWS = 512
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_inputs(embeddings, labels):
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
@@ -130,14 +134,15 @@ def decomposability_gap(
             < 2, or a batch shape the labels cannot fill (see ``MPerClassSampler``).
     """
     emb, lab = _check_inputs(embeddings, labels)
-    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, (int, np.integer)) or samples_per_class < 2:
+    if not _is_int(samples_per_class) or samples_per_class < 2:
         raise ValueError(
-            f"`samples_per_class` must be an integer >= 2 (a query needs a positive in its batch); got {samples_per_class!r}."
+            "`samples_per_class` must be an integer >= 2 (a query needs a positive in its batch); "
+            f"got {samples_per_class!r}."
         )
     sampler = MPerClassSampler(lab, batch_size, samples_per_class, seed=seed)
     batches = sampler.batches(0)
     if num_batches is not None:
-        if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
+        if not _is_int(num_batches) or num_batches < 1:
             raise ValueError(f"`num_batches` must be None or a positive integer; got {num_batches!r}.")
         if num_batches > len(batches):
             # More batches than one epoch: continue with the following epochs' batches.
@@ -151,7 +156,9 @@ def decomposability_gap(
     # batch but it has no positive in the full set; such queries are left out of both means.
     valid = np.isfinite(batch_ap) & np.isfinite(full_ap)
     if not valid.any():
-        raise ValueError("No query has a positive both in its batch and in the full set: every class has a single item.")
+        raise ValueError(
+            "No query has a positive both in its batch and in the full set: every class has a single item."
+        )
     batch_map, full_map = float(batch_ap[valid].mean()), float(full_ap[valid].mean())
     gap = batch_map - full_map
     if return_components:
@@ -206,16 +213,20 @@ class DecomposabilityGap(_keras_callback_base()):
         inputs, labels = data
         labels = np.asarray(labels)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"`data` labels must be a 1-D integer array; got shape {labels.shape}, dtype {labels.dtype}.")
+            raise ValueError(
+                f"`data` labels must be a 1-D integer array; got shape {labels.shape}, dtype {labels.dtype}."
+            )
         if len(inputs) != len(labels):
             raise ValueError(f"`data` holds {len(inputs)} inputs but {len(labels)} labels.")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, (int, np.integer)) or every_n_epochs < 1:
+        if not _is_int(every_n_epochs) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be a positive integer; got {every_n_epochs!r}.")
         # Fails now, not at the end of the first epoch, if the batch shape cannot be drawn.
         MPerClassSampler(labels, batch_size, samples_per_class, seed=seed)
         self.inputs, self.labels = inputs, labels
         self.every_n_epochs = int(every_n_epochs)
-        self.gap_kwargs = dict(batch_size=batch_size, samples_per_class=samples_per_class, num_batches=num_batches, seed=seed)
+        self.gap_kwargs = dict(
+            batch_size=batch_size, samples_per_class=samples_per_class, num_batches=num_batches, seed=seed
+        )
         self.predict_batch_size = int(predict_batch_size)
         self.embed_fn = embed_fn
         self.measure_before_training = bool(measure_before_training)
@@ -228,7 +239,8 @@ class DecomposabilityGap(_keras_callback_base()):
             embeddings = self.embed_fn(self.inputs)
         else:
             embeddings = self.model.predict(self.inputs, batch_size=self.predict_batch_size, verbose=0)
-        return decomposability_gap(np.asarray(embeddings, np.float32), self.labels, return_components=True, **self.gap_kwargs)
+        embeddings = np.asarray(embeddings, np.float32)
+        return decomposability_gap(embeddings, self.labels, return_components=True, **self.gap_kwargs)
 
     def on_train_begin(self, logs=None):
         if self.measure_before_training:
@@ -243,4 +255,4 @@ class DecomposabilityGap(_keras_callback_base()):
             logs[self.key] = result["gap"]
 
     def _record(self, epoch, result):
-        self.records.append({"epoch": int(epoch), "gap": result["gap"], "batch_map": result["batch_map"], "full_map": result["full_map"]})
+        self.records.append({"epoch": int(epoch), **{k: result[k] for k in ("gap", "batch_map", "full_map")}})

@@ -49,32 +49,38 @@ SMOKE_CHARACTERS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcd"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", action="store_true", help="run the ablation (the only mode; required)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps per run (default 400)")
-    parser.add_argument("--epochs", type=int, default=10, help="the steps are cut into this many epochs: gap measurements (default 10)")
-    parser.add_argument("--classes-per-batch", type=int, default=32)
-    parser.add_argument("--samples-per-class", type=int, default=4)
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--memory-size", type=int, default=2048, help="FIFO memory slots, a multiple of the batch (default 2048)")
-    parser.add_argument("--memory-warmup", type=float, default=0.25, help="fraction of the steps before the memory joins the loss")
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
-    parser.add_argument("--memory-seeds", type=int, default=1, help="seeds of the cross-batch memory rows (default 1: seed 0, for the gap plot)")
-    parser.add_argument("--gap-batches", type=int, default=20, help="class-balanced batches the decomposability gap averages over (default 20)")
-    parser.add_argument("--fonts-dir", default=None, help="folder of .ttf/.otf fonts (default: matplotlib's)")
-    parser.add_argument("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/keras_roadmap/glyphs)")
-    parser.add_argument("--copies", type=int, default=2, help="augmented images per (character, font)")
-    parser.add_argument("--out", default="glyphs_results.json", help="results JSON path")
-    parser.add_argument("--plot", default="glyphs_gap.png", help="decomposability-gap plot (PNG) path; '' for none")
-    parser.add_argument("--smoke", action="store_true", help="tiny dataset, 1 seed, a few steps: an end-to-end check")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--compare", action="store_true", help="run the ablation")
+    add("--replot", metavar="RESULTS_JSON", help="redraw --plot and reprint the table from a results file")
+    add("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    add("--steps", type=int, default=400, help="training steps per run (default 400)")
+    add("--epochs", type=int, default=10, help="the steps are cut into this many epochs (gap curve points)")
+    add("--classes-per-batch", type=int, default=32)
+    add("--samples-per-class", type=int, default=4)
+    add("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    add("--memory-size", type=int, default=2048, help="FIFO memory slots, a multiple of the batch (default 2048)")
+    add("--memory-warmup", type=float, default=0.25, help="fraction of the steps before the memory joins the loss")
+    add("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    add("--memory-seeds", type=int, default=1, help="seeds of the memory rows (default 1: seed 0, for the plot)")
+    add("--gap-batches", type=int, default=20, help="batches the decomposability gap averages over (default 20)")
+    add("--fonts-dir", default=None, help="folder of .ttf/.otf fonts (default: matplotlib's)")
+    add("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/keras_roadmap/glyphs)")
+    add("--copies", type=int, default=2, help="augmented images per (character, font)")
+    add("--out", default="glyphs_results.json", help="results JSON path")
+    add("--plot", default="glyphs_gap.png", help="decomposability-gap plot (PNG) path; '' for none")
+    add("--smoke", action="store_true", help="tiny dataset, 1 seed, a few steps: an end-to-end check")
     args = parser.parse_args(argv)
-    if not args.compare:
-        parser.error("nothing to do: pass --compare")
+    if not (args.compare or args.replot):
+        parser.error("nothing to do: pass --compare (or --replot RESULTS_JSON)")
     if args.smoke:
         args.seeds, args.steps, args.epochs, args.classes_per_batch, args.copies = 1, 4, 2, 8, 1
         args.memory_size, args.gap_batches = 64, 4
-    for name in ("seeds", "steps", "epochs", "classes_per_batch", "samples_per_class", "memory_size", "copies", "memory_seeds", "gap_batches"):
+    positive = ("seeds", "steps", "epochs", "classes_per_batch", "samples_per_class", "memory_size", "copies",
+                "memory_seeds", "gap_batches")
+    for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.steps % args.epochs:
@@ -185,7 +191,8 @@ def embed(encoder, images, chunk=1024):
     """Embeddings of ``images`` by eager calls: ``predict`` would compile (XLA, as the model was
     compiled with ``jit_compile=True``) a function per model, which costs more than it saves
     at this size."""
-    return np.concatenate([np.asarray(encoder(images[i : i + chunk], training=False)) for i in range(0, len(images), chunk)])
+    chunks = [encoder(images[i : i + chunk], training=False) for i in range(0, len(images), chunk)]
+    return np.concatenate([np.asarray(c) for c in chunks])
 
 
 def evaluate(embeddings, labels):
@@ -206,13 +213,16 @@ def train_one(method, seed, train, test, args):
     encoder = build_model(train[0].shape[1:], seed)
     batch = args.classes_per_batch * args.samples_per_class
     if METHODS[method].get("memory"):
-        memory = CrossBatchMemory(size=args.memory_size, unique=False, activate_after=int(args.steps * args.memory_warmup))
+        warmup = int(args.steps * args.memory_warmup)
+        memory = CrossBatchMemory(size=args.memory_size, unique=False, activate_after=warmup)
         model = RetrievalTrainer(encoder, memory=memory)
     else:
         model = encoder
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=True)
     # The gap is measured on fixed batches (not the training ones) so that runs compare.
-    gap_kwargs = dict(batch_size=batch, samples_per_class=args.samples_per_class, num_batches=args.gap_batches, seed=12345)
+    gap_kwargs = dict(
+        batch_size=batch, samples_per_class=args.samples_per_class, num_batches=args.gap_batches, seed=12345
+    )
     callbacks = []
     if seed == 0 and method in GAP_CURVES and args.plot:
         callbacks.append(DecomposabilityGap(
@@ -220,9 +230,15 @@ def train_one(method, seed, train, test, args):
         ))
     data = make_dataset(*train, train_batches(train[1], args, seed)).repeat()
     start = time.perf_counter()
-    history = model.fit(data, epochs=args.epochs, steps_per_epoch=args.steps // args.epochs, callbacks=callbacks, verbose=0)
+    history = model.fit(
+        data, epochs=args.epochs, steps_per_epoch=args.steps // args.epochs, callbacks=callbacks, shuffle=False,
+        verbose=0,
+    )
     train_seconds = time.perf_counter() - start
-    record = {"method": method, "seed": seed, "train_seconds": train_seconds, "final_loss": float(history.history["loss"][-1])}
+    record = {
+        "method": method, "seed": seed, "train_seconds": train_seconds,
+        "final_loss": float(history.history["loss"][-1]),
+    }
     record.update(evaluate(embed(encoder, test[0]), test[1]))
     train_embeddings = embed(encoder, train[0])
     record["gap"] = decomposability_gap(train_embeddings, train[1], **gap_kwargs)
@@ -258,7 +274,8 @@ def summarise(records):
 
 
 def markdown_table(summary):
-    titles = {"raw_pixels": "Raw pixels", "untrained": "Untrained network", **{k: v["title"] for k, v in METHODS.items()}}
+    titles = {"raw_pixels": "Raw pixels", "untrained": "Untrained network"}
+    titles.update({k: v["title"] for k, v in METHODS.items()})
 
     def cell(stats, key, digits=3):
         if key not in stats:
@@ -272,30 +289,38 @@ def markdown_table(summary):
     ]
     for method, stats in summary.items():
         seconds = f"{stats['train_seconds'][0]:.0f}" if "train_seconds" in stats else "-"
-        lines.append(f"| {titles[method]} | {cell(stats, 'recall@1')} | {cell(stats, 'map@r')} | {cell(stats, 'gap')} | {seconds} |")
+        cells = [titles[method], cell(stats, "recall@1"), cell(stats, "map@r"), cell(stats, "gap"), seconds]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_gap_curves(records, path):
+    """Gap and full-set mAP (train set) against the step, and the gap against the mAP."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("The gap plot needs matplotlib: pip install keras-roadmap[viz] (or pass --plot '')") from error
+        raise ImportError(
+            "The gap plot needs matplotlib: pip install keras-roadmap[viz] (or pass --plot '')"
+        ) from error
     curves = {r["method"]: r["gap_curve"] for r in records if "gap_curve" in r}
-    styles = {"supap": ("tab:blue", "-"), "roadmap": ("tab:red", "-"), "supap_memory": ("tab:blue", "--"), "roadmap_memory": ("tab:red", "--")}
-    fig, (ax_gap, ax_map) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    styles = {"supap": ("tab:blue", "-"), "roadmap": ("tab:red", "-"),
+              "supap_memory": ("tab:blue", "--"), "roadmap_memory": ("tab:red", "--")}
+    fig, (ax_gap, ax_map, ax_both) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
     for method, curve in curves.items():
-        steps = [max(0, c["step"]) for c in curve]
+        steps = [c["step"] for c in curve]
+        gaps, maps = [c["gap"] for c in curve], [c["full_map"] for c in curve]
         color, line = styles.get(method, ("gray", ":"))
-        label = METHODS[method]["title"]
-        ax_gap.plot(steps, [c["gap"] for c in curve], line, color=color, marker=".", label=label)
-        ax_map.plot(steps, [c["full_map"] for c in curve], line, color=color, marker=".", label=label)
+        style = dict(color=color, linestyle=line, marker=".", label=METHODS[method]["title"])
+        ax_gap.plot(steps, gaps, **style)
+        ax_map.plot(steps, maps, **style)
+        ax_both.plot(maps, gaps, **style)
     ax_gap.set(xlabel="training step", ylabel="batch AP − full-set AP", title="Decomposability gap (train set)")
     ax_map.set(xlabel="training step", ylabel="mAP", title="Full-set mAP (train set)")
-    for ax in (ax_gap, ax_map):
+    ax_both.set(xlabel="full-set mAP (train set)", ylabel="decomposability gap", title="Gap at equal full-set mAP")
+    for ax in (ax_gap, ax_map, ax_both):
         ax.grid(alpha=0.3)
     ax_map.legend(fontsize=7)
     fig.tight_layout()
@@ -304,14 +329,27 @@ def plot_gap_curves(records, path):
     plt.close(fig)
 
 
+def replot(args):
+    """Reprint the table and redraw the plot of a results file (no training)."""
+    with open(args.replot) as f:
+        result = json.load(f)
+    print(markdown_table(summarise(result["runs"])))
+    if args.plot:
+        plot_gap_curves(result["runs"], args.plot)
+        print(f"Gap plot: {args.plot}")
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        return replot(args)
     wall = time.perf_counter()
     dataset, train, test, data_seconds = load_data(args)
     print(f"{dataset}; data ready in {data_seconds:.1f} s", flush=True)
     methods = list(args.methods)
     if "multisimilarity" in methods and tfsim_multisimilarity_loss() is None:
-        print("tensorflow-similarity is not installed: skipping the MultiSimilarity row (pip install keras-roadmap[tfsim]).")
+        print("tensorflow-similarity is not installed: no MultiSimilarity row (pip install keras-roadmap[tfsim]).")
         methods.remove("multisimilarity")
     records = baselines(train, test, args)
     for seed in range(args.seeds):

@@ -9,7 +9,9 @@ import pytest
 from keras_roadmap.data import glyphs
 
 # Text fonts (6), Computer Modern fonts (a text one and two symbol ones) and a symbol stub.
-TEXT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf", "cmr10.ttf")
+TEXT_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf", "cmr10.ttf"
+)
 NON_TEXT_FONTS = ("cmex10.ttf", "cmsy10.ttf", "STIXSizOneSymReg.ttf", "DejaVuSansDisplay.ttf")
 # Latin A / Greek Alpha / Cyrillic A are drawn identically; so are o / omicron.
 CHARS = "ABCDEFGHabcdefgo0123" + "\u0391\u0392\u0393\u0394\u03bf" + "\u0410\u0411\u0414\u0416" + "\u00c0\u00e9"
@@ -125,7 +127,9 @@ def test_cache_is_written_reused_and_keyed_by_parameters(fonts_dir, tmp_path, mo
 
 
 def test_image_size_parameter(fonts_dir):
-    small = glyphs.build_glyph_dataset(fonts_dir, cache_dir=False, characters="ABCDEFGH", min_fonts=5, copies=1, image_size=16)
+    small = glyphs.build_glyph_dataset(
+        fonts_dir, cache_dir=False, characters="ABCDEFGH", min_fonts=5, copies=1, image_size=16
+    )
     assert small.images.shape[1:] == (16, 16, 1)
 
 
