@@ -15,7 +15,9 @@ terms measure how the other items are ranked and a perfect embedding gives 0. Th
 positive: a batch holds far fewer negatives than the whole set.
 
 Scores are dot products of the embeddings, as in the losses (cosine for L2-normalised models).
-NumPy only (plus ``keras`` for the callback).
+The measurement is NumPy (batches from ``MPerClassSampler``, batch AP from
+``keras_roadmap.evaluation.average_precision``); importing the module also imports Keras, for
+the callback.
 """
 
 from __future__ import annotations

@@ -299,8 +299,9 @@ def build_glyph_dataset(
     """Render (or load from the cache) the glyph retrieval dataset.
 
     Args:
-        fonts_dir: folder of .ttf/.otf files; None: matplotlib's bundled fonts (about 23 text
-            fonts: DejaVu, STIX, Computer Modern).
+        fonts_dir: folder of .ttf/.otf files; None: matplotlib's bundled fonts (22 text
+            fonts in matplotlib 3.11: 12 DejaVu, 4 STIX, 6 Computer Modern; by default
+            496 classes, 15,492 images).
         cache_dir: where the ``glyphs-<key>.npz`` cache lives; None: :func:`default_cache_dir`;
             False: no cache (always render).
         image_size: side S of the square images (>= 8; default 32).
