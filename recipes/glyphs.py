@@ -1,0 +1,395 @@
+"""Unseen-class glyph retrieval: the ROADMAP ablation on a benchmark that runs on any CPU.
+
+Trains the same small CNN (``tiny_cnn``: 3 conv blocks, 64-d L2-normalised embedding) with the
+same budget and the same class-balanced batches (32 classes x 4 images, ``MPerClassSampler``) for
+each loss, over several seeds, and evaluates retrieval among the *unseen* test characters
+(same-source: every test image queries all the other test images). Baselines: the untrained
+network and raw pixels. The decomposability gap (``keras_roadmap.diagnostics``) is measured on
+the training set at the end of every run, and recorded during training for SupAP vs ROADMAP,
+with and without a cross-batch memory, into a plot.
+
+    python recipes/glyphs.py --compare                      # 3 seeds, 400 steps
+    python recipes/glyphs.py --compare --seeds 1 --steps 200
+    python recipes/glyphs.py --compare --smoke              # end-to-end check in well under a minute
+
+The classic pair-loss baseline is tensorflow-similarity's MultiSimilarityLoss, made to run under
+Keras 3 by ``TFSimilarityLossAdapter`` below (three small fixes; see its docstring). Without
+tensorflow-similarity installed that row is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Methods of the ablation table, in print order. "memory": FIFO cross-batch memory.
+METHODS = {
+    "roadmap": {"title": "ROADMAP (SupAP + calibration)", "loss": "ROADMAPLoss"},
+    "supap": {"title": "SupAP alone", "loss": "SupAPLoss"},
+    "smoothap": {"title": "SmoothAP", "loss": "SmoothAPLoss"},
+    "calibration": {"title": "Calibration alone", "loss": "CalibrationLoss"},
+    "multisimilarity": {"title": "MultiSimilarity (tf-similarity)", "loss": None},
+    "roadmap_memory": {"title": "ROADMAP + cross-batch memory", "loss": "ROADMAPLoss", "memory": True},
+    "supap_memory": {"title": "SupAP + cross-batch memory", "loss": "SupAPLoss", "memory": True},
+}
+# Runs whose decomposability gap is recorded during training (seed 0) for the plot.
+GAP_CURVES = ("supap", "roadmap", "supap_memory", "roadmap_memory")
+# Characters of the --smoke dataset: 40 classes, enough for 2 x 8-class batches per split.
+SMOKE_CHARACTERS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcd"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--compare", action="store_true", help="run the ablation")
+    add("--replot", metavar="RESULTS_JSON", help="redraw --plot and reprint the table from a results file")
+    add("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    add("--steps", type=int, default=400, help="training steps per run (default 400)")
+    add("--epochs", type=int, default=10, help="the steps are cut into this many epochs (gap curve points)")
+    add("--classes-per-batch", type=int, default=32)
+    add("--samples-per-class", type=int, default=4)
+    add("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    add("--memory-size", type=int, default=2048, help="FIFO memory slots, a multiple of the batch (default 2048)")
+    add("--memory-warmup", type=float, default=0.25, help="fraction of the steps before the memory joins the loss")
+    add("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    add("--memory-seeds", type=int, default=1, help="seeds of the memory rows (default 1: seed 0, for the plot)")
+    add("--gap-batches", type=int, default=20, help="batches the decomposability gap averages over (default 20)")
+    add("--fonts-dir", default=None, help="folder of .ttf/.otf fonts (default: matplotlib's)")
+    add("--cache-dir", default=None, help="dataset cache folder (default ~/.cache/keras_roadmap/glyphs)")
+    add("--copies", type=int, default=2, help="augmented images per (character, font)")
+    add("--out", default="glyphs_results.json", help="results JSON path")
+    add("--plot", default="glyphs_gap.png", help="decomposability-gap plot (PNG) path; '' for none")
+    add("--smoke", action="store_true", help="tiny dataset, 1 seed, a few steps: an end-to-end check")
+    args = parser.parse_args(argv)
+    if not (args.compare or args.replot):
+        parser.error("nothing to do: pass --compare (or --replot RESULTS_JSON)")
+    if args.smoke:
+        args.seeds, args.steps, args.epochs, args.classes_per_batch, args.copies = 1, 4, 2, 8, 1
+        args.memory_size, args.gap_batches = 64, 4
+    positive = ("seeds", "steps", "epochs", "classes_per_batch", "samples_per_class", "memory_size", "copies",
+                "memory_seeds", "gap_batches")
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.steps % args.epochs:
+        parser.error(f"--steps ({args.steps}) must be a multiple of --epochs ({args.epochs})")
+    if args.memory_size % (args.classes_per_batch * args.samples_per_class):
+        parser.error("--memory-size must be a multiple of the batch size (classes-per-batch x samples-per-class)")
+    return args
+
+
+def tfsim_multisimilarity_loss():
+    """tensorflow-similarity's MultiSimilarityLoss wrapped for Keras 3, or None if not installed."""
+    try:
+        import tensorflow_similarity as tfsim
+    except ImportError:
+        return None
+    return TFSimilarityLossAdapter(tfsim.losses.MultiSimilarityLoss(reduction="sum_over_batch_size"))
+
+
+def _adapter_class():
+    import keras
+    import tensorflow as tf
+
+    class _Adapter(keras.losses.Loss):
+        """Runs a tensorflow-similarity 0.17 loss under Keras 3. Three fixes:
+
+        1. construct it with ``reduction="sum_over_batch_size"`` (its default "auto" is rejected
+           by Keras 3's ``Loss``);
+        2. call its loss function through ``tf.function``: Keras 3 no longer AutoGraph-converts
+           ``Loss.call``, and tf-similarity branches on tensors in Python (``if tf.rank(labels)
+           == 1`` in ``build_masks``), which fails in graph mode;
+        3. give the result back its static shape ``(B,)`` (the nested function's output has
+           unknown rank, which Keras' reduction rejects).
+        """
+
+        def __init__(self, inner):
+            super().__init__(name=inner.name, reduction="sum_over_batch_size")
+            self.inner = inner
+            self._fn = tf.function(inner.fn)
+
+        def call(self, y_true, y_pred):
+            labels = tf.reshape(tf.cast(y_true, tf.int32), (-1, 1))
+            per_example = self._fn(labels, y_pred, labels, y_pred, **self.inner._fn_kwargs)
+            return tf.reshape(per_example, (-1,))
+
+    return _Adapter
+
+
+def TFSimilarityLossAdapter(inner):  # noqa: N802 - a class factory (keras is imported lazily)
+    return _adapter_class()(inner)
+
+
+def load_data(args):
+    from keras_roadmap.data.glyphs import build_glyph_dataset
+
+    start = time.perf_counter()
+    dataset = build_glyph_dataset(
+        args.fonts_dir, args.cache_dir, copies=args.copies,
+        characters=SMOKE_CHARACTERS if args.smoke else None, min_fonts=8,
+    )
+    seconds = time.perf_counter() - start
+    train_x, train_y = dataset.split("train")
+    test_x, test_y = dataset.split("test")
+    as_float = lambda x: x.astype(np.float32) / 255.0  # noqa: E731
+    return dataset, (as_float(train_x), train_y), (as_float(test_x), test_y), seconds
+
+
+def train_batches(labels, args, seed):
+    """``(steps, B)`` index batches: consecutive epochs of the class-balanced sampler."""
+    from keras_roadmap.samplers import MPerClassSampler
+
+    batch = args.classes_per_batch * args.samples_per_class
+    sampler = MPerClassSampler(labels, batch, args.samples_per_class, seed=seed)
+    epochs = -(-args.steps // len(sampler))
+    return np.concatenate([sampler.batches(e) for e in range(epochs)])[: args.steps]
+
+
+def make_dataset(images, labels, batches):
+    import tensorflow as tf
+
+    images, labels = tf.constant(images), tf.constant(labels)
+    return (
+        tf.data.Dataset.from_tensor_slices(batches)
+        .map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
+
+
+def build_model(input_shape, seed):
+    import keras
+
+    from keras_roadmap.models import build_embedder
+
+    keras.utils.set_random_seed(seed)
+    # Trained from scratch: BatchNorm must learn (the default freezes it as for pretrained nets).
+    return build_embedder("tiny_cnn", input_shape=input_shape, freeze_batchnorm=False)
+
+
+def make_loss(method):
+    import keras_roadmap.losses as losses
+
+    name = METHODS[method]["loss"]
+    if name is None:
+        return tfsim_multisimilarity_loss()
+    return getattr(losses, name)()
+
+
+def embed(encoder, images, chunk=1024):
+    """Embeddings of ``images`` by eager calls: ``predict`` would compile (XLA, as the model was
+    compiled with ``jit_compile=True``) a function per model, which costs more than it saves
+    at this size."""
+    chunks = [encoder(images[i : i + chunk], training=False) for i in range(0, len(images), chunk)]
+    return np.concatenate([np.asarray(c) for c in chunks])
+
+
+def evaluate(embeddings, labels):
+    from keras_roadmap.evaluation import retrieval_metrics
+
+    metrics = retrieval_metrics(np.asarray(embeddings, np.float32), labels, ks=(1,))
+    return {"recall@1": metrics["recall@1"], "map@r": metrics["map@r"]}
+
+
+def train_one(method, seed, train, test, args):
+    """Train one (method, seed); returns the run record."""
+    import keras
+
+    from keras_roadmap import CrossBatchMemory, RetrievalTrainer
+    from keras_roadmap.diagnostics import DecomposabilityGap, decomposability_gap
+
+    loss = make_loss(method)
+    encoder = build_model(train[0].shape[1:], seed)
+    batch = args.classes_per_batch * args.samples_per_class
+    if METHODS[method].get("memory"):
+        warmup = int(args.steps * args.memory_warmup)
+        memory = CrossBatchMemory(size=args.memory_size, unique=False, activate_after=warmup)
+        model = RetrievalTrainer(encoder, memory=memory)
+    else:
+        model = encoder
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=True)
+    # The gap is measured on fixed batches (not the training ones) so that runs compare.
+    gap_kwargs = dict(
+        batch_size=batch, samples_per_class=args.samples_per_class, num_batches=args.gap_batches, seed=12345
+    )
+    callbacks = []
+    if seed == 0 and method in GAP_CURVES and args.plot:
+        callbacks.append(DecomposabilityGap(
+            train, every_n_epochs=1, measure_before_training=True, embed_fn=lambda x: embed(encoder, x), **gap_kwargs
+        ))
+    data = make_dataset(*train, train_batches(train[1], args, seed)).repeat()
+    start = time.perf_counter()
+    history = model.fit(
+        data, epochs=args.epochs, steps_per_epoch=args.steps // args.epochs, callbacks=callbacks, shuffle=False,
+        verbose=0,
+    )
+    train_seconds = time.perf_counter() - start
+    record = {
+        "method": method, "seed": seed, "train_seconds": train_seconds,
+        "final_loss": float(history.history["loss"][-1]),
+    }
+    record.update(evaluate(embed(encoder, test[0]), test[1]))
+    train_embeddings = embed(encoder, train[0])
+    record["gap"] = decomposability_gap(train_embeddings, train[1], **gap_kwargs)
+    if callbacks:
+        steps_per_epoch = args.steps // args.epochs
+        record["gap_curve"] = [{**r, "step": (r["epoch"] + 1) * steps_per_epoch} for r in callbacks[0].records]
+    return record
+
+
+def baselines(train, test, args):
+    """Raw pixels (L2-normalised) and the untrained network, on the unseen test classes."""
+    records = []
+    pixels = test[0].reshape(len(test[0]), -1)
+    pixels = pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-12)
+    records.append({"method": "raw_pixels", "seed": 0, **evaluate(pixels, test[1])})
+    for seed in range(args.seeds):
+        encoder = build_model(train[0].shape[1:], seed)
+        records.append({"method": "untrained", "seed": seed, **evaluate(embed(encoder, test[0]), test[1])})
+    return records
+
+
+def summarise(records):
+    """``{method: {metric: (mean, std, n)}}`` over seeds (std: population, 0 for one seed)."""
+    summary = {}
+    for method in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == method]
+        summary[method] = {
+            key: (float(np.mean([r[key] for r in runs])), float(np.std([r[key] for r in runs])), len(runs))
+            for key in ("recall@1", "map@r", "gap", "train_seconds")
+            if all(key in r for r in runs)
+        }
+    return summary
+
+
+def markdown_table(summary):
+    titles = {"raw_pixels": "Raw pixels", "untrained": "Untrained network"}
+    titles.update({k: v["title"] for k, v in METHODS.items()})
+
+    def cell(stats, key, digits=3):
+        if key not in stats:
+            return "-"
+        mean, std, n = stats[key]
+        return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+    lines = [
+        "| Method | R@1 | mAP@R | Decomposability gap (train) | Train s/run |",
+        "|---|---|---|---|---|",
+    ]
+    for method, stats in summary.items():
+        seconds = f"{stats['train_seconds'][0]:.0f}" if "train_seconds" in stats else "-"
+        cells = [titles[method], cell(stats, "recall@1"), cell(stats, "map@r"), cell(stats, "gap"), seconds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_gap_curves(records, path):
+    """Gap and full-set mAP (train set) against the step, and the gap against the mAP."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            "The gap plot needs matplotlib: pip install keras-roadmap[viz] (or pass --plot '')"
+        ) from error
+    curves = {r["method"]: r["gap_curve"] for r in records if "gap_curve" in r}
+    styles = {"supap": ("tab:blue", "-"), "roadmap": ("tab:red", "-"),
+              "supap_memory": ("tab:blue", "--"), "roadmap_memory": ("tab:red", "--")}
+    fig, (ax_gap, ax_map, ax_both) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
+    for method, curve in curves.items():
+        steps = [c["step"] for c in curve]
+        gaps, maps = [c["gap"] for c in curve], [c["full_map"] for c in curve]
+        color, line = styles.get(method, ("gray", ":"))
+        style = dict(color=color, linestyle=line, marker=".", label=METHODS[method]["title"])
+        ax_gap.plot(steps, gaps, **style)
+        ax_map.plot(steps, maps, **style)
+        ax_both.plot(maps, gaps, **style)
+    ax_gap.set(xlabel="training step", ylabel="batch AP − full-set AP", title="Decomposability gap (train set)")
+    ax_map.set(xlabel="training step", ylabel="mAP", title="Full-set mAP (train set)")
+    ax_both.set(xlabel="full-set mAP (train set)", ylabel="decomposability gap", title="Gap at equal full-set mAP")
+    for ax in (ax_gap, ax_map, ax_both):
+        ax.grid(alpha=0.3)
+    ax_map.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def replot(args):
+    """Reprint the table and redraw the plot of a results file (no training)."""
+    with open(args.replot) as f:
+        result = json.load(f)
+    print(markdown_table(summarise(result["runs"])))
+    if args.plot:
+        plot_gap_curves(result["runs"], args.plot)
+        print(f"Gap plot: {args.plot}")
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.replot:
+        return replot(args)
+    wall = time.perf_counter()
+    dataset, train, test, data_seconds = load_data(args)
+    print(f"{dataset}; data ready in {data_seconds:.1f} s", flush=True)
+    methods = list(args.methods)
+    if "multisimilarity" in methods and tfsim_multisimilarity_loss() is None:
+        print("tensorflow-similarity is not installed: no MultiSimilarity row (pip install keras-roadmap[tfsim]).")
+        methods.remove("multisimilarity")
+    records = baselines(train, test, args)
+    for seed in range(args.seeds):
+        for method in methods:
+            if METHODS[method].get("memory") and seed >= args.memory_seeds:
+                continue
+            record = train_one(method, seed, train, test, args)
+            records.append(record)
+            print(
+                f"seed {seed} {method:16s} R@1 {record['recall@1']:.3f}  mAP@R {record['map@r']:.3f}  "
+                f"gap {record['gap']:.3f}  ({record['train_seconds']:.0f} s)",
+                flush=True,
+            )
+    summary = summarise(records)
+    table = markdown_table(summary)
+    total = time.perf_counter() - wall
+    print()
+    print(table)
+    print(f"\nTotal wall time {total:.0f} s on {os.cpu_count()} CPU core(s).")
+    if args.plot:
+        plot_gap_curves(records, args.plot)
+        print(f"Gap plot: {args.plot}")
+    result = {
+        "config": {k: v for k, v in vars(args).items()},
+        "dataset": {
+            "num_images": int(len(dataset.labels)), "num_classes": len(dataset.characters),
+            "train_classes": int(len(dataset.train_classes)), "test_classes": int(len(dataset.test_classes)),
+            "train_images": int(len(train[1])), "test_images": int(len(test[1])), "fonts": list(dataset.fonts),
+        },
+        "runs": records,
+        "summary": {m: {k: {"mean": v[0], "std": v[1], "n": v[2]} for k, v in s.items()} for m, s in summary.items()},
+        "table": table,
+        "wall_seconds": total,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"Results: {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
