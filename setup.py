@@ -30,7 +30,7 @@ EXTRAS = {
         "matplotlib>=3.10,<3.12",
         "pillow>=11,<14",
     ],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7"],
+    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12"],
 }
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "test" for dep in deps})
 

@@ -48,6 +48,8 @@ _EXPORTS = {
     "load_sop": "keras_roadmap.data",
     "make_eval_dataset": "keras_roadmap.data",
     "make_train_dataset": "keras_roadmap.data",
+    "GlyphDataset": "keras_roadmap.data",
+    "build_glyph_dataset": "keras_roadmap.data",
     "HierarchicalSampler": "keras_roadmap.samplers",
     "MPerClassSampler": "keras_roadmap.samplers",
     # evaluation
@@ -55,6 +57,9 @@ _EXPORTS = {
     "retrieval_metrics": "keras_roadmap.evaluation",
     "save_recall_curve": "keras_roadmap.evaluation",
     "save_retrieval_grid": "keras_roadmap.evaluation",
+    # diagnostics
+    "DecomposabilityGap": "keras_roadmap.diagnostics",
+    "decomposability_gap": "keras_roadmap.diagnostics",
     # export
     "ExportError": "keras_roadmap.export",
     "ExportReport": "keras_roadmap.export",

@@ -12,6 +12,7 @@ only read list files).
 import importlib
 
 from keras_roadmap.data.cub import load_cub
+from keras_roadmap.data.glyphs import GlyphDataset, build_glyph_dataset
 from keras_roadmap.data.inaturalist import load_inaturalist
 from keras_roadmap.data.inshop import load_inshop
 from keras_roadmap.data.sop import load_sop
@@ -31,7 +32,7 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    ["DatasetFormatError", "RetrievalSplit", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
+    ["DatasetFormatError", "GlyphDataset", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
 )
 
 
