@@ -21,7 +21,7 @@ convention of Keras' own losses under ``tf.distribute`` (each replica's mean sca
 multiplies each replica's value by ``num_replicas`` before averaging, so ``model.fit`` reports
 the global loss. :class:`~keras_roadmap.RetrievalTrainer` follows the same convention.
 
-``loss.gather_across_replicas = False`` opts out: each replica ranks its own examples only and
+``gather_across_replicas=False`` (a constructor argument of every loss) opts out: each replica ranks its own examples only and
 returns its local loss divided by the number of replicas (Keras' usual data-parallel mean).
 
 Known limit: ``jit_compile=True`` under ``MirroredStrategy`` on logical CPU devices fails in
@@ -78,7 +78,7 @@ def ratio_terms(loss, pairs):
     except NotImplementedError:
         raise TypeError(
             f"{type(loss).__name__} cannot be computed across replicas: give it a `_ratio_terms(pairs)` "
-            "method returning [(weight, numerator, count), ...], or set gather_across_replicas = False."
+            "method returning [(weight, numerator, count), ...], or construct it with gather_across_replicas=False."
         ) from None
 
 
@@ -110,7 +110,7 @@ def gathered_batch_pairs(loss, context, y_true, y_pred):
 def batch_loss(loss, context, y_true, y_pred):
     """This replica's share of the global batch loss (the replicas' shares sum to it).
 
-    With ``loss.gather_across_replicas = False``: the loss of the local batch alone, divided by
+    With ``gather_across_replicas=False``: the loss of the local batch alone, divided by
     the number of replicas.
     """
     if not loss.gather_across_replicas:

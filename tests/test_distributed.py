@@ -28,9 +28,7 @@ def _make_loss(case, dtype="float32"):
     from keras_roadmap.losses import CalibrationLoss, ROADMAPLoss, SmoothAPLoss, SupAPLoss
 
     if case == "roadmap_per_replica":
-        loss = ROADMAPLoss(include_self=False, dtype=dtype)
-        loss.gather_across_replicas = False
-        return loss
+        return ROADMAPLoss(include_self=False, gather_across_replicas=False, dtype=dtype)
     return {
         "roadmap": lambda: ROADMAPLoss(dtype=dtype),
         "roadmap_textbook": lambda: ROADMAPLoss(include_self=False, dtype=dtype),

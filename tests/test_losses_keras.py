@@ -116,7 +116,7 @@ def test_heaviside_ap_is_exact_on_a_hand_case():
 
 @pytest.mark.parametrize("cls", ALL_LOSSES)
 def test_config_round_trip(cls):
-    kwargs = {"include_self": False, "name": "custom"}
+    kwargs = {"include_self": False, "gather_across_replicas": False, "name": "custom"}
     if cls is not CalibrationLoss:
         kwargs["tau"] = 0.02
     loss = cls(**kwargs)

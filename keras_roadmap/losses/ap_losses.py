@@ -44,8 +44,8 @@ class _SmoothRankAPLoss(RetrievalLoss):
 
     positive_step_has_gradient = True
 
-    def __init__(self, *, include_self=True, pairs_per_chunk=None, name=None, dtype=None):
-        super().__init__(include_self=include_self, name=name, dtype=dtype)
+    def __init__(self, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None):
+        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
         if pairs_per_chunk is not None and int(pairs_per_chunk) < 1:
             raise ValueError(f"pairs_per_chunk must be None or an integer >= 1, got {pairs_per_chunk!r}.")
         self.pairs_per_chunk = None if pairs_per_chunk is None else int(pairs_per_chunk)
@@ -99,6 +99,9 @@ class SupAPLoss(_SmoothRankAPLoss):
             batch without any positive pair gives 0.
         pairs_per_chunk: (query, positive) pairs ranked per loop step; memory is
             ``O(pairs_per_chunk * N)``. None (default) picks about 2**20 scores per step.
+        gather_across_replicas: under ``tf.distribute`` with several replicas, rank each
+            replica's queries against the gathered global batch (True, default) or only against
+            its own examples (see :class:`~keras_roadmap.losses.RetrievalLoss`).
         name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
 
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D))`` -> scalar.
@@ -122,10 +125,17 @@ class SupAPLoss(_SmoothRankAPLoss):
         *,
         include_self=True,
         pairs_per_chunk=None,
+        gather_across_replicas=True,
         name="supap_loss",
         dtype=None,
     ):
-        super().__init__(include_self=include_self, pairs_per_chunk=pairs_per_chunk, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self,
+            pairs_per_chunk=pairs_per_chunk,
+            gather_across_replicas=gather_across_replicas,
+            name=name,
+            dtype=dtype,
+        )
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau!r}.")
         self.tau, self.rho, self.delta = float(tau), float(rho), float(delta)
@@ -159,13 +169,21 @@ class SmoothAPLoss(_SmoothRankAPLoss):
 
     Args:
         tau: sigmoid temperature (0.01).
-        include_self, pairs_per_chunk, name, dtype: as for :class:`SupAPLoss`.
+        include_self, pairs_per_chunk, gather_across_replicas, name, dtype: as for :class:`SupAPLoss`.
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar.
     """
 
-    def __init__(self, tau=0.01, *, include_self=True, pairs_per_chunk=None, name="smoothap_loss", dtype=None):
-        super().__init__(include_self=include_self, pairs_per_chunk=pairs_per_chunk, name=name, dtype=dtype)
+    def __init__(
+        self, tau=0.01, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name="smoothap_loss", dtype=None
+    ):
+        super().__init__(
+            include_self=include_self,
+            pairs_per_chunk=pairs_per_chunk,
+            gather_across_replicas=gather_across_replicas,
+            name=name,
+            dtype=dtype,
+        )
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau!r}.")
         self.tau = float(tau)

@@ -29,21 +29,19 @@ class RetrievalLoss(keras.losses.Loss):
     ``strategy.run``, both forms rank each replica's queries against the all-gathered global
     batch (batch form) and divide by counts summed across replicas, so that the replicas' losses
     sum to the single-device loss of the global batch and their summed gradients equal its
-    gradient (see :mod:`keras_roadmap.distributed`). Set the attribute
-    ``gather_across_replicas = False`` for per-replica losses instead (each replica ranks its own
-    examples only; its loss is scaled by ``1 / num_replicas``, as Keras scales its own losses).
+    gradient (see :mod:`keras_roadmap.distributed`). ``gather_across_replicas=False`` gives
+    per-replica losses instead (each replica ranks its own examples only; its loss is scaled by
+    ``1 / num_replicas``, as Keras scales its own losses).
     """
-
-    # A class attribute (not a constructor argument) so every subclass gets it unchanged.
-    gather_across_replicas = True
 
     # Read by tensorflow-similarity's SimilarityModel.compile(distance="auto"): its cosine
     # index ranks exactly as our dot-product scores on L2-normalised embeddings.
     distance = "cosine"
 
-    def __init__(self, *, include_self=True, name=None, dtype=None):
+    def __init__(self, *, include_self=True, gather_across_replicas=True, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.include_self = bool(include_self)
+        self.gather_across_replicas = bool(gather_across_replicas)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
@@ -130,7 +128,12 @@ class RetrievalLoss(keras.losses.Loss):
         return sum_of_ratios(self._ratio_terms(pairs))
 
     def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "include_self": self.include_self}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "include_self": self.include_self,
+            "gather_across_replicas": self.gather_across_replicas,
+        }
 
 
 def _in_keras_symbolic_build():

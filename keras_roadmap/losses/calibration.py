@@ -52,6 +52,7 @@ class CalibrationLoss(RetrievalLoss):
         pos_margin: positive pairs with cosine below it are penalised (default 0.9).
         neg_margin: negative pairs with cosine above it are penalised (default 0.6).
         include_self: kept for a uniform API; a pair of an item with itself is never counted.
+        gather_across_replicas: see :class:`~keras_roadmap.losses.RetrievalLoss` (True).
         name, dtype: as for any ``keras.losses.Loss`` (dtype defaults to float32).
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar, over all ordered
@@ -63,8 +64,10 @@ class CalibrationLoss(RetrievalLoss):
     0.0
     """
 
-    def __init__(self, pos_margin=0.9, neg_margin=0.6, *, include_self=True, name="calibration_loss", dtype=None):
-        super().__init__(include_self=include_self, name=name, dtype=dtype)
+    def __init__(
+        self, pos_margin=0.9, neg_margin=0.6, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None
+    ):
+        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
 

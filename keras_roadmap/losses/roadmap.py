@@ -22,6 +22,7 @@ class ROADMAPLoss(RetrievalLoss):
         include_self: True (default) reproduces the paper's code (each query is in its own
             retrieval set); False gives the textbook AP (see :class:`SupAPLoss`).
         pairs_per_chunk: memory/speed knob of the SupAP kernel (None: automatic).
+        gather_across_replicas: see :class:`~keras_roadmap.losses.RetrievalLoss` (True).
         name, dtype: as for ``keras.losses.Loss`` (float32 by default).
 
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D) float)`` -> scalar.
@@ -48,10 +49,11 @@ class ROADMAPLoss(RetrievalLoss):
         *,
         include_self=True,
         pairs_per_chunk=None,
+        gather_across_replicas=True,
         name="roadmap_loss",
         dtype=None,
     ):
-        super().__init__(include_self=include_self, name=name, dtype=dtype)
+        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
         self.supap = SupAPLoss(
             tau, rho, delta, start, offset, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype
         )
