@@ -44,8 +44,13 @@ class _SmoothRankAPLoss(RetrievalLoss):
 
     positive_step_has_gradient = True
 
-    def __init__(self, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None):
+    def __init__(
+        self, tau=None, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None
+    ):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        if tau is not None and tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}.")
+        self.tau = None if tau is None else float(tau)
         if pairs_per_chunk is not None and int(pairs_per_chunk) < 1:
             raise ValueError(f"pairs_per_chunk must be None or an integer >= 1, got {pairs_per_chunk!r}.")
         self.pairs_per_chunk = None if pairs_per_chunk is None else int(pairs_per_chunk)
@@ -130,15 +135,14 @@ class SupAPLoss(_SmoothRankAPLoss):
         dtype=None,
     ):
         super().__init__(
+            tau,
             include_self=include_self,
             pairs_per_chunk=pairs_per_chunk,
             gather_across_replicas=gather_across_replicas,
             name=name,
             dtype=dtype,
         )
-        if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau!r}.")
-        self.tau, self.rho, self.delta = float(tau), float(rho), float(delta)
+        self.rho, self.delta = float(rho), float(delta)
         self.start, self.offset = float(start), float(offset)
 
     @classmethod
@@ -178,15 +182,13 @@ class SmoothAPLoss(_SmoothRankAPLoss):
         self, tau=0.01, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name="smoothap_loss", dtype=None
     ):
         super().__init__(
+            tau,
             include_self=include_self,
             pairs_per_chunk=pairs_per_chunk,
             gather_across_replicas=gather_across_replicas,
             name=name,
             dtype=dtype,
         )
-        if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau!r}.")
-        self.tau = float(tau)
 
     def _steps(self):
         step = functools.partial(ranking.clamped_sigmoid_step, tau=self.tau)
