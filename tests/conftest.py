@@ -13,9 +13,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def fixtures_dir() -> pathlib.Path:
-    """`../shared/fixtures` beside the checkout (or $KERAS_ROADMAP_FIXTURES)."""
+    """`tests/data/official` in the checkout (or $KERAS_ROADMAP_FIXTURES)."""
     env = os.environ.get("KERAS_ROADMAP_FIXTURES")
-    path = pathlib.Path(env) if env else REPO.parent / "shared" / "fixtures"
+    path = pathlib.Path(env) if env else REPO / "tests" / "data" / "official"
     if not path.is_dir():
         raise FileNotFoundError(
             f"Reference fixtures not found at {path}. Set KERAS_ROADMAP_FIXTURES to the folder "
