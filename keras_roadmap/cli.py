@@ -56,8 +56,12 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="output file (onnx, e.g. model.onnx) or directory (saved_model)")
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     exp.add_argument("--with-preprocessing", action="store_true",
-                     help="bake in uint8 image input of any size -> resize shorter side, centre "
-                          "crop --image-size, ImageNet mean/std")
+                     help="bake in uint8 image input of any size -> the --preset's test transform "
+                          "(resize, centre crop, ImageNet mean/std), as evaluation applies it")
+    exp.add_argument("--preset", default=None,
+                     help="transform preset baked in by --with-preprocessing (sop, sop_big, cub, cub_big, "
+                          "inaturalist, inshop, inshop_big; default: the one recorded in the .keras file "
+                          "by the recipe that trained it, else sop)")
     exp.add_argument("--image-size", type=int, default=None,
                      help="crop size for --with-preprocessing (default: the model's input size)")
     exp.add_argument("--l2-normalize", action="store_true",
@@ -120,8 +124,13 @@ def _run_export(args: argparse.Namespace) -> int:
     model = load_embedder(args.model)
     from keras_roadmap import export as export_lib
 
+    from keras_roadmap.data.presets import read_model_preset
+
+    # --preset, else the preset the recipe recorded in the .keras file (None: export's default).
+    preset = args.preset or (read_model_preset(args.model) if args.with_preprocessing else None)
     kwargs = dict(
         with_preprocessing=args.with_preprocessing,
+        preset=preset,
         image_size=args.image_size,
         l2_normalize=args.l2_normalize,
         verify=not args.no_verify,

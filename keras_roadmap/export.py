@@ -5,7 +5,9 @@ Both exporters wrap the model in one serving function with
 * a dynamic batch axis and a named input (``"inputs"``, or ``"images"`` when preprocessing is
   baked in) and a named output ``"embeddings"`` of shape (batch, D), float32;
 * optionally, **preprocessing baked in**: the artifact takes uint8 RGB images (N, H, W, 3) of
-  any H, W and applies the ImageNet evaluation transform (see :func:`imagenet_eval_preprocess`);
+  any H, W and applies a transform preset's test transform, the very function the evaluation
+  pipeline uses (``keras_roadmap.data.eval_transform``; see :func:`imagenet_eval_preprocess`),
+  so that a decoded image gives the embedding it was evaluated with;
 * optionally, **L2 normalisation baked in** on the output.
 
 After writing, the artifact is reloaded (``tf.saved_model.load`` / onnxruntime with an explicit
@@ -13,7 +15,8 @@ thread count), run on a seeded probe batch and on its first row alone (to prove 
 dynamic), and compared with the Keras model with the same preprocessing and normalisation applied
 on the Keras side. A difference above ``atol`` raises :class:`ExportVerificationError`.
 
-The serving contract (input name/dtype, image size, mean/std, L2 flag, embedding size) is stored
+The serving contract (input name/dtype, the preset and its steps, image size, mean/std, L2 flag,
+embedding size) is stored
 in the artifact itself: as ONNX ``metadata_props`` under :data:`CONTRACT_KEY`, and for a
 SavedModel as ``assets.extra/keras_roadmap.json``. The deployment scripts in the repository's
 top-level ``export/`` folder read it, so they need no flags that must match the export.
@@ -33,17 +36,21 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-#: ImageNet channel statistics (RGB, on pixel values scaled to [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The centre crop keeps this fraction of the resized shorter side (224 of 256, as in ROADMAP).
-CENTER_CROP_FRACTION = 0.875
+# The one definition of the ImageNet statistics and of the presets (TensorFlow-free module).
+from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, TransformPreset, get_preset  # noqa: E402,F401
+
+#: Preset used with ``with_preprocessing=True`` when none is given or recorded on the model
+#: (the data pipelines' default too).
+DEFAULT_PRESET = "sop"
+#: Attribute a model may carry naming the preset it was trained with (set by the recipes and by
+#: ``keras-roadmap export`` from the preset recorded in the ``.keras`` file).
+MODEL_PRESET_ATTR = "_keras_roadmap_transform_preset"
 #: Key of the JSON serving contract in ONNX ``metadata_props``.
 CONTRACT_KEY = "keras_roadmap.serving_contract"
 #: File holding the same contract inside a SavedModel directory.
 SAVED_MODEL_CONTRACT_FILE = os.path.join("assets.extra", "keras_roadmap.json")
 #: Name of the exported preprocessing, as written in the contract.
-PREPROCESSING_NAME = "imagenet_resize_shorter_center_crop"
+PREPROCESSING_NAME = "keras_roadmap.eval_transform"
 
 OUTPUT_NAME = "embeddings"
 FORMATS = ("saved_model", "onnx")
@@ -84,6 +91,7 @@ class ExportReport:
         output_name: ``"embeddings"``.
         output_dim: embedding size D.
         with_preprocessing, image_size, l2_normalize: what was baked in.
+        preset: name of the transform preset baked in (None without preprocessing).
         max_abs_diff: largest |artifact - Keras| over the probe batch (``nan`` if not verified).
         atol: the tolerance it was held to.
         seconds: wall time of export plus verification.
@@ -102,6 +110,7 @@ class ExportReport:
     max_abs_diff: float
     atol: float
     seconds: float
+    preset: Optional[str] = None
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -111,50 +120,32 @@ class ExportReport:
             if np.isnan(self.max_abs_diff)
             else f"max |diff| vs Keras {self.max_abs_diff:.2e} (atol {self.atol:g})"
         )
+        pre = f" (preprocessing: preset {self.preset})" if self.preset else ""
         return (
-            f"exported {self.format} to {self.path}: '{self.input_name}' {self.input_dtype} {shape} "
+            f"exported {self.format} to {self.path}{pre}: '{self.input_name}' {self.input_dtype} {shape} "
             f"-> '{self.output_name}' float32 [?, {self.output_dim}]; {check}; {self.seconds:.1f} s"
         )
 
 
-def resize_size_for(image_size: int) -> int:
-    """Shorter-side length images are resized to before the centre crop (224 -> 256)."""
-    return int(round(image_size / CENTER_CROP_FRACTION))
-
-
-def imagenet_eval_preprocess(images, image_size: int):
+def imagenet_eval_preprocess(images, image_size: Optional[int] = None, preset=DEFAULT_PRESET):
     """The evaluation transform baked into exported artifacts (TensorFlow ops, graph-safe).
 
-    Resize the shorter side to ``resize_size_for(image_size)`` (bilinear, half-pixel centres, no
-    antialiasing; the longer side scaled by the same factor, rounded down), centre-crop
-    ``image_size`` x ``image_size``, scale to [0, 1] and normalise with the ImageNet mean/std.
-    This is the usual torchvision ``Resize(256) + CenterCrop(224) + Normalize`` evaluation
-    transform, and the one ROADMAP evaluates with.
+    Exactly ``keras_roadmap.data.eval_transform_batch(images, preset, image_size=image_size)``:
+    the preset's test resize (square, or shorter side with torchvision's rounding), PIL's
+    antialiased bilinear filter, ``CenterCrop``, then ``ToTensor + Normalize`` (ImageNet). The
+    evaluation pipeline (``make_eval_dataset``) applies the same function to each image.
 
     Args:
         images: uint8 (or any real dtype holding 0..255 values) tensor (N, H, W, 3), RGB.
-        image_size: side of the square crop fed to the model.
+        image_size: None = the preset's crop; another side scales the preset.
+        preset: a preset name, ``TransformPreset`` or its dict. Default ``"sop"``.
 
     Returns:
-        float32 tensor (N, image_size, image_size, 3).
+        float32 tensor (N, S, S, 3).
     """
-    import tensorflow as tf
+    from keras_roadmap.data.transforms import eval_transform_batch
 
-    resize_to = resize_size_for(image_size)
-    x = tf.cast(images, tf.float32)
-    shape = tf.shape(x)
-    height, width = shape[1], shape[2]
-    shorter = tf.minimum(height, width)
-    new_height = height * resize_to // shorter
-    new_width = width * resize_to // shorter
-    x = tf.image.resize(x, tf.stack([new_height, new_width]), method="bilinear", antialias=False)
-    top = (new_height - image_size) // 2
-    left = (new_width - image_size) // 2
-    x = x[:, top : top + image_size, left : left + image_size, :]
-    x = tf.ensure_shape(x, [None, image_size, image_size, 3])
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return (x / 255.0 - mean) / std
+    return eval_transform_batch(images, preset, image_size=image_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +165,7 @@ class _ServingPlan:
     probe: np.ndarray
     with_preprocessing: bool
     l2_normalize: bool
+    preset: Optional[TransformPreset] = None
 
 
 def _model_input_shape(model) -> Optional[tuple]:
@@ -193,6 +185,43 @@ def _model_input_dtype(model) -> str:
     if inputs:
         return str(np.dtype(inputs[0].dtype))
     return "float32"
+
+
+def _resolve_preset(model, input_shape, preset, image_size):
+    """(preset, image_size) for with_preprocessing: explicit preset > the model's recorded one >
+    DEFAULT_PRESET; its crop must match the model's input size unless image_size rescales it."""
+    stated = preset is not None
+    if preset is None:
+        preset = getattr(model, MODEL_PRESET_ATTR, None)
+        stated = preset is not None
+    if preset is None:
+        import warnings
+
+        warnings.warn(
+            f"with_preprocessing=True and no transform preset given or recorded on the model: baking in "
+            f"the {DEFAULT_PRESET!r} preset's test transform. Pass preset=NAME (--preset NAME) to name the "
+            "one the model was trained with.",
+            UserWarning,
+            stacklevel=4,
+        )
+        preset = DEFAULT_PRESET
+    try:
+        resolved = get_preset(preset)
+    except (ValueError, TypeError) as exc:
+        raise ExportError(str(exc)) from None
+    fixed = None
+    if input_shape is not None and len(input_shape) == 4 and input_shape[1] is not None:
+        fixed = int(input_shape[1])
+    if image_size is None and fixed is not None and fixed != resolved.crop_size:
+        if stated:
+            raise ExportError(
+                f"The transform preset {resolved.name!r} crops {resolved.crop_size} px but the model takes "
+                f"{fixed} px images: export with the preset the model was trained with, or pass "
+                f"image_size={fixed} to rescale this one."
+            )
+        image_size = fixed
+    image_size = _resolve_image_size(input_shape, image_size if image_size is not None else resolved.crop_size)
+    return resolved.resized(image_size), image_size
 
 
 def _resolve_image_size(input_shape: Optional[tuple], image_size: Optional[int]) -> int:
@@ -225,11 +254,11 @@ def _resolve_image_size(input_shape: Optional[tuple], image_size: Optional[int])
     return int(image_size)
 
 
-def _default_probe(input_shape, dtype: str, with_preprocessing: bool, image_size, seed: int):
+def _default_probe(input_shape, dtype: str, with_preprocessing: bool, image_size, seed: int, preset=None):
     rng = np.random.default_rng(seed)
     if with_preprocessing:
-        # Non-square and larger than the crop, so that resize and crop both do real work.
-        resize_to = resize_size_for(image_size)
+        # Non-square and larger than the resize, so that resize and crop both do real work.
+        resize_to = preset.eval_resize
         return rng.integers(0, 256, size=(3, resize_to + 7, resize_to + 23, 3), dtype=np.uint8)
     if input_shape is None:
         raise ExportError(
@@ -250,15 +279,19 @@ def _default_probe(input_shape, dtype: str, with_preprocessing: bool, image_size
     return rng.standard_normal((3, *dims)).astype(dtype)
 
 
-def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0) -> _ServingPlan:
+def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0, preset=None) -> _ServingPlan:
     import keras
     import tensorflow as tf
 
     if not isinstance(model, keras.Model):
         raise ExportError(f"Expected a keras.Model, got {type(model).__name__}.")
     input_shape = _model_input_shape(model)
+    if preset is not None and not with_preprocessing:
+        raise ExportError("preset only applies with with_preprocessing=True (--with-preprocessing).")
     if with_preprocessing:
-        image_size = _resolve_image_size(input_shape, image_size)
+        if input_shape is not None and (len(input_shape) != 4 or input_shape[-1] != 3):
+            _resolve_image_size(input_shape, image_size)  # raises the "needs an image model" error
+        preset, image_size = _resolve_preset(model, input_shape, preset, image_size)
     elif image_size is not None and input_shape is not None and len(input_shape) != 4:
         raise ExportError(
             f"image_size={image_size} only applies to image models (N, H, W, 3); this model "
@@ -267,7 +300,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0)
 
     model_dtype = _model_input_dtype(model)
     if probe is None:
-        probe = _default_probe(input_shape, model_dtype, with_preprocessing, image_size, seed)
+        probe = _default_probe(input_shape, model_dtype, with_preprocessing, image_size, seed, preset)
     probe = np.asarray(probe)
     if with_preprocessing:
         if probe.ndim != 4 or probe.shape[-1] != 3 or probe.dtype != np.uint8:
@@ -297,7 +330,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0)
 
     def embed(x):
         if with_preprocessing:
-            x = imagenet_eval_preprocess(x, image_size)
+            x = imagenet_eval_preprocess(x, preset=preset)
         y = model(x, training=False)
         if isinstance(y, (list, tuple, dict)):
             raise NotAnEmbedderError(
@@ -331,6 +364,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0)
         probe=probe,
         with_preprocessing=with_preprocessing,
         l2_normalize=l2_normalize,
+        preset=preset,
     )
 
 
@@ -354,10 +388,13 @@ def serving_contract(plan_or_report) -> dict:
         "preprocessing": None,
     }
     if p.with_preprocessing:
+        preset = get_preset(p.preset)
         contract["preprocessing"] = {
             "name": PREPROCESSING_NAME,
+            "preset": preset.name,
+            "steps": preset.describe()["test"],
+            "transform": preset.to_dict(),
             "image_size": p.image_size,
-            "resize_shorter_side_to": resize_size_for(p.image_size),
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "input_value_range": [0, 255],
@@ -401,6 +438,7 @@ def _finish(plan, *, path, fmt, output_dim, diff, atol, started) -> ExportReport
         max_abs_diff=diff,
         atol=atol,
         seconds=time.perf_counter() - started,
+        preset=plan.preset.name if plan.preset is not None else None,
     )
     if not np.isnan(diff) and not diff <= atol:
         raise ExportVerificationError(
@@ -432,6 +470,7 @@ def to_saved_model(
     path,
     *,
     with_preprocessing: bool = False,
+    preset=None,
     image_size: Optional[int] = None,
     l2_normalize: bool = False,
     verify: bool = True,
@@ -447,9 +486,15 @@ def to_saved_model(
     Args:
         model: a ``keras.Model`` with one input and one (batch, D) output.
         path: output directory (created; must not be an existing file).
-        with_preprocessing: bake in :func:`imagenet_eval_preprocess`. Default False.
-        image_size: with preprocessing, the crop size; inferred from a fixed square model input,
-            required when the model's input size is dynamic. Without preprocessing, it fixes the
+        with_preprocessing: bake in :func:`imagenet_eval_preprocess` (the preset's test
+            transform, as ``make_eval_dataset`` applies it). Default False.
+        preset: with preprocessing, the transform preset ("sop", "sop_big", "cub", "cub_big",
+            "inaturalist", "inshop", "inshop_big", a ``TransformPreset`` or its dict). Default:
+            the preset recorded on the model (attribute ``MODEL_PRESET_ATTR``, set by the recipes
+            and by ``keras-roadmap export``), else ``"sop"`` scaled to the model's input size
+            (with a warning). Its crop must equal a fixed model input size.
+        image_size: with preprocessing, the crop size: None = the preset's (or the model's fixed
+            input size); another value rescales the preset. Without preprocessing, it fixes the
             spatial size of an image model whose input is dynamic (N, None, None, C), which the
             probe needs. Default None.
         l2_normalize: L2-normalise the output rows inside the artifact. Default False.
@@ -472,7 +517,7 @@ def to_saved_model(
     _validate_common(path, atol)
     started = time.perf_counter()
     plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
-                 l2_normalize=l2_normalize, probe=probe)
+                 l2_normalize=l2_normalize, probe=probe, preset=preset)
     output_dim = _output_dim_of(plan)  # also surfaces NotAnEmbedderError before writing anything
     path = pathlib.Path(path)
     if path.is_file():
@@ -529,6 +574,7 @@ def to_onnx(
     *,
     opset: int = 17,
     with_preprocessing: bool = False,
+    preset=None,
     image_size: Optional[int] = None,
     l2_normalize: bool = False,
     verify: bool = True,
@@ -559,7 +605,7 @@ def to_onnx(
 
     started = time.perf_counter()
     plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
-                 l2_normalize=l2_normalize, probe=probe)
+                 l2_normalize=l2_normalize, probe=probe, preset=preset)
     output_dim = _output_dim_of(plan)
     path = pathlib.Path(path)
     if path.is_dir():

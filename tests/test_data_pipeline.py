@@ -1,5 +1,5 @@
-"""tf.data pipelines: decoding, the paper's transforms (both crop backends), determinism,
-corrupt-image handling, and use by model.fit."""
+"""tf.data pipelines: decoding, the official transform presets, determinism, corrupt-image
+handling, and use by model.fit."""
 
 import pathlib
 
@@ -11,13 +11,17 @@ from PIL import Image
 
 from keras_roadmap.data import (
     CorruptImageLog,
-    RandomResizedCrop,
+    TransformPreset,
     eval_transform,
+    get_preset,
     load_sop,
     make_eval_dataset,
     make_train_dataset,
+    sample_crop_box,
     train_transform,
+    train_transform_from_box,
 )
+from keras_roadmap.data.transforms import train_resize_shape
 from keras_roadmap.losses import ROADMAPLoss
 from keras_roadmap.samplers import HierarchicalSampler, MPerClassSampler
 
@@ -61,75 +65,120 @@ def batches(ds, n=None):
 
 
 # ------------------------------------------------------------------------- transforms
+# (Parity with torchvision/PIL on photos: tests/test_transforms_parity.py.)
 
 
 def coordinate_image(h, w):
-    """float image whose channel 0 is the row index and channel 1 the column index."""
+    """Image whose channel 0 is the row index and channel 1 the column index (both < 256)."""
+    assert h <= 256 and w <= 256
     rows, cols = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
     return tf.constant(np.stack([rows, cols, np.zeros_like(rows)], axis=-1))
 
 
-def test_random_resized_crop_area_and_ratio_ranges():
+def test_crop_boxes_follow_the_area_and_ratio_ranges():
     h, w = 120, 160
-    image = coordinate_image(h, w)
-    crop = RandomResizedCrop(64, backend="tf_image")
     areas, ratios = [], []
-    for i in range(60):
-        out = crop(image, tf.constant([5, i])).numpy()
-        crop_h = out[..., 0].max() - out[..., 0].min() + 1
-        crop_w = out[..., 1].max() - out[..., 1].min() + 1
-        areas.append(crop_h * crop_w / (h * w))
-        ratios.append(crop_w / crop_h)
+    for i in range(200):
+        top, left, ch, cw = sample_crop_box(h, w, tf.constant([5, i])).numpy()
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        areas.append(ch * cw / (h * w))
+        ratios.append(cw / ch)
     areas, ratios = np.array(areas), np.array(ratios)
-    # Small slack: integer box rounding and the resize's edge sampling.
-    assert areas.min() >= 0.16 - 0.03 and areas.max() <= 1.0 + 1e-6
-    assert ratios.min() >= 0.75 - 0.06 and ratios.max() <= 4 / 3 + 0.06
-    assert areas.max() - areas.min() > 0.3, "crops must actually vary in size"
+    # Slack: integer rounding of the sides, as in torchvision.
+    assert areas.min() >= 0.16 - 0.02 and areas.max() <= 1.0
+    assert ratios.min() >= 0.75 - 0.03 and ratios.max() <= 1.33 + 0.03
+    assert areas.max() - areas.min() > 0.5, "crops must actually vary in size"
 
 
-def test_keras_cv_and_tf_image_backends_take_the_same_box():
-    image = coordinate_image(90, 120)
-    a = RandomResizedCrop(48, backend="tf_image")
-    b = RandomResizedCrop(48, backend="keras_cv")
-    assert (a.backend, b.backend) == ("tf_image", "keras_cv")
-    for i in range(10):
-        out_a, out_b = a(image, tf.constant([1, i])).numpy(), b(image, tf.constant([1, i])).numpy()
-        assert out_b.shape == out_a.shape == (48, 48, 3)
-        # Same box; the two resamplers differ by under ~2 source pixels at the edges.
-        np.testing.assert_allclose(out_a, out_b, atol=2.0)
+def test_crop_box_falls_back_to_the_clamped_central_crop():
+    # A 10 x 250 strip: no candidate of area >= 16% with ratio <= 1.33 fits, so torchvision's
+    # fallback applies: full height, width round(10 * 1.33) = 13, centred.
+    box = sample_crop_box(10, 250, tf.constant([0, 1])).numpy()
+    np.testing.assert_array_equal(box, [0, (250 - 13) // 2, 10, 13])
 
 
 def test_flip_happens_about_half_the_time():
     image = coordinate_image(40, 40)
-    full = RandomResizedCrop(40, scale=(1.0, 1.0), ratio=(1.0, 1.0), backend="tf_image")
+    whole = TransformPreset("whole", 40, None, 40, True, scale=(1.0, 1.0), ratio=(1.0, 1.0))
     flipped = 0
     for i in range(40):
-        out = train_transform(image, tf.constant([0, i]), full, normalize=False).numpy()
-        np.testing.assert_allclose(out[..., 0], image.numpy()[..., 0], atol=1e-4)  # rows never move
+        out = train_transform(image, tf.constant([0, i]), whole, normalize=False).numpy()
+        np.testing.assert_array_equal(out[..., 0], image.numpy()[..., 0])  # rows never move
         if out[0, 0, 1] > out[0, -1, 1]:
             flipped += 1
-            np.testing.assert_allclose(out[..., 1], image.numpy()[:, ::-1, 1], atol=1e-4)
+            np.testing.assert_array_equal(out[..., 1], image.numpy()[:, ::-1, 1])
     assert 8 <= flipped <= 32
 
 
-def test_eval_transform_resizes_shorter_side_then_center_crops():
-    h, w = 300, 400
-    out = eval_transform(coordinate_image(h, w), image_size=224, normalize=False).numpy()
-    assert out.shape == (224, 224, 3)
-    # Shorter side 300 -> 256: the crop keeps the central 224/256 of the rows and the same
-    # pixel span of the (longer) columns.
-    span = h * 224 / 256
-    assert abs(out[..., 0].min() - (h - span) / 2) < 1.5 and abs(out[..., 0].max() - (h + span) / 2) < 1.5
-    assert abs(out[..., 1].mean() - (w - 1) / 2) < 1.0
+def test_train_transform_from_box_crops_that_box():
+    image = coordinate_image(100, 120)
+    out = train_transform_from_box(image, [10, 20, 40, 40], False, "cub", image_size=40, normalize=False).numpy()
+    # 40 x 40 box to a 40 crop: no resampling, exactly the box.
+    np.testing.assert_array_equal(out[..., 0], image.numpy()[10:50, 20:60, 0])
+    np.testing.assert_array_equal(out[..., 1], image.numpy()[10:50, 20:60, 1])
+    flipped = train_transform_from_box(image, [10, 20, 40, 40], True, "cub", image_size=40, normalize=False).numpy()
+    np.testing.assert_array_equal(flipped, out[:, ::-1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not fit"):
+        train_transform_from_box(image, [80, 0, 40, 40], False, "cub", image_size=40)
 
 
-def test_eval_transform_big_setting_defaults_to_288():
-    out = eval_transform(coordinate_image(288, 400), image_size=256, normalize=False).numpy()
-    # 288 -> 288 (no resize of rows), crop 256 centred: rows 16..271.
-    assert out.shape == (256, 256, 3)
-    assert abs(out[..., 0].min() - 16) < 0.6 and abs(out[..., 0].max() - 271) < 0.6
-    with pytest.raises(ValueError, match="resize_size .* must be >= image_size"):
-        eval_transform(coordinate_image(10, 10), image_size=224, resize_size=200)
+def test_sop_train_transform_resizes_the_shorter_side_first():
+    assert train_resize_shape(375, 500, "sop") == (256, 341)  # int(256 * 500 / 375)
+    assert train_resize_shape(500, 375, "sop_big") == (384, 288)
+    assert train_resize_shape(375, 500, "cub") == (375, 500)  # no resize before the crop
+    out = train_transform(tf.zeros((375, 500, 3), tf.uint8), tf.constant([0, 0]), "sop")
+    assert out.shape == (224, 224, 3) and out.dtype == tf.float32
+
+
+def test_eval_transform_square_resize_vs_shorter_side_resize():
+    h, w = 100, 200
+    image = coordinate_image(h, w)
+    # "sop" (scaled to a 112 crop: Resize([128, 128]) + CenterCrop(112)): the aspect ratio is not
+    # kept, so the crop spans the same central 112/128 of the rows and of the columns.
+    sop = eval_transform(image, "sop", image_size=112, normalize=False).numpy()
+    cub = eval_transform(image, "cub", image_size=112, normalize=False).numpy()
+    assert sop.shape == cub.shape == (112, 112, 3)
+    frac = 112 / 128
+    assert abs((sop[..., 1].max() - sop[..., 1].min()) / w - frac) < 0.03
+    assert abs((sop[..., 0].max() - sop[..., 0].min()) / h - frac) < 0.03
+    # "cub": Resize(128) of the shorter side (rows), columns 200 -> 256: the crop spans 112/256 of
+    # the columns, centred.
+    assert abs((cub[..., 1].max() - cub[..., 1].min()) / w - 112 / 256) < 0.03
+    assert abs(cub[..., 1].mean() - (w - 1) / 2) < 1.0
+
+
+def test_eval_transform_keeps_an_image_already_at_the_resize_size():
+    image = coordinate_image(256, 256)
+    out = eval_transform(image, "sop", normalize=False).numpy()
+    # Resize([256, 256]) is the identity; CenterCrop(224) starts at round(32 / 2) = 16.
+    np.testing.assert_array_equal(out[..., 0], image.numpy()[16:240, 16:240, 0])
+
+
+def test_presets_are_the_official_transforms():
+    sop, cub, inshop_big = get_preset("sop"), get_preset("cub"), get_preset("inshop_big")
+    assert (sop.crop_size, sop.train_resize, sop.eval_resize, sop.eval_square) == (224, 256, 256, True)
+    assert (cub.crop_size, cub.train_resize, cub.eval_resize, cub.eval_square) == (224, None, 256, False)
+    assert (inshop_big.crop_size, inshop_big.eval_resize, inshop_big.eval_square) == (256, 288, True)
+    assert sop.describe()["test"][:2] == ["Resize([256, 256])", "CenterCrop(224)"]
+    assert get_preset("sop_big").describe()["train"][0] == "Resize(288)"
+    scaled = get_preset("sop@32")
+    assert (scaled.crop_size, scaled.train_resize, scaled.eval_resize) == (32, 37, 37)
+    assert get_preset(scaled.to_dict()) == scaled
+    with pytest.raises(ValueError, match="Unknown transform preset 'imagenet'"):
+        get_preset("imagenet")
+
+
+def test_bad_images_and_backends_are_rejected():
+    with pytest.raises(ValueError, match=r"Expected an image tensor \(H, W, 3\)"):
+        eval_transform(tf.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match="channels"):
+        eval_transform(tf.zeros((8, 8, 4)))
+    with pytest.raises(ValueError, match="keras_cv' was removed"):
+        make_train_dataset((np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
+                           MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2), backend="keras_cv")
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        make_train_dataset((np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
+                           MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2), backend="torchvision")
 
 
 def test_normalisation_matches_imagenet_statistics():
@@ -139,15 +188,10 @@ def test_normalisation_matches_imagenet_statistics():
     np.testing.assert_allclose(out[5, 5], expected, rtol=1e-5)
 
 
-def test_unknown_backend_rejected():
-    with pytest.raises(ValueError, match=r"backend must be one of"):
-        RandomResizedCrop(32, backend="torchvision")
-
-
 # ------------------------------------------------------------------- train pipeline
 
 
-@pytest.mark.parametrize("backend", ["tf_image", "keras_cv"])
+@pytest.mark.parametrize("backend", ["auto", "tf_image"])
 def test_train_pipeline_on_jpeg_tree(tmp_path, backend):
     split = make_sop_tree(tmp_path)
     sampler = MPerClassSampler(split.labels, batch_size=8, samples_per_class=2, seed=0)

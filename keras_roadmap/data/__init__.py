@@ -1,8 +1,11 @@
 """Retrieval datasets (SOP, CUB-200-2011, iNaturalist-2018, In-Shop) as fast tf.data pipelines.
 
 Readers parse the official list files into a `RetrievalSplit`; `make_train_dataset` turns a
-sampler (`keras_roadmap.samplers`) into class-balanced training batches with the paper's
-augmentations, `make_eval_dataset` reads a split in order with the test transforms.
+sampler (`keras_roadmap.samplers`) into class-balanced training batches with a transform
+preset's train transform, `make_eval_dataset` reads a split in order with its test transform.
+The presets ("sop", "sop_big", "cub", "cub_big", "inaturalist", "inshop", "inshop_big") are the
+official ROADMAP transforms (`keras_roadmap.data.presets`); `eval_transform(image, preset)` and
+`train_transform(image, seed, preset)` apply them to one image.
 
 The readers need only numpy; the pipeline and transform names import TensorFlow on first use,
 so they load only when a pipeline is built (keeps `keras_roadmap.data` light for tools that
@@ -22,13 +25,21 @@ _LAZY = {
     "CorruptImageLog": "pipeline",
     "make_eval_dataset": "pipeline",
     "make_train_dataset": "pipeline",
-    "IMAGENET_MEAN": "transforms",
-    "IMAGENET_STD": "transforms",
-    "RandomResizedCrop": "transforms",
+    "IMAGENET_MEAN": "presets",
+    "IMAGENET_STD": "presets",
+    "PRESETS": "presets",
+    "TransformPreset": "presets",
+    "get_preset": "presets",
+    "read_model_preset": "presets",
+    "write_model_preset": "presets",
     "decode_image": "transforms",
     "eval_transform": "transforms",
+    "eval_transform_batch": "transforms",
     "normalize_imagenet": "transforms",
+    "resize_like_pil": "transforms",
+    "sample_crop_box": "transforms",
     "train_transform": "transforms",
+    "train_transform_from_box": "transforms",
 }
 
 __all__ = sorted(

@@ -1,8 +1,10 @@
 """tf.data pipelines: sampler index batches or a whole split -> batches of transformed images.
 
 `make_train_dataset` turns a sampler's numpy index batches into `(images, labels)` batches with
-the paper's train transforms; `make_eval_dataset` reads a split in order with the test
-transforms. Both decode in a parallel `map` (AUTOTUNE, order preserved) and prefetch.
+a preset's train transform; `make_eval_dataset` reads a split in order with its test transform
+(the official ROADMAP transforms, see `keras_roadmap.data.presets`: "sop", "sop_big", "cub",
+"cub_big", "inaturalist", "inshop", "inshop_big"). Both decode in a parallel `map` (AUTOTUNE,
+order preserved) and prefetch.
 
 Reproducibility: element `p` of the stream (counted from the first epoch) is augmented with
 the stateless seed `(seed, p)`, and the sampler's epoch `e` depends only on its own seed and `e`,
@@ -23,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_roadmap.data.split import RetrievalSplit
-from keras_roadmap.data.transforms import RandomResizedCrop, decode_image, eval_transform, to_rgb, train_transform
+from keras_roadmap.data.presets import get_preset
+from keras_roadmap.data.transforms import decode_image, eval_transform, resolve_backend, to_rgb, train_transform
 
 AUTOTUNE = tf.data.AUTOTUNE
 _ON_CORRUPT = ("raise", "skip")
@@ -140,7 +143,8 @@ def make_train_dataset(
     data,
     sampler,
     *,
-    image_size: int = 224,
+    preset="sop",
+    image_size: int | None = None,
     seed: int = 0,
     backend: str = "auto",
     epochs: int | None = None,
@@ -151,16 +155,20 @@ def make_train_dataset(
     normalize: bool = True,
     num_parallel_calls=AUTOTUNE,
 ) -> tf.data.Dataset:
-    """Training batches from a sampler, with random-resized-crop, flip and normalisation.
+    """Training batches from a sampler, with the preset's train transform (e.g. "sop":
+    Resize(256) -> RandomResizedCrop(224) -> flip -> ImageNet normalisation).
 
     Args:
         data: a `RetrievalSplit` (images read from disk) or `(images, labels)` numpy arrays
             (images (N, H, W, 1|3) in [0, 255]; held in memory, for tests and small sets).
         sampler: `MPerClassSampler`, `HierarchicalSampler` or any object with `batch_size`,
             `__len__` and `batches(epoch) -> int array (len, batch_size)` of row indices of `data`.
-        image_size: output side (224; 256 for the "big" setting).
+        preset: transform preset name (see `keras_roadmap.data.presets`), a `TransformPreset` or
+            its dict. Default "sop".
+        image_size: None = the preset's crop side; another S scales the preset's sizes (small
+            test models).
         seed: augmentation seed (the sampler has its own).
-        backend: crop backend, "auto" (= "tf_image", the cheaper of two identical crops), "keras_cv" or "tf_image".
+        backend: "auto" or "tf_image" (the same thing; kept for older callers).
         epochs: number of sampler epochs; None repeats forever (then pass
             `steps_per_epoch=len(sampler)` to `model.fit`).
         first_epoch: epoch to start from (to resume a run with identical batches).
@@ -185,7 +193,8 @@ def make_train_dataset(
             f"from this split's labels, e.g. MPerClassSampler(split.labels, ...)."
         )
     batch_size, per_epoch = int(sampler.batch_size), len(sampler)
-    crop = RandomResizedCrop(image_size, backend=backend)
+    resolve_backend(backend)
+    preset = get_preset(preset, image_size)
 
     def epoch_indices(epoch):
         flat = tf.numpy_function(
@@ -203,7 +212,7 @@ def make_train_dataset(
     def load(position, index):
         image, ok, path = source.load(index)
         image = _guard(image, ok, path, on_corrupt, log)
-        image = train_transform(image, tf.stack([tf.constant(seed, tf.int64), position]), crop, normalize)
+        image = train_transform(image, tf.stack([tf.constant(seed, tf.int64), position]), preset, normalize=normalize)
         label, sample_id = source.target(index)
         return image, label, sample_id, ok
 
@@ -222,21 +231,22 @@ def make_eval_dataset(
     data,
     batch_size: int = 64,
     *,
-    image_size: int = 224,
-    resize_size: int | None = None,
+    preset="sop",
+    image_size: int | None = None,
     on_corrupt: str = "raise",
     corrupt_log: CorruptImageLog | None = None,
     with_sample_ids: bool = False,
     normalize: bool = True,
     num_parallel_calls=AUTOTUNE,
 ) -> tf.data.Dataset:
-    """A whole split, in order, with the test transforms (resize shorter side, center crop).
+    """A whole split, in order, with the preset's test transform (e.g. "sop": Resize([256, 256])
+    -> CenterCrop(224) -> ImageNet normalisation; "cub": Resize(256) shorter side -> CenterCrop(224)).
 
     Args:
         data: a `RetrievalSplit` or `(images, labels)` numpy arrays (see `make_train_dataset`).
         batch_size: images per batch; the last batch may be smaller.
-        image_size: crop side S (224; 256 for the "big" setting).
-        resize_size: shorter side before cropping (default 256 for S=224, 288 for S=256).
+        preset: transform preset (as in `make_train_dataset`). Default "sop".
+        image_size: None = the preset's crop side; another S scales the preset.
         on_corrupt: "raise" or "skip" (a skipped image's label and id are dropped with it).
         corrupt_log: where skipped paths are recorded.
         with_sample_ids: as in `make_train_dataset`.
@@ -249,12 +259,13 @@ def make_eval_dataset(
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     log = _check_options(on_corrupt, corrupt_log)
+    preset = get_preset(preset, image_size)
     source = _Source(data)
 
     def load(index):
         image, ok, path = source.load(index)
         image = _guard(image, ok, path, on_corrupt, log)
-        image = eval_transform(image, image_size, resize_size, normalize)
+        image = eval_transform(image, preset, normalize=normalize)
         label, sample_id = source.target(index)
         return image, label, sample_id, ok
 

@@ -1,24 +1,32 @@
-"""The paper's image transforms as per-image TensorFlow functions for `tf.data.Dataset.map`.
+"""The official ROADMAP transforms (see `keras_roadmap.data.presets`) as TensorFlow functions.
 
-All randomness is stateless and keyed by an explicit `seed` tensor (shape (2,), int), so a given
-(seed, element) pair always yields the same crop and flip whatever the map's parallelism.
+One implementation serves the tf.data pipelines, the exporters (the same ops are baked into
+the ONNX / SavedModel graph) and the recipes:
 
-Train: random-resized-crop (area 0.16-1 of the image, aspect ratio 3/4-4/3) to `image_size`,
-horizontal flip with probability 1/2, ImageNet mean/std normalisation.
-Test: resize the shorter side to `resize_size`, center crop `image_size`, same normalisation.
+* `eval_transform(image, preset)`: the preset's test transform, uint8 (H, W, 3) -> float32
+  (S, S, 3) normalised; `eval_transform_batch` the same on (N, H, W, 3) images of one size.
+* `train_transform(image, seed, preset)`: its train transform with a stateless random crop box
+  and flip keyed by `seed` (shape (2,) int), so (seed, element) always gives the same result
+  whatever the map's parallelism; `train_transform_from_box` applies a given box and flip.
+
+They reproduce torchvision on PIL images: resizes are PIL's antialiased bilinear filter
+(`resize_like_pil`: PIL's triangle weights, horizontal pass then vertical, each rounded to
+uint8 as PIL stores them), the shorter-side size is `int(size * long / short)`, the centre crop
+starts at `int(round((h - S) / 2))`, and the crop box is drawn as
+`RandomResizedCrop.get_params` draws it (10 tries, then the clamped central crop). PIL's
+resampling is used instead of `tf.image.resize(antialias=True)` because the latter's op
+(ScaleAndTranslate) cannot be exported to ONNX; these are plain gathers and sums.
 """
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_SCALE = (0.16, 1.0)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# The paper's test resize for its two crop sizes (224 and the "big" 256 setting).
-DEFAULT_RESIZE = {224: 256, 256: 288}
-BACKENDS = ("auto", "keras_cv", "tf_image")
+from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, PresetLike, TransformPreset, get_preset
+
+BACKENDS = ("auto", "tf_image")
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
@@ -30,123 +38,282 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
-    """(H, W, 1) or (H, W, 3) -> (H, W, 3), same dtype (for in-memory arrays)."""
+    """(..., H, W, 1) or (..., H, W, 3) -> (..., H, W, 3), same dtype (for in-memory arrays)."""
     if image.shape[-1] == 1:
         return tf.image.grayscale_to_rgb(image)
     return image
 
 
 def normalize_imagenet(image: tf.Tensor) -> tf.Tensor:
-    """float32 pixels in [0, 255] -> `(x / 255 - mean) / std` with the ImageNet mean and std."""
-    mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255.0
-    std = tf.constant(IMAGENET_STD, tf.float32) * 255.0
-    return (tf.cast(image, tf.float32) - mean) / std
+    """float32 pixels in [0, 255] -> `(x / 255 - mean) / std` with the ImageNet mean and std
+    (torchvision's ToTensor + Normalize)."""
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
 
 
 def resolve_backend(backend: str) -> str:
-    """`"auto"` -> `"tf_image"`; validates the name and that keras-cv imports for `"keras_cv"`.
+    """Kept for callers of the former crop backends: "auto" and "tf_image" are accepted.
 
-    Both backends give the same crop (the box is drawn the same way); `benchmarks/
-    data_throughput.py` measured the tf.image one at 1.49 CPU ms/image against 1.74 for keras-cv's
-    `RandomCropAndResize` (its vectorised-map fallback), so "auto" takes the cheaper one.
+    keras-cv's crop (`crop_and_resize`, no antialiasing) does not reproduce the official
+    transform, so it is no longer offered.
     """
+    if backend == "keras_cv":
+        raise ValueError(
+            "backend='keras_cv' was removed: its crop_and_resize has no antialiasing, so it does not "
+            "reproduce the official (torchvision/PIL) transform. Use backend='auto'."
+        )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
-    if backend == "auto":
-        return "tf_image"
-    if backend == "keras_cv":
-        try:
-            import keras_cv  # noqa: F401
-        except ImportError as err:
-            raise ImportError(
-                "backend='keras_cv' needs keras-cv: pip install keras-roadmap[cv] "
-                "(or use backend='tf_image')."
-            ) from err
-    return backend
+    return "tf_image"
 
 
-class RandomResizedCrop:
-    """Random-resized-crop with stateless sampling: `crop(image, seed) -> float32 (S, S, 3)`.
+# ---------------------------------------------------------------------------------------------
+# PIL's antialiased bilinear resize
 
-    The crop box is drawn by `tf.image.stateless_sample_distorted_bounding_box` (area fraction in
-    `scale`, pixel aspect ratio in `ratio`, 10 attempts then the whole image, as torchvision).
-    With `backend="keras_cv"` the crop is applied by keras-cv's `RandomCropAndResize`
-    (`tf.image.crop_and_resize` in one op); keras-cv's own box sampler is stateful, so it cannot
-    give per-element reproducibility in a parallel map and is not used. With `"tf_image"` the box
-    is sliced and resized with `tf.image.resize` (bilinear). Both give the same box for a seed.
 
-    Args:
-        size: output side S (224, or 256 for the "big" setting).
-        scale: (min, max) crop area as a fraction of the image area.
-        ratio: (min, max) crop width / height.
-        backend: "auto", "keras_cv" or "tf_image" (see `resolve_backend`).
+def _resize_taps(in_size, out_size):
+    """PIL's `precompute_coeffs` for the bilinear (triangle) filter, as tensors.
+
+    Returns `(index, weight)`, both (out_size, K): output pixel o is
+    `sum_k weight[o, k] * input[index[o, k]]`.
     """
-
-    def __init__(self, size: int = 224, scale=CROP_SCALE, ratio=CROP_RATIO, backend: str = "auto"):
-        self.size = int(size)
-        self.scale = tuple(float(s) for s in scale)
-        self.ratio = tuple(float(r) for r in ratio)
-        self.backend = resolve_backend(backend)
-        self._layer = None
-        if self.backend == "keras_cv":
-            import keras_cv
-
-            # Built once, outside the map function (keras-cv layers cannot be created inside it).
-            self._layer = keras_cv.layers.RandomCropAndResize(
-                target_size=(self.size, self.size), crop_area_factor=self.scale, aspect_ratio_factor=self.ratio
-            )
-
-    def __call__(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        begin, extent, boxes = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=seed,
-            min_object_covered=0.0,
-            aspect_ratio_range=self.ratio,
-            area_range=self.scale,
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        if self._layer is not None:
-            # crop_and_resize reads uint8 directly and returns float32: no full-image cast.
-            return self._layer.augment_image(image, transformation=boxes[0])
-        crop = tf.slice(image, begin, extent)
-        return tf.image.resize(crop, (self.size, self.size), method="bilinear")
+    in_f = tf.cast(in_size, tf.float32)
+    scale = in_f / tf.cast(out_size, tf.float32)
+    filter_scale = tf.maximum(scale, 1.0)  # widen the filter when downscaling: the antialiasing
+    support = filter_scale  # the triangle filter's support is 1
+    taps = 2 * tf.cast(tf.math.ceil(support), tf.int32) + 1
+    center = (tf.cast(tf.range(out_size), tf.float32) + 0.5) * scale
+    first = tf.maximum(tf.cast(tf.floor(center - support + 0.5), tf.int32), 0)
+    last = tf.minimum(tf.cast(tf.floor(center + support + 0.5), tf.int32), tf.cast(in_size, tf.int32))
+    index = first[:, None] + tf.range(taps)[None, :]
+    weight = tf.maximum(0.0, 1.0 - tf.abs((tf.cast(index, tf.float32) - center[:, None] + 0.5) / filter_scale))
+    weight = tf.where(index < last[:, None], weight, 0.0)
+    weight = weight / tf.maximum(tf.reduce_sum(weight, axis=1, keepdims=True), 1e-12)
+    index = tf.minimum(index, tf.cast(in_size, tf.int32) - 1)
+    return index, weight
 
 
-def train_transform(image: tf.Tensor, seed: tf.Tensor, crop: RandomResizedCrop, normalize: bool = True) -> tf.Tensor:
-    """uint8/float (H, W, 3) -> float32 (S, S, 3): random-resized-crop, flip, normalisation.
+def _resize_axis(x, axis: int, out_size):
+    index, weight = _resize_taps(tf.shape(x)[axis], out_size)
+    gathered = tf.gather(x, index, axis=axis)  # axis becomes (out, K)
+    trailing = len(x.shape) - axis - 1
+    weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([trailing], tf.int32)], 0))
+    out = tf.reduce_sum(gathered * weight, axis=axis + 1)
+    # PIL keeps 8-bit images in 8 bits after each pass: round half up and clip.
+    return tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0)
+
+
+def resize_like_pil(images: tf.Tensor, height, width) -> tf.Tensor:
+    """PIL's `Image.resize((width, height), BILINEAR)` on (H, W, C) or (N, H, W, C) 8-bit images.
+
+    Antialiased (the filter widens by the downscale factor), horizontal pass first, each pass
+    rounded to integers in [0, 255] as PIL stores them; a side that keeps its size is left
+    untouched. Returns float32 holding integer values. `height`/`width` may be tensors.
+    """
+    x = tf.cast(images, tf.float32)
+    rank = len(x.shape)
+    if rank not in (3, 4):
+        raise ValueError(f"resize_like_pil expects (H, W, C) or (N, H, W, C) images; got shape {x.shape}.")
+    h_axis, w_axis = rank - 3, rank - 2
+    shape = tf.shape(x)
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    x = tf.cond(tf.equal(shape[w_axis], width), lambda: x, lambda: _resize_axis(x, w_axis, width))
+    x = tf.cond(tf.equal(shape[h_axis], height), lambda: x, lambda: _resize_axis(x, h_axis, height))
+    return x
+
+
+def shorter_side_size(height, width, size: int):
+    """torchvision's `Resize(size)` output (new_h, new_w): the shorter side becomes `size`, the
+    longer `int(size * long / short)` (integer arithmetic: exact)."""
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    short = tf.minimum(height, width)
+    scaled_h = size * height // short
+    scaled_w = size * width // short
+    new_h = tf.where(height <= width, tf.constant(size, tf.int32), scaled_h)
+    new_w = tf.where(height <= width, scaled_w, tf.constant(size, tf.int32))
+    return new_h, new_w
+
+
+def _center_offset(length, crop: int):
+    # torchvision: int(round((length - crop) / 2.0)); Python rounds half to even, as tf.round.
+    return tf.cast(tf.round(tf.cast(length - crop, tf.float32) / 2.0), tf.int32)
+
+
+def _check_image(image, batched: bool):
+    rank = 4 if batched else 3
+    if image.shape.rank is not None and image.shape.rank != rank:
+        expected = "(N, H, W, 3)" if batched else "(H, W, 3)"
+        raise ValueError(f"Expected an image tensor {expected}; got shape {image.shape}.")
+    if image.shape[-1] not in (None, 1, 3):
+        raise ValueError(f"Expected RGB (3) or grayscale (1) channels; got shape {image.shape}.")
+    return to_rgb(image)
+
+
+def _eval_core(images: tf.Tensor, preset: TransformPreset, normalize: bool) -> tf.Tensor:
+    """The test transform on (N, H, W, 3) images of one size."""
+    s = preset.crop_size
+    shape = tf.shape(images)
+    if preset.eval_square:
+        new_h = new_w = tf.constant(preset.eval_resize, tf.int32)
+    else:
+        new_h, new_w = shorter_side_size(shape[1], shape[2], preset.eval_resize)
+    x = resize_like_pil(images, new_h, new_w)
+    top, left = _center_offset(new_h, s), _center_offset(new_w, s)
+    x = x[:, top : top + s, left : left + s, :]
+    x = tf.ensure_shape(x, [None, s, s, 3])
+    return normalize_imagenet(x) if normalize else x
+
+
+def eval_transform(image: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+    """A preset's test transform: uint8 (H, W, 3) (values 0..255, any size) -> float32 (S, S, 3).
+
+    "sop": `Resize([256, 256])` (square) + `CenterCrop(224)`; "cub": `Resize(256)` (shorter side)
+    + `CenterCrop(224)`; see `keras_roadmap.data.presets` for all. Then ToTensor + Normalize
+    (ImageNet mean/std), unless `normalize=False` (float pixels in [0, 255]).
 
     Args:
-        image: one image, pixel values in [0, 255].
+        image: one RGB (or grayscale (H, W, 1)) image.
+        preset: a preset name, a `TransformPreset` or its dict. Default "sop".
+        image_size: None = the preset's crop; another S scales the preset (`TransformPreset.resized`).
+        normalize: apply the ImageNet normalisation. Default True.
+    """
+    preset = get_preset(preset, image_size)
+    image = _check_image(tf.convert_to_tensor(image), batched=False)
+    return _eval_core(image[None], preset, normalize)[0]
+
+
+def eval_transform_batch(images: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+    """`eval_transform` on a batch of same-size images (N, H, W, 3) -> (N, S, S, 3); this is
+    what the exporters bake into the artifact's graph."""
+    preset = get_preset(preset, image_size)
+    images = _check_image(tf.convert_to_tensor(images), batched=True)
+    return _eval_core(images, preset, normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# Train transform
+
+
+def sample_crop_box(height, width, seed: tf.Tensor, scale=(0.16, 1.0), ratio=(0.75, 1.33)):
+    """torchvision's `RandomResizedCrop.get_params`, with stateless TensorFlow sampling.
+
+    Ten candidates (area fraction uniform in `scale`, log aspect ratio uniform in `log(ratio)`,
+    sides `round(sqrt(area * ratio))`, `round(sqrt(area / ratio))`); the first that fits is
+    placed uniformly; if none fits, the central crop with the ratio clamped to `ratio`.
+
+    Args:
+        height, width: image size (ints or scalar tensors).
+        seed: int tensor of shape (2,).
+
+    Returns:
+        int32 tensor `[top, left, crop_height, crop_width]`.
+    """
+    height = tf.cast(height, tf.int32)
+    width = tf.cast(width, tf.int32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    area = tf.cast(height * width, tf.float32)
+    target = area * tf.random.stateless_uniform([10], seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform([10], seeds[1], math.log(ratio[0]), math.log(ratio[1]))
+    aspect = tf.exp(log_ratio)
+    cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    u = tf.random.stateless_uniform([2], seeds[2])
+
+    def random_box():
+        h, w = ch[first], cw[first]
+        top = tf.minimum(tf.cast(u[0] * tf.cast(height - h + 1, tf.float32), tf.int32), height - h)
+        left = tf.minimum(tf.cast(u[1] * tf.cast(width - w + 1, tf.float32), tf.int32), width - w)
+        return tf.stack([top, left, h, w])
+
+    def central_box():
+        in_ratio = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
+        w_narrow = width
+        h_narrow = tf.cast(tf.round(tf.cast(width, tf.float32) / ratio[0]), tf.int32)
+        h_wide = height
+        w_wide = tf.cast(tf.round(tf.cast(height, tf.float32) * ratio[1]), tf.int32)
+        h = tf.where(in_ratio < ratio[0], h_narrow, tf.where(in_ratio > ratio[1], h_wide, height))
+        w = tf.where(in_ratio < ratio[0], w_narrow, tf.where(in_ratio > ratio[1], w_wide, width))
+        return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
+
+    return tf.cond(tf.reduce_any(fits), random_box, central_box)
+
+
+def _train_resized(image, preset: TransformPreset):
+    """The train transform's first step: `Resize(train_resize)` (shorter side) or nothing."""
+    x = tf.cast(image, tf.float32)
+    if preset.train_resize is None:
+        return x
+    shape = tf.shape(x)
+    new_h, new_w = shorter_side_size(shape[0], shape[1], preset.train_resize)
+    return resize_like_pil(x, new_h, new_w)
+
+
+def _crop_flip(x, box, flip, preset: TransformPreset, normalize: bool):
+    box = tf.cast(box, tf.int32)
+    crop = tf.slice(x, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], 3]))
+    s = preset.crop_size
+    out = resize_like_pil(crop, s, s)
+    out = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(out, axis=[1]), lambda: out)
+    out = tf.ensure_shape(out, [s, s, 3])
+    return normalize_imagenet(out) if normalize else out
+
+
+def train_transform(image: tf.Tensor, seed: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+    """A preset's train transform: uint8 (H, W, 3) -> float32 (S, S, 3).
+
+    [`Resize(train_resize)`] -> RandomResizedCrop(S, scale, ratio) -> RandomHorizontalFlip(0.5)
+    -> ToTensor + Normalize, the box drawn by `sample_crop_box` and the flip by a stateless
+    coin, both from `seed`.
+
+    Args:
+        image: one RGB (or grayscale) image, values 0..255.
         seed: int32/int64 tensor of shape (2,); distinct per element for distinct augmentations.
-        crop: a `RandomResizedCrop` (built once, outside the map function).
-        normalize: apply `normalize_imagenet` (else pixels stay in [0, 255]).
+        preset, image_size, normalize: as in `eval_transform`.
     """
+    preset = get_preset(preset, image_size)
+    image = _check_image(tf.convert_to_tensor(image), batched=False)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-    image = crop(image, seeds[0])
-    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    return normalize_imagenet(image) if normalize else tf.cast(image, tf.float32)
+    x = _train_resized(image, preset)
+    shape = tf.shape(x)
+    box = sample_crop_box(shape[0], shape[1], seeds[0], preset.scale, preset.ratio)
+    flip = tf.random.stateless_uniform([], seeds[1]) < preset.flip
+    return _crop_flip(x, box, flip, preset, normalize)
 
 
-def eval_transform(image: tf.Tensor, image_size: int = 224, resize_size: int | None = None, normalize: bool = True):
-    """uint8/float (H, W, 3) -> float32 (S, S, 3): shorter side to `resize_size`, center crop S.
+def train_transform_from_box(image, box, flip, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True):
+    """The train transform with a given crop box and flip (for parity tests and replays).
 
     Args:
-        image: one image, pixel values in [0, 255].
-        image_size: crop side S (224, or 256 for the "big" setting).
-        resize_size: shorter-side length before cropping; default 256 for S=224, 288 for S=256,
-            else round(S * 8 / 7).
-        normalize: apply `normalize_imagenet`.
+        image: uint8 (H, W, 3).
+        box: `(top, left, height, width)`, in the coordinates of the image after the preset's
+            `Resize(train_resize)` (the original image for presets without one): what
+            torchvision's `RandomResizedCrop.get_params` returns on that image.
+        flip: whether to flip horizontally.
+        preset, image_size, normalize: as in `eval_transform`.
     """
-    resize_size = resize_size or DEFAULT_RESIZE.get(image_size, round(image_size * 8 / 7))
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize_size / tf.reduce_min(shape)
-    new_hw = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), resize_size)
-    image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
-    top = (new_hw[0] - image_size) // 2
-    left = (new_hw[1] - image_size) // 2
-    image = tf.slice(image, [top, left, 0], [image_size, image_size, 3])
-    return normalize_imagenet(image) if normalize else image
+    preset = get_preset(preset, image_size)
+    image = _check_image(tf.convert_to_tensor(image), batched=False)
+    x = _train_resized(image, preset)
+    box = tf.convert_to_tensor(box)
+    shape = tf.shape(x)
+    check = tf.debugging.assert_less_equal(
+        tf.stack([box[0] + box[2], box[1] + box[3]]), tf.stack([shape[0], shape[1]]),
+        message="train_transform_from_box: the box does not fit in the (resized) image",
+    )
+    with tf.control_dependencies([check]):
+        return _crop_flip(x, box, flip, preset, normalize)
+
+
+def train_resize_shape(height: int, width: int, preset: PresetLike = "sop") -> tuple:
+    """(h, w) of the image the crop box is drawn on (after the preset's train resize), in Python."""
+    preset = get_preset(preset)
+    if preset.train_resize is None:
+        return int(height), int(width)
+    short, long = min(height, width), max(height, width)
+    new_long = preset.train_resize * long // short
+    return (preset.train_resize, new_long) if height <= width else (new_long, preset.train_resize)

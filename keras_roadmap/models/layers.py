@@ -5,10 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-# ImageNet statistics of [0, 1] RGB images: what `keras_roadmap.data` normalises with and what
-# torchvision / timm / keras-hub ResNet and DeiT weights expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet statistics of [0, 1] RGB images, defined once with the transforms (TensorFlow-free).
+from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 # keras.applications ResNet50 ("caffe" mode): BGR, 0-255, minus these per-channel means.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 

@@ -42,6 +42,8 @@ class RecipeConfig:
         mixed_precision: Keras dtype policy used when a GPU is present ("float32" = off).
         smoke: True for a `--smoke` run.
         precision_forced: apply `mixed_precision` even without a GPU (`--precision`).
+        transform: the profile's transform preset name (`keras_roadmap.data.presets`: "sop",
+            "sop_big", "cub", ...); `transform_preset(config)` gives it at `image_size`.
     """
 
     dataset: str
@@ -63,6 +65,7 @@ class RecipeConfig:
     mixed_precision: str
     smoke: bool = False
     precision_forced: bool = False
+    transform: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,6 +215,8 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
     if isinstance(weights, str) and weights.lower() in ("none", "null", "random", ""):
         weights = None
     embedding_dim = profile.get("embedding_dim")
+    image_size = _positive_int(_require(profile, "image_size", where), f"{where}.image_size")
+    transform = _transform_setting(profile, image_size, where, smoke)
     return RecipeConfig(
         dataset=dataset,
         backbone=backbone,
@@ -220,7 +225,7 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         embedding_dim=None if embedding_dim is None else _positive_int(embedding_dim, f"{where}.embedding_dim"),
         weights=weights,
         freeze_batchnorm=bool(profile.get("freeze_batchnorm", True)),
-        image_size=_positive_int(_require(profile, "image_size", where), f"{where}.image_size"),
+        image_size=image_size,
         eval_resize=profile.get("eval_resize"),
         epochs=_positive_int(overrides.get("epochs", _require(profile, "epochs", where)), "epochs"),
         seed=int(overrides.get("seed", raw.get("seed", 0))),
@@ -231,4 +236,38 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         evaluation=evaluation,
         mixed_precision=str(raw.get("mixed_precision", "mixed_float16")),
         smoke=smoke,
+        transform=transform,
     )
+
+
+# --- Transform presets (issue 12): each profile names the official transform it trains and
+# --- evaluates with; kept apart from the schema above.
+
+
+def _transform_setting(profile: dict, image_size: int, where: str, smoke: bool) -> str:
+    """Check the profile's `transform:` preset name against its `image_size`."""
+    from keras_roadmap.data.presets import PRESETS
+
+    if profile.get("eval_resize") is not None:
+        raise ConfigError(
+            f"{where}.eval_resize is no longer used: the test resize comes from the transform preset "
+            f"(`transform:`, one of {sorted(PRESETS)})."
+        )
+    name = _require(profile, "transform", where)
+    if name not in PRESETS:
+        raise ConfigError(f"{where}.transform must be one of {sorted(PRESETS)}, got {name!r}.")
+    crop = PRESETS[name].crop_size
+    if image_size != crop and not smoke:
+        raise ConfigError(
+            f"{where}: image_size {image_size} does not match the crop of transform preset {name!r} "
+            f"({crop}); use the preset's size (smoke runs rescale the preset)."
+        )
+    return name
+
+
+def transform_preset(config: RecipeConfig):
+    """The `TransformPreset` a run trains and evaluates with: the profile's preset at the
+    config's `image_size` (rescaled when they differ, e.g. the 32 px smoke model)."""
+    from keras_roadmap.data.presets import get_preset
+
+    return get_preset(config.transform or "sop", image_size=config.image_size)

@@ -13,7 +13,9 @@ Outputs in `--out DIR`:
                               embedder; also printed
     retrieval_grid.png        queries with their top-k neighbours (green = same class)
     recall_curve.png          Recall@K against K
-    embedder.onnx             the best embedder in ONNX, checked against Keras with onnxruntime
+    embedder.onnx             the best embedder in ONNX with the profile's transform preset baked
+                              in (uint8 images of any size in), checked against Keras with
+                              onnxruntime: export/search.py serves it as is
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import warnings
 from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
-from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config
+from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config, transform_preset
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
 MONITOR = "val_map@r"
@@ -102,10 +104,11 @@ def _datasets(config: RecipeConfig, splits, sampler, first_epoch: int):
     from keras_roadmap.data import make_eval_dataset, make_train_dataset
 
     keyed = config.memory["size"] > 0 and config.memory["unique"]
+    preset = transform_preset(config)
     train = make_train_dataset(
         splits.train,
         sampler,
-        image_size=config.image_size,
+        preset=preset,
         seed=config.seed,
         epochs=None,
         first_epoch=first_epoch,
@@ -115,9 +118,7 @@ def _datasets(config: RecipeConfig, splits, sampler, first_epoch: int):
     def evaluation(split):
         if split is None:
             return None
-        return make_eval_dataset(
-            split, config.evaluation["batch_size"], image_size=config.image_size, resize_size=config.eval_resize
-        )
+        return make_eval_dataset(split, config.evaluation["batch_size"], preset=preset)
 
     return train, evaluation(splits.gallery), evaluation(splits.query)
 
@@ -236,7 +237,7 @@ def test_table(config: RecipeConfig, embedder, splits):
     from keras_roadmap.evaluation import retrieval_metrics
 
     def embed_split(split):
-        ds = make_eval_dataset(split, config.evaluation["batch_size"], image_size=config.image_size, resize_size=config.eval_resize)
+        ds = make_eval_dataset(split, config.evaluation["batch_size"], preset=transform_preset(config))
         return embed(embedder, ds)
 
     gallery = embed_split(splits.gallery)
@@ -326,9 +327,15 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
 
     save_recall_curve(out / "recall_curve.png", {f"{config.dataset} {config.backbone}": metrics})
 
+    from keras_roadmap.data.presets import write_model_preset
     from keras_roadmap.export import to_onnx
 
-    report = to_onnx(embedder, out / "embedder.onnx", verify=True)
+    # The deployed artifact applies exactly the evaluation transform, and the .keras file
+    # records it, so `keras-roadmap export` defaults to it as well.
+    preset = transform_preset(config)
+    if best_path.is_file():
+        write_model_preset(best_path, preset)
+    report = to_onnx(embedder, out / "embedder.onnx", with_preprocessing=True, preset=preset, verify=True)
     print(report.summary(), flush=True)
 
     result = {
@@ -339,7 +346,8 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
         "selected": selected,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "table": table,
-        "onnx": {"path": str(report.path), "max_abs_diff": report.max_abs_diff, "atol": report.atol},
+        "onnx": {"path": str(report.path), "max_abs_diff": report.max_abs_diff, "atol": report.atol,
+                 "preset": report.preset},
     }
     (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
     return result
