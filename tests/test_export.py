@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from keras_roadmap import export as ex
 
-IMAGE_SIZE = 28  # resize_size_for(28) == 32, which makes an exact numpy reference possible
+IMAGE_SIZE = 28
+PRESET = "cub@28"  # the cub preset rescaled to a 28 crop: Resize(32) shorter side + CenterCrop(28)
 
 
 def _dense_embedder():
@@ -62,18 +63,32 @@ def _reload_and_run(report, batch):
     return signature(**{report.input_name: tf.constant(batch)})["embeddings"].numpy()
 
 
-def _numpy_reference_preprocess(images):
-    """Independent reference for imagenet_eval_preprocess(images, 28) on 64x96 / 96x64 images.
+def _pipeline_preprocess(images, preset=PRESET):
+    """What evaluation feeds the model: `eval_transform` (make_eval_dataset's map) per image."""
+    from keras_roadmap.data import eval_transform
 
-    Shorter side 64 -> 32 is an exact 2x downscale, which for bilinear with half-pixel centres
-    and no antialiasing is a 2x2 mean; then a centred 28x28 crop and ImageNet normalisation.
-    """
-    x = images.astype(np.float64)
-    n, h, w, c = x.shape
-    x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-    top, left = (h // 2 - IMAGE_SIZE) // 2, (w // 2 - IMAGE_SIZE) // 2
-    x = x[:, top : top + IMAGE_SIZE, left : left + IMAGE_SIZE]
-    return (x / 255.0 - np.array(ex.IMAGENET_MEAN)) / np.array(ex.IMAGENET_STD)
+    return np.stack([eval_transform(tf.constant(image), preset).numpy() for image in images])
+
+
+def _pil_preprocess(images, resize=32, crop=IMAGE_SIZE):
+    """Independent reference: PIL's bilinear resize of the shorter side (torchvision's
+    arithmetic), centred crop, ImageNet normalisation."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        h, w = image.shape[:2]
+        new_h, new_w = (resize, resize * w // h) if h <= w else (resize * h // w, resize)
+        x = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), dtype=np.float64)
+        top, left = int(round((new_h - crop) / 2)), int(round((new_w - crop) / 2))
+        out.append(x[top : top + crop, left : left + crop])
+    return (np.stack(out) / 255.0 - np.array(ex.IMAGENET_MEAN)) / np.array(ex.IMAGENET_STD)
+
+
+def _assert_same_pixels(got, expected):
+    """Equal but for rare one-level rounding flips (1/255/std ~ 0.017 in normalised units)."""
+    diff = np.abs(got - expected)
+    assert diff.max() <= 0.018 and np.mean(diff > 1e-4) < 1e-3, (diff.max(), np.mean(diff > 1e-4))
 
 
 EXPORTERS = {
@@ -106,8 +121,9 @@ def test_dense_round_trip(dense_model, tmp_path, fmt, l2):
 @pytest.mark.parametrize("fmt", ["saved_model", "onnx"])
 @pytest.mark.parametrize("with_preprocessing,l2", [(False, False), (True, True)])
 def test_cnn_round_trip(cnn_model, tmp_path, fmt, with_preprocessing, l2):
+    kwargs = {"preset": PRESET} if with_preprocessing else {}
     report = EXPORTERS[fmt](cnn_model, tmp_path / "art", with_preprocessing=with_preprocessing,
-                            l2_normalize=l2)
+                            l2_normalize=l2, **kwargs)
     assert report.output_dim == 12 and report.max_abs_diff <= 1e-4
     rng = np.random.default_rng(6)
     for batch in (1, 7):
@@ -117,7 +133,8 @@ def test_cnn_round_trip(cnn_model, tmp_path, fmt, with_preprocessing, l2):
             # Landscape batch of one size, then a portrait batch: H and W are dynamic too.
             shape = (batch, 64, 96, 3) if batch == 1 else (batch, 96, 64, 3)
             x = rng.integers(0, 256, shape, dtype=np.uint8)
-            keras_in = _numpy_reference_preprocess(x).astype("float32")
+            keras_in = _pipeline_preprocess(x)
+            assert report.preset == PRESET
         else:
             assert report.input_shape == (None, IMAGE_SIZE, IMAGE_SIZE, 3)
             x = keras_in = rng.standard_normal((batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
@@ -129,30 +146,36 @@ def test_cnn_round_trip(cnn_model, tmp_path, fmt, with_preprocessing, l2):
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_preprocessing_matches_numpy_reference():
+def test_preprocessing_is_the_pipeline_transform_and_matches_pil():
     rng = np.random.default_rng(0)
-    for shape in [(2, 64, 96, 3), (1, 96, 64, 3), (1, 64, 64, 3)]:
+    for shape in [(2, 64, 96, 3), (1, 96, 64, 3), (1, 64, 64, 3), (1, 20, 30, 3)]:
         images = rng.integers(0, 256, shape, dtype=np.uint8)
-        got = ex.imagenet_eval_preprocess(tf.constant(images), IMAGE_SIZE).numpy()
+        got = ex.imagenet_eval_preprocess(tf.constant(images), preset=PRESET).numpy()
         assert got.shape == (shape[0], IMAGE_SIZE, IMAGE_SIZE, 3) and got.dtype == np.float32
-        np.testing.assert_allclose(got, _numpy_reference_preprocess(images), atol=1e-4)
-    assert ex.resize_size_for(224) == 256 and ex.resize_size_for(IMAGE_SIZE) == 32
+        np.testing.assert_array_equal(got, _pipeline_preprocess(images))
+        diff = np.abs(got - _pil_preprocess(images))
+        assert diff.mean() <= 0.01 and diff.max() <= 0.05, (shape, diff.mean(), diff.max())
+    # The old call form (image size only) is the default "sop" preset at that size.
+    images = rng.integers(0, 256, (1, 50, 70, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(ex.imagenet_eval_preprocess(tf.constant(images), IMAGE_SIZE).numpy(),
+                                  _pipeline_preprocess(images, "sop@28"))
 
 
-def test_onnx_baked_preprocessing_matches_numpy_reference(tmp_path):
-    """A Flatten 'embedder' exposes the preprocessed pixels: checks the ONNX graph's resize/crop."""
+def test_onnx_baked_preprocessing_is_the_pipeline_transform(tmp_path):
+    """A Flatten 'embedder' exposes the preprocessed pixels: checks the ONNX graph's resize/crop,
+    for a shorter-side and for a square-resize preset."""
     x = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     model = keras.Model(x, keras.layers.Flatten()(x))
-    report = ex.to_onnx(model, tmp_path / "pixels.onnx", with_preprocessing=True)
     images = np.random.default_rng(3).integers(0, 256, (2, 96, 64, 3), dtype=np.uint8)
-    got = _reload_and_run(report, images)
-    expected = _numpy_reference_preprocess(images).reshape(2, -1)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    for preset in (PRESET, "sop@28"):
+        report = ex.to_onnx(model, tmp_path / "pixels.onnx", with_preprocessing=True, preset=preset)
+        got = _reload_and_run(report, images)
+        _assert_same_pixels(got, _pipeline_preprocess(images, preset).reshape(2, -1))
 
 
 def test_onnx_contract_metadata(cnn_model, tmp_path):
     path = tmp_path / "m.onnx"
-    ex.to_onnx(cnn_model, path, opset=15, with_preprocessing=True, l2_normalize=True)
+    ex.to_onnx(cnn_model, path, opset=15, with_preprocessing=True, l2_normalize=True, preset=PRESET)
     import onnx
 
     model = onnx.load(str(path))
@@ -163,15 +186,18 @@ def test_onnx_contract_metadata(cnn_model, tmp_path):
     assert contract["input_name"] == "images" and contract["input_dtype"] == "uint8"
     assert contract["l2_normalized"] is True and contract["output_dim"] == 12
     pre = contract["preprocessing"]
-    assert pre["image_size"] == IMAGE_SIZE and pre["resize_shorter_side_to"] == 32
+    assert pre["image_size"] == IMAGE_SIZE and pre["preset"] == PRESET
+    assert pre["steps"][:2] == ["Resize(32)", "CenterCrop(28)"]
+    assert pre["transform"]["eval_resize"] == 32 and pre["transform"]["eval_square"] is False
     assert pre["mean"] == list(ex.IMAGENET_MEAN) and pre["std"] == list(ex.IMAGENET_STD)
 
 
 def test_saved_model_contract_file_and_dynamic_size_model(tmp_path):
     model = _cnn_embedder(dynamic=True)
-    report = ex.to_saved_model(model, tmp_path / "sm", with_preprocessing=True, image_size=IMAGE_SIZE)
+    report = ex.to_saved_model(model, tmp_path / "sm", with_preprocessing=True, preset="sop", image_size=IMAGE_SIZE)
     contract = json.loads((tmp_path / "sm" / ex.SAVED_MODEL_CONTRACT_FILE).read_text())
     assert contract["preprocessing"]["image_size"] == IMAGE_SIZE
+    assert contract["preprocessing"]["preset"] == "sop@28" and report.preset == "sop@28"
     assert contract["l2_normalized"] is False and report.image_size == IMAGE_SIZE
     # Without preprocessing, image_size fixes the dynamic spatial input.
     report = ex.to_onnx(model, tmp_path / "m.onnx", image_size=20)
@@ -230,8 +256,11 @@ def test_explicit_probe_is_used(dense_model, tmp_path):
         (_dense_embedder, {"with_preprocessing": True}, ex.ExportError, "needs an image model"),
         (_cnn_embedder, {"with_preprocessing": True, "image_size": 32}, ex.ExportError,
          "does not match the model's input size 28"),
-        (lambda: _cnn_embedder(dynamic=True), {"with_preprocessing": True}, ex.ExportError,
-         "pass image_size"),
+        (_cnn_embedder, {"with_preprocessing": True, "preset": "cub"}, ex.ExportError,
+         "preset 'cub' crops 224 px but the model takes 28 px"),
+        (_cnn_embedder, {"with_preprocessing": True, "preset": "imagenet"}, ex.ExportError,
+         "Unknown transform preset 'imagenet'"),
+        (_cnn_embedder, {"preset": "sop"}, ex.ExportError, "preset only applies with with_preprocessing"),
         (lambda: _cnn_embedder(dynamic=True), {}, ex.ExportError, "dynamic axes"),
         (_cnn_embedder, {"with_preprocessing": True, "probe": np.zeros((1, 40, 40, 3), "float32")},
          ex.ExportError, "probe must be uint8 images"),

@@ -27,12 +27,22 @@ import tensorflow as tf
 from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, PresetLike, TransformPreset, get_preset
 
 BACKENDS = ("auto", "tf_image")
+_TIE_BREAK = 2.0**-10
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
     """Decode JPEG/PNG/GIF/BMP bytes to uint8 (H, W, 3); grayscale becomes RGB, alpha is dropped,
-    an animated GIF gives its first frame."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    an animated GIF gives its first frame.
+
+    JPEGs are decoded with the accurate integer DCT, as PIL (the official pipeline, and the
+    serving side) decodes them: bit-identical pixels. TensorFlow's default fast DCT differs by
+    up to 3 levels on most pixels.
+    """
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -100,8 +110,12 @@ def _resize_axis(x, axis: int, out_size):
     trailing = len(x.shape) - axis - 1
     weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([trailing], tf.int32)], 0))
     out = tf.reduce_sum(gathered * weight, axis=axis + 1)
-    # PIL keeps 8-bit images in 8 bits after each pass: round half up and clip.
-    return tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0)
+    # PIL keeps 8-bit images in 8 bits after each pass: round half up and clip. Exact ties
+    # (x.5) are common (symmetric weights on integer pixels), and another runtime (onnxruntime)
+    # summing in another order lands a hair below or above them; moving the rounding boundary
+    # by _TIE_BREAK, far above float32 error and far below PIL's own fixed-point error, makes
+    # every runtime round a tie the same way (up, as PIL).
+    return tf.clip_by_value(tf.floor(out + (0.5 + _TIE_BREAK)), 0.0, 255.0)
 
 
 def resize_like_pil(images: tf.Tensor, height, width) -> tf.Tensor:
