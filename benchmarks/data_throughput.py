@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_roadmap.data import RandomResizedCrop, decode_image, load_sop, make_eval_dataset, make_train_dataset  # noqa: E402
+from keras_roadmap.data import decode_image, load_sop, make_eval_dataset, make_train_dataset  # noqa: E402
 from keras_roadmap.data.transforms import eval_transform, train_transform  # noqa: E402
 from keras_roadmap.samplers import MPerClassSampler  # noqa: E402
 
@@ -50,16 +50,15 @@ def generate_tree(root: pathlib.Path, count: int, width: int, height: int, per_c
 
 
 def naive_train(split, sampler, image_size):
-    """Sequential map, no prefetch, same order and transforms (tf_image crop)."""
+    """Sequential map, no prefetch, same order and transforms (the "sop" preset at image_size)."""
     order = sampler.batches(0).reshape(-1)
     paths = tf.constant([split.paths[i] for i in order])
     labels = tf.constant(split.labels[order].astype(np.int32))
-    crop = RandomResizedCrop(image_size, backend="tf_image")
 
     def load(position, item):
         path, label = item
         image = decode_image(tf.io.read_file(path))
-        return train_transform(image, tf.stack([tf.constant(0, tf.int64), position]), crop), label
+        return train_transform(image, tf.stack([tf.constant(0, tf.int64), position]), "sop", image_size=image_size), label
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels)).enumerate().map(load)
     return ds.batch(sampler.batch_size, drop_remainder=True)
@@ -67,7 +66,7 @@ def naive_train(split, sampler, image_size):
 
 def naive_eval(split, batch_size, image_size):
     ds = tf.data.Dataset.from_tensor_slices((split.paths, split.labels.astype(np.int32)))
-    ds = ds.map(lambda p, y: (eval_transform(decode_image(tf.io.read_file(p)), image_size), y))
+    ds = ds.map(lambda p, y: (eval_transform(decode_image(tf.io.read_file(p)), "sop", image_size=image_size), y))
     return ds.batch(batch_size)
 
 
@@ -121,10 +120,8 @@ def main():
 
     rows = [
         ("train: naive map (sequential, no prefetch)", lambda: naive_train(split, sampler, size)),
-        ("train: make_train_dataset, tf_image crop",
-         lambda: make_train_dataset(split, sampler, image_size=size, backend="tf_image", epochs=1)),
-        ("train: make_train_dataset, keras_cv crop",
-         lambda: make_train_dataset(split, sampler, image_size=size, backend="keras_cv", epochs=1)),
+        ("train: make_train_dataset",
+         lambda: make_train_dataset(split, sampler, image_size=size, epochs=1)),
         ("eval: naive map (sequential, no prefetch)", lambda: naive_eval(split, args.batch_size, size)),
         ("eval: make_eval_dataset", lambda: make_eval_dataset(split, args.batch_size, image_size=size)),
     ]

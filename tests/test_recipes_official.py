@@ -173,11 +173,6 @@ def test_known_fixes_are_in():
     assert all(our_settings(d, p)["memory.size"] == 0 for d, p in profiles())
 
 
-def _steps(preset, which):
-    described = preset.describe()[which]
-    return described
-
-
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if f"transform/{n}.yaml" in OFFICIAL["files"]))
 def test_presets_transcribe_the_transform_files(name):
     spec = OFFICIAL["files"][f"transform/{name}.yaml"]

@@ -81,12 +81,20 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     with Image.open(out / "recall_curve.png") as curve:
         assert curve.format == "PNG"
 
-    # The ONNX file (float32) reproduces the selected embedder (float16 compute under mixed precision).
+    # The ONNX file (float32, the preset's test transform baked in: uint8 images of any size)
+    # reproduces evaluation: the same transform + the selected embedder (float16 compute under
+    # mixed precision). The .keras file records the preset.
+    from keras_roadmap.data import eval_transform_batch, read_model_preset
+
     best = keras.models.load_model(out / "best_embedder.keras")
-    probe = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
+    preset = read_model_preset(out / "best_embedder.keras")
+    assert preset is not None and preset.crop_size == 32 and result["onnx"]["preset"] == preset.name
+    probe = np.random.default_rng(0).integers(0, 256, size=(3, 45, 61, 3), dtype=np.uint8)
     session = ort.InferenceSession(str(out / "embedder.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
     onnx_out = session.run(None, {session.get_inputs()[0].name: probe})[0]
-    np.testing.assert_allclose(onnx_out, best.predict_on_batch(probe), atol=1e-4 if dataset != "sop" else 1e-2)
+    expected = best.predict_on_batch(eval_transform_batch(probe, preset))
+    np.testing.assert_allclose(onnx_out, expected, atol=1e-4 if dataset != "sop" else 1e-2)
     assert result["onnx"]["max_abs_diff"] <= 1e-4
 
 
