@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 
+from keras_roadmap import _keras_compat
 from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
@@ -166,7 +167,7 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     backup_dir = out / "backup"
     first_epoch = backup_epoch(backup_dir)
-    if require_backup and not (backup_dir / "latest.weights.h5").is_file():
+    if require_backup and not _keras_compat.backup_weights_path(backup_dir).is_file():
         raise FileNotFoundError(f"--resume: no backup to continue from in {backup_dir}.")
     keras.utils.set_random_seed(config.seed)
     policy = _setup_precision(config)
@@ -368,7 +369,7 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         )
     elif not data_dir:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
-    if args.resume and not (out / "backup" / "latest.weights.h5").is_file():
+    if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
         parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
