@@ -118,9 +118,8 @@ def roadmap(
         dtype: computation dtype (default ``keras.config.floatx()``).
 
     Returns:
-        Scalar loss tensor, equal to ``ROADMAPLoss(...)(y_true, y_pred)`` (or its
-        ``call_with_reference``) on one device. Under ``tf.distribute`` this function sees the
-        local batch only; the class ranks against the batch gathered across replicas.
+        Scalar loss tensor: the value of ``ROADMAPLoss(...)`` on one device (the function sees
+        one replica's batch, as :func:`supap` does).
 
     Example:
     >>> import numpy as np
