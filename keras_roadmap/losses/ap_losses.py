@@ -295,9 +295,7 @@ def supap(
     >>> float(supap([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]]))
     0.0
     """
-    pairs = loss_pairs(
-        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
-    )
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     return sum_of_ratios(supap_terms(pairs, pairs_per_chunk=pairs_per_chunk, **supap_parameters))
 
 
@@ -325,7 +323,5 @@ def smooth_ap(
     Returns:
         Scalar loss tensor, equal to ``SmoothAPLoss(tau)(y_true, y_pred)`` on one device.
     """
-    pairs = loss_pairs(
-        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
-    )
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     return sum_of_ratios(smooth_ap_terms(pairs, tau=tau, pairs_per_chunk=pairs_per_chunk))

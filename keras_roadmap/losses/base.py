@@ -198,7 +198,7 @@ def reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_se
     return pairs
 
 
-def loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_self, self_index, ref_mask):
+def loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask):
     """The pairs a functional loss ranks: the batch form without a reference, else the reference form."""
     dtype = dtype or keras.config.floatx()
     if ref_y_pred is None:

@@ -132,7 +132,5 @@ def calibration(
     >>> float(calibration([0, 0, 1], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
     0.0
     """
-    pairs = loss_pairs(
-        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
-    )
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     return sum_of_ratios(calibration_pair_terms(pairs, **margins))

@@ -126,9 +126,7 @@ def roadmap(
     >>> float(roadmap([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]]))
     0.0
     """
-    pairs = loss_pairs(
-        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
-    )
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     supap = {key: parameters[key] for key in SUPAP_DEFAULTS}
     margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
     return sum_of_ratios(
