@@ -1,6 +1,7 @@
 """ROADMAP = calibration_weight * CalibrationLoss + ap_weight * SupAPLoss (Ramzi et al. 2021)."""
 
 import keras
+from keras import ops
 
 from keras_roadmap.losses.ap_losses import INATURALIST_SUPAP, SupAPLoss
 from keras_roadmap.losses.base import RetrievalLoss
@@ -19,6 +20,13 @@ class ROADMAPLoss(RetrievalLoss):
             :class:`SupAPLoss`.
         pos_margin, neg_margin: calibration margins on cosine similarity (0.9, 0.6).
         ap_weight, calibration_weight: weights of the two terms (1.0, 1.0).
+        calibration_warmup_steps: 0 (default, the paper) or N > 0: the calibration weight ramps
+            linearly from 0 to ``calibration_weight`` over the first N training steps (SupAP
+            alone at step 0), which lets a from-scratch model leave a collapsed start (see
+            :class:`~keras_roadmap.CollapseMonitor`). The step is the optimizer's iteration
+            count, hence resumable from any checkpoint that holds the optimizer:
+            ``RetrievalTrainer`` connects it; with plain ``model.fit`` call
+            ``loss.set_step_counter(model.optimizer.iterations)`` after ``compile``.
         include_self: True (default) reproduces the paper's code (each query is in its own
             retrieval set); False gives the textbook AP (see :class:`SupAPLoss`).
         pairs_per_chunk: memory/speed knob of the SupAP kernel (None: automatic).
@@ -46,6 +54,7 @@ class ROADMAPLoss(RetrievalLoss):
         neg_margin=0.6,
         ap_weight=1.0,
         calibration_weight=1.0,
+        calibration_warmup_steps=0,
         *,
         include_self=True,
         pairs_per_chunk=None,
@@ -60,16 +69,39 @@ class ROADMAPLoss(RetrievalLoss):
         self.calibration = CalibrationLoss(pos_margin, neg_margin, include_self=include_self, dtype=dtype)
         self.ap_weight = float(ap_weight)
         self.calibration_weight = float(calibration_weight)
+        if isinstance(calibration_warmup_steps, bool) or int(calibration_warmup_steps) != calibration_warmup_steps or calibration_warmup_steps < 0:
+            raise ValueError(f"calibration_warmup_steps must be an integer >= 0 (0 = no warm-up), got {calibration_warmup_steps!r}.")
+        self.calibration_warmup_steps = int(calibration_warmup_steps)
+        self._step_counter = None
 
     @classmethod
     def inaturalist(cls, **kwargs):
         """ROADMAP with the paper's iNaturalist-2018 settings (SupAP ``start=0.0, offset=1.0``)."""
         return cls(**{**INATURALIST_SUPAP, **kwargs})
 
+    def set_step_counter(self, counter):
+        """Read the training step from ``counter`` (e.g. ``optimizer.iterations``, a scalar
+        variable) for ``calibration_warmup_steps``; returns self."""
+        self._step_counter = counter
+        return self
+
+    def _calibration_weight(self):
+        """``calibration_weight``, times ``min(step / calibration_warmup_steps, 1)`` in warm-up."""
+        if not self.calibration_warmup_steps or self.calibration_weight == 0.0:
+            return self.calibration_weight
+        if self._step_counter is None:
+            raise ValueError(
+                "ROADMAPLoss(calibration_warmup_steps=...) needs the training step: train with "
+                "RetrievalTrainer (its compile connects the optimizer), or call "
+                "loss.set_step_counter(model.optimizer.iterations) after model.compile."
+            )
+        step = ops.cast(ops.convert_to_tensor(self._step_counter), "float32")
+        return self.calibration_weight * ops.minimum(step / float(self.calibration_warmup_steps), 1.0)
+
     def _ratio_terms(self, pairs):
         terms = []
-        for weight, loss in ((self.ap_weight, self.supap), (self.calibration_weight, self.calibration)):
-            if weight != 0.0:
+        for weight, loss in ((self.ap_weight, self.supap), (self._calibration_weight(), self.calibration)):
+            if not (isinstance(weight, float) and weight == 0.0):
                 terms += [(weight * w, numerator, count) for w, numerator, count in loss._ratio_terms(pairs)]
         return terms
 
@@ -82,4 +114,5 @@ class ROADMAPLoss(RetrievalLoss):
             "neg_margin": calibration["neg_margin"],
             "ap_weight": self.ap_weight,
             "calibration_weight": self.calibration_weight,
+            "calibration_warmup_steps": self.calibration_warmup_steps,
         }
