@@ -42,16 +42,16 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     add("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    add("--steps", type=int, default=300, help="training steps (default 300)")
+    add("--steps", type=int, default=60, help="training steps (default 60)")
     add("--classes", type=int, default=400, help="classes in the dataset, half for training (default 400)")
     add("--per-class", type=int, default=7, help="images per class (default 7)")
-    add("--size", type=int, default=32, help="image side (default 32)")
+    add("--size", type=int, default=16, help="image side (default 16)")
     add("--classes-per-batch", type=int, default=32)
     add("--samples-per-class", type=int, default=4)
     add("--learning-rate", type=float, default=1e-3)
-    add("--width", type=int, default=16, help="tiny_cnn width (default 16)")
+    add("--width", type=int, default=8, help="tiny_cnn width (default 8)")
     add("--train-bn", action="store_true", help="BatchNorm trains (default: frozen at init, the recipes' default)")
-    add("--warmup-steps", type=int, default=100, help="steps of both warm-ups (default 100)")
+    add("--warmup-steps", type=int, default=30, help="steps of both warm-ups (default 30)")
     add("--no-xla", action="store_true", help="compile without XLA (faster to start: short runs, tests)")
     add("--out", default="docs/collapse_results.json", help="results JSON ('' = none)")
     return parser.parse_args(argv)
@@ -112,6 +112,13 @@ def evaluate(encoder, test):
     }
 
 
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
 def run_one(method, seed, train, test, args, monitor_kwargs=None):
     """Train one (method, seed) from scratch; returns its record (see the module docstring)."""
     import keras
@@ -135,9 +142,16 @@ def run_one(method, seed, train, test, args, monitor_kwargs=None):
     trainer = RetrievalTrainer(encoder)
     losses, done = [], 0
     start = time.perf_counter()
+    flags = [(layer, layer.trainable) for layer in _all_layers(encoder)]
     for only, steps in phases:
-        for layer in encoder.layers:
-            layer.trainable = only is None or layer.name.startswith("head_")
+        if only == "head":
+            for layer in encoder.layers:
+                layer.trainable = layer.name.startswith("head_")
+        else:
+            # Back to the original flags: `backbone.trainable = True` alone would also turn the
+            # frozen BatchNorm layers trainable (batch statistics in training).
+            for layer, trainable in flags:
+                layer.trainable = trainable
         trainer.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=make_loss(method, args.warmup_steps),
                         jit_compile=not args.no_xla)
         history = trainer.fit(_dataset(*train, batches[done:done + steps]), epochs=1, steps_per_epoch=steps,
@@ -146,7 +160,7 @@ def run_one(method, seed, train, test, args, monitor_kwargs=None):
         done += steps
     record["train_seconds"] = time.perf_counter() - start
     cosines = [c for _, c, _ in monitor.history]
-    escaped = [i for i, c in enumerate(cosines) if c <= monitor.threshold]
+    escaped = [s for s, c, _ in monitor.history if c <= monitor.threshold]
     record.update(
         first_batch_cosine=cosines[0], last_batch_cosine=cosines[-1],
         first_loss=monitor.history[0][2], last_loss=monitor.history[-1][2], final_epoch_loss=losses[-1],

@@ -68,12 +68,13 @@ class CollapseMonitor(keras.callbacks.Callback):
     ``min_loss_drop`` (relative) since the streak began, it issues one ``RuntimeWarning`` with
     the numbers and what to try, and records them in ``self.alarm``; it never warns again.
 
-    Thresholds: ``threshold=0.9``: an untrained CNN on images with a shared background starts at
-    0.97-0.99 and a healthy run on the colour-shapes reproduction drops below 0.9 within ~30
-    steps, while trained embeddings sit at 0.1-0.7 (``tests/test_collapse.py``, README "When
-    ROADMAP helps"). ``patience=150`` steps: five times the escape time of a healthy
-    from-scratch run there; a collapsed ROADMAP run stays above 0.97 for hundreds of steps.
-    ``min_loss_drop=0.05``: a collapsed ROADMAP run's loss moves 1-3% (1.35 -> 1.33).
+    Thresholds: ``threshold=0.9``: an untrained ``tiny_cnn`` on images with a shared
+    background starts at 0.997; on that reproduction (``benchmarks/collapse_study.py``) SupAP
+    alone falls below 0.9 by step 8-10 and trained embeddings sit at 0.2-0.8. ``patience=150``
+    steps: past every escape measured there (ROADMAP's defaults: steps 17-27 at Adam 1e-3,
+    45-52 at 3e-4), so a slow but healthy start stays silent; the issue's ROADMAP runs stayed
+    above 0.98 for all of their 300 steps. ``min_loss_drop=0.05``: a collapsed ROADMAP run's loss
+    moves 1.5-2% (1.366 -> 1.338 in 10 steps; 1.355 -> 1.331 in 300 steps in the issue).
 
     Args:
         threshold: cosine above which a step counts as collapsed (0.9).
