@@ -160,3 +160,44 @@ def test_recipe_config_key_reaches_the_loss():
     raw["loss"]["calibration_warmup_steps"] = 2.5
     with pytest.raises(ConfigError, match="calibration_warmup_steps"):
         resolve_config(raw)
+
+
+def test_plain_fit_with_the_optimizer_step_counter():
+    """The README's plain ``model.fit`` form: connect the step after compile."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    y = np.repeat(np.arange(8), 4)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.UnitNormalization()])
+    loss = ROADMAPLoss(calibration_warmup_steps=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    loss.set_step_counter(model.optimizer.iterations)
+    losses = model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0).history["loss"]
+    embeddings = model.predict(x, verbose=0)
+    supap, calibration = float(SupAPLoss()(y, embeddings)), float(CalibrationLoss()(y, embeddings))
+    np.testing.assert_allclose(losses, [supap, supap + 0.5 * calibration, supap + calibration], rtol=1e-5)
+
+
+def test_readme_when_roadmap_helps_snippet_runs():
+    """Runs the README's "When ROADMAP helps" code block as written, on tiny stand-ins."""
+    import pathlib
+    import re
+
+    import tensorflow as tf
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## When ROADMAP helps"):]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    y = np.repeat(np.arange(8), 4)
+
+    def embedder():
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.UnitNormalization()])
+
+    namespace = {
+        "encoder": embedder(), "model": embedder(), "images_of_a_batch": x[:16],
+        "train_ds": tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+    }
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert int(namespace["trainer"].optimizer.iterations) == 20 and int(namespace["model"].optimizer.iterations) == 20
