@@ -70,9 +70,9 @@ class CollapseMonitor(keras.callbacks.Callback):
 
     Thresholds: ``threshold=0.9``: an untrained ``tiny_cnn`` on images with a shared
     background starts at 0.997; on that reproduction (``benchmarks/collapse_study.py``) SupAP
-    alone falls below 0.9 by step 8-10 and trained embeddings sit at 0.2-0.8. ``patience=150``
-    steps: past every escape measured there (ROADMAP's defaults: steps 17-27 at Adam 1e-3,
-    45-52 at 3e-4), so a slow but healthy start stays silent; the issue's ROADMAP runs stayed
+    alone falls below 0.9 by step 9-11 and trained embeddings sit at 0.4-0.8. ``patience=150``
+    steps: past every escape measured there (ROADMAP's defaults: steps 18-28 at Adam 1e-3,
+    46-53 at 3e-4), so a slow but healthy start stays silent; the issue's ROADMAP runs stayed
     above 0.98 for all of their 300 steps. ``min_loss_drop=0.05``: a collapsed ROADMAP run's loss
     moves 1.5-2% (1.366 -> 1.338 in 10 steps; 1.355 -> 1.331 in 300 steps in the issue).
 
