@@ -11,7 +11,7 @@ scratch, trained by ``RetrievalTrainer`` with Adam, XLA, batches of classes x sa
 ``MPerClassSampler``. Reported per (method, seed): test mAP@R and R@1 on the unseen classes, the
 mean pairwise cosine of the test embeddings, the first and last training loss, and the step at
 which the batch cosine first fell below ``CollapseMonitor``'s threshold (None: never) and whether
-the monitor warned. The test ``tests/test_collapse.py`` runs a shortened version of the same
+the monitor warned. The test ``tests/test_collapse_reproduction.py`` runs a shortened version of the same
 function (``run_one``).
 """
 
