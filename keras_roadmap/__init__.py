@@ -58,6 +58,8 @@ _EXPORTS = {
     "save_recall_curve": "keras_roadmap.evaluation",
     "save_retrieval_grid": "keras_roadmap.evaluation",
     # diagnostics
+    "CollapseMonitor": "keras_roadmap.collapse",
+    "mean_pairwise_cosine": "keras_roadmap.collapse",
     "DecomposabilityGap": "keras_roadmap.diagnostics",
     "decomposability_gap": "keras_roadmap.diagnostics",
     # export

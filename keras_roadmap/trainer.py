@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_roadmap import _keras_compat, distributed
+from keras_roadmap.collapse import LastValue, mean_pairwise_cosine
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -68,7 +69,9 @@ class RetrievalTrainer(keras.Model):
     :class:`~keras_roadmap.losses.RetrievalLoss`). Per step: embed the batch, compute the batch
     loss; with a memory, write the (detached) batch into it, then add
     ``memory.weight * loss.call_with_reference(batch, memory)`` once ``memory.activate_after``
-    steps have passed. Logged: ``loss`` (total), ``batch_loss``, ``memory_loss``.
+    steps have passed. Logged: ``loss`` (total), ``batch_loss``, ``memory_loss``, and
+    ``embedding_cosine`` (this step's mean pairwise cosine of the batch embeddings, read by
+    :class:`~keras_roadmap.CollapseMonitor`).
     ``predict`` returns the encoder's embeddings; ``evaluate`` reports the batch loss.
 
     Under ``tf.distribute`` (``MirroredStrategy``; build and compile the trainer inside
@@ -97,6 +100,8 @@ class RetrievalTrainer(keras.Model):
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.batch_tracker = keras.metrics.Mean(name="batch_loss")
         self.memory_tracker = keras.metrics.Mean(name="memory_loss")
+        # Read by CollapseMonitor: this step's value, not an epoch mean.
+        self.cosine_tracker = LastValue(name="embedding_cosine")
 
     def call(self, inputs, training=False):
         return self.encoder(inputs, training=training)
@@ -106,7 +111,7 @@ class RetrievalTrainer(keras.Model):
         trackers = [self.total_tracker, self.batch_tracker]
         if self.memory is not None:
             trackers.append(self.memory_tracker)
-        return trackers
+        return trackers + [self.cosine_tracker]
 
     def _retrieval_loss(self):
         loss = self.loss
@@ -133,6 +138,10 @@ class RetrievalTrainer(keras.Model):
         labels, sample_ids = split_targets(y)
         context = distributed.replica_context()
         variables = self.trainable_variables
+        if hasattr(self.loss, "set_step_counter"):
+            # ROADMAPLoss(calibration_warmup_steps=...) ramps with the optimizer's step count,
+            # which checkpoints save: a resumed run continues the ramp.
+            self.loss.set_step_counter(self.optimizer.iterations)
         if self.chunk_size is None:
             with tf.GradientTape() as tape:
                 embeddings = ops.cast(self.encoder(x, training=True), "float32")
@@ -154,6 +163,7 @@ class RetrievalTrainer(keras.Model):
             self.memory_tracker.update_state(terms["memory_loss"] * replicas)
         self.total_tracker.update_state(terms["total"] * replicas)
         self.batch_tracker.update_state(terms["batch_loss"] * replicas)
+        self.cosine_tracker.update_state(terms["embedding_cosine"])
         return {m.name: m.result() for m in self.metrics}
 
     def _objective(self, labels, sample_ids, embeddings, context):
@@ -165,6 +175,7 @@ class RetrievalTrainer(keras.Model):
         loss_fn = self._retrieval_loss()
         batch_loss = ops.cast(loss_fn(labels, embeddings), "float32")
         terms = {"batch_loss": batch_loss, "total": batch_loss}
+        terms["embedding_cosine"] = mean_pairwise_cosine(ops.stop_gradient(embeddings))
         if self.memory is not None:
             state, self_index = self._updated_memory(embeddings, labels, sample_ids, context)
             memory_loss = self._memory_loss(loss_fn, labels, embeddings, state, self_index)
@@ -265,7 +276,7 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * distributed.num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker}
+        return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker and m is not self.cosine_tracker}
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -1,6 +1,7 @@
 """ROADMAP = calibration_weight * CalibrationLoss + ap_weight * SupAPLoss (Ramzi et al. 2021)."""
 
 import keras
+from keras import ops
 
 from keras_roadmap.losses.ap_losses import SupAPLoss, supap_terms
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
@@ -31,6 +32,13 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
             :class:`SupAPLoss`.
         pos_margin, neg_margin: calibration margins on cosine similarity (0.9, 0.6).
         ap_weight, calibration_weight: weights of the two terms (1.0, 1.0).
+        calibration_warmup_steps: 0 (default, the paper) or N > 0: the calibration weight ramps
+            linearly from 0 to ``calibration_weight`` over the first N training steps (SupAP
+            alone at step 0), which lets a from-scratch model leave a collapsed start (see
+            :class:`~keras_roadmap.CollapseMonitor`). The step is the optimizer's iteration
+            count, hence resumable from any checkpoint that holds the optimizer:
+            ``RetrievalTrainer`` connects it; with plain ``model.fit`` call
+            ``loss.set_step_counter(model.optimizer.iterations)`` after ``compile``.
         include_self: True (default) reproduces the paper's code (each query is in its own
             retrieval set); False gives the textbook AP (see :class:`SupAPLoss`).
         pairs_per_chunk: memory/speed knob of the SupAP kernel (None: automatic).
@@ -57,6 +65,7 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
         self,
         ap_weight=1.0,
         calibration_weight=1.0,
+        calibration_warmup_steps=0,
         *,
         include_self=True,
         pairs_per_chunk=None,
@@ -72,12 +81,40 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
         self.calibration = CalibrationLoss(**margins, include_self=include_self, dtype=dtype)
         self.ap_weight = float(ap_weight)
         self.calibration_weight = float(calibration_weight)
+        if isinstance(calibration_warmup_steps, bool) or int(calibration_warmup_steps) != calibration_warmup_steps or calibration_warmup_steps < 0:
+            raise ValueError(f"calibration_warmup_steps must be an integer >= 0 (0 = no warm-up), got {calibration_warmup_steps!r}.")
+        self.calibration_warmup_steps = int(calibration_warmup_steps)
+        self._step_counter = None
+
+    def set_step_counter(self, counter):
+        """Read the training step from ``counter`` (e.g. ``optimizer.iterations``, a scalar
+        variable) for ``calibration_warmup_steps``; returns self."""
+        self._step_counter = counter
+        return self
+
+    def _calibration_ramp(self):
+        """1.0, or ``min(step / calibration_warmup_steps, 1)`` during the warm-up."""
+        if not self.calibration_warmup_steps:
+            return 1.0
+        if self._step_counter is None:
+            raise ValueError(
+                "ROADMAPLoss(calibration_warmup_steps=...) needs the training step: train with "
+                "RetrievalTrainer (it connects the optimizer's step), or call "
+                "loss.set_step_counter(model.optimizer.iterations) after model.compile."
+            )
+        step = ops.cast(ops.convert_to_tensor(self._step_counter), "float32")
+        return ops.minimum(step / float(self.calibration_warmup_steps), 1.0)
 
     def ratio_terms(self, pairs):
-        """SupAP's and the calibration's ratio terms, scaled by their weights."""
+        """SupAP's and the calibration's ratio terms, scaled by their weights (the calibration's
+        also by its warm-up ramp)."""
+        def calibration_terms():
+            ramp = self._calibration_ramp()
+            return [(ramp * w, numerator, count) for w, numerator, count in self.calibration.ratio_terms(pairs)]
+
         return weighted_terms(
             (self.ap_weight, lambda: self.supap.ratio_terms(pairs)),
-            (self.calibration_weight, lambda: self.calibration.ratio_terms(pairs)),
+            (self.calibration_weight, calibration_terms),
         )
 
     def get_config(self):
@@ -88,6 +125,7 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
             **self.calibration.margins,
             "ap_weight": self.ap_weight,
             "calibration_weight": self.calibration_weight,
+            "calibration_warmup_steps": self.calibration_warmup_steps,
         }
 
 

@@ -36,7 +36,7 @@ class RecipeConfig:
         epochs: total epochs; seed: sampler, augmentation and initialisation seed.
         sampler: dict(name, batch_size, samples_per_class[, batches_per_super_pair]).
         optimizer: dict(name, backbone_lr, head_lr, weight_decay, milestones, gamma).
-        loss: dict(preset[, any ROADMAPLoss keyword]).
+        loss: dict(preset[, any ROADMAPLoss keyword, e.g. calibration_warmup_steps]).
         memory: dict(size (0 = off), unique, weight, activate_after).
         evaluation: dict(every_n_epochs, ks, batch_size, grid_queries, grid_k).
         mixed_precision: Keras dtype policy used when a GPU is present ("float32" = off).
@@ -178,6 +178,11 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
     loss.setdefault("preset", "default")
     if loss["preset"] not in LOSS_PRESETS:
         raise ConfigError(f"{source}: loss.preset must be one of {LOSS_PRESETS}, got {loss['preset']!r}.")
+    if "calibration_warmup_steps" in loss:
+        # 0 (the paper) or N: the calibration weight ramps in over N steps (README, "When ROADMAP helps").
+        warmup = loss["calibration_warmup_steps"]
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ConfigError(f"{source}: loss.calibration_warmup_steps must be an integer >= 0 (0 = off), got {warmup!r}.")
 
     memory = sections["memory"]
     size = overrides.get("memory", memory.get("size") or 0)

@@ -181,6 +181,7 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     if first_epoch:
         print(f"Resuming from epoch {first_epoch} (backup in {backup_dir}).", flush=True)
 
+    from keras_roadmap.collapse import CollapseMonitor
     from keras_roadmap.evaluation import RetrievalEvaluation
 
     callbacks = [
@@ -196,6 +197,7 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
         BestEmbedderCheckpoint(encoder, str(out / "best_embedder.keras"), monitor=MONITOR),
         *_tensorboard(out / "tensorboard"),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        CollapseMonitor(),  # warns once if a from-scratch start stays collapsed (see its docstring)
         keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=False),
     ]
     history = trainer.fit(
