@@ -309,8 +309,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from keras_roadmap._quiet import import_tensorflow
 
     import_tensorflow()
-    from keras_roadmap.recipes import run as recipe_run
-
+    # The module (keras_roadmap.recipes re-exports its `run` function under the same name).
+    recipe_run = importlib.import_module("keras_roadmap.recipes.run")
     return recipe_run.main_from_args(args.name, args, prog=f"{PROG} train {args.name}")
 
 

@@ -13,8 +13,12 @@ with and without a cross-batch memory, into a plot.
     python recipes/glyphs.py --compare --smoke              # end-to-end check in well under a minute
 
 The classic pair-loss baseline is tensorflow-similarity's MultiSimilarityLoss, made to run under
-Keras 3 by ``TFSimilarityLossAdapter`` below (three small fixes; see its docstring). Without
-tensorflow-similarity installed that row is skipped.
+Keras 3 by ``keras_roadmap.tfsim.TFSimilarityLoss`` (three small fixes; see its docstring).
+Without tensorflow-similarity installed that row is skipped.
+
+Without ``--compare`` (or ``--replot``) this script is the glyph *recipe*: the same as
+``keras-roadmap train glyphs ARGS`` (recipes/configs/glyphs.yaml: the images are written as
+files and read by the same pipeline as SOP/CUB; ONNX export, retrieval grid, served search).
 """
 
 from __future__ import annotations
@@ -91,45 +95,22 @@ def parse_args(argv=None):
 
 
 def tfsim_multisimilarity_loss():
-    """tensorflow-similarity's MultiSimilarityLoss wrapped for Keras 3, or None if not installed."""
+    """tensorflow-similarity's MultiSimilarityLoss through ``keras_roadmap.tfsim``, or None if
+    tensorflow-similarity is not installed."""
     try:
-        import tensorflow_similarity as tfsim
+        import tensorflow_similarity  # noqa: F401
     except ImportError:
         return None
-    return TFSimilarityLossAdapter(tfsim.losses.MultiSimilarityLoss(reduction="sum_over_batch_size"))
+    from keras_roadmap.tfsim import TFSimilarityLoss
+
+    return TFSimilarityLoss("MultiSimilarityLoss")
 
 
-def _adapter_class():
-    import keras
-    import tensorflow as tf
+def TFSimilarityLossAdapter(inner):  # noqa: N802 - the name this script used before keras_roadmap.tfsim
+    """``keras_roadmap.tfsim.TFSimilarityLoss`` around a tf-similarity loss instance."""
+    from keras_roadmap.tfsim import TFSimilarityLoss
 
-    class _Adapter(keras.losses.Loss):
-        """Runs a tensorflow-similarity 0.17 loss under Keras 3. Three fixes:
-
-        1. construct it with ``reduction="sum_over_batch_size"`` (its default "auto" is rejected
-           by Keras 3's ``Loss``);
-        2. call its loss function through ``tf.function``: Keras 3 no longer AutoGraph-converts
-           ``Loss.call``, and tf-similarity branches on tensors in Python (``if tf.rank(labels)
-           == 1`` in ``build_masks``), which fails in graph mode;
-        3. give the result back its static shape ``(B,)`` (the nested function's output has
-           unknown rank, which Keras' reduction rejects).
-        """
-
-        def __init__(self, inner):
-            super().__init__(name=inner.name, reduction="sum_over_batch_size")
-            self.inner = inner
-            self._fn = tf.function(inner.fn)
-
-        def call(self, y_true, y_pred):
-            labels = tf.reshape(tf.cast(y_true, tf.int32), (-1, 1))
-            per_example = self._fn(labels, y_pred, labels, y_pred, **self.inner._fn_kwargs)
-            return tf.reshape(per_example, (-1,))
-
-    return _Adapter
-
-
-def TFSimilarityLossAdapter(inner):  # noqa: N802 - a class factory (keras is imported lazily)
-    return _adapter_class()(inner)
+    return TFSimilarityLoss(inner)
 
 
 def load_data(args):
@@ -391,5 +372,15 @@ def main(argv=None):
     return result
 
 
+def is_ablation(argv) -> bool:
+    """Whether the command line asks for the ablation (``--compare``/``--replot``) rather than the recipe."""
+    return any(a == "--compare" or a.startswith("--replot") for a in argv)
+
+
 if __name__ == "__main__":
-    main()
+    if is_ablation(sys.argv[1:]):
+        main()
+    else:
+        from keras_roadmap.cli import main as cli_main
+
+        sys.exit(cli_main(["train", "glyphs", *sys.argv[1:]]))

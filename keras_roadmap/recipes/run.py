@@ -297,9 +297,11 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
     query_embeddings = gallery if same_source else embeddings["query"]
     k = min(config.evaluation["grid_k"], len(gallery) - int(same_source))
     rows = np.unique(np.linspace(0, len(queries_split) - 1, config.evaluation["grid_queries"]).astype(int))
-    found, _ = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
+    found, scores = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
     if same_source:
-        found = np.stack([[j for j in row_found if j != row][:k] for row, row_found in zip(rows, found)])
+        keep = np.stack([[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found)])
+        found = np.take_along_axis(found, keep, axis=1)
+        scores = np.take_along_axis(np.asarray(scores), keep, axis=1)
     shown = np.unique(found)
     position = {int(j): i for i, j in enumerate(shown)}
     save_retrieval_grid(
@@ -310,7 +312,18 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
         splits.gallery.labels[shown],
         neighbours=np.vectorize(position.get)(found).astype(np.int64),
         k=k,
+        scores=scores,
+        class_names=class_display_names(config.dataset, splits.gallery.class_names),
     )
+
+
+def class_display_names(dataset: str, names) -> list:
+    """The class names shown in the grid: the character for glyphs, the dataset's names otherwise."""
+    if dataset == "glyphs":
+        from keras_roadmap.data.glyph_tree import character_of
+
+        return [f"{character_of(n)}  U+{ord(character_of(n)):04X}" for n in names]
+    return [str(n) for n in names]
 
 
 def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2) -> dict:
