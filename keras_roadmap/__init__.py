@@ -6,10 +6,12 @@
 ``import keras_roadmap`` imports neither Keras nor TensorFlow (so that the ``keras-roadmap`` CLI
 answers ``--help`` at once): every public name and submodule loads on first access. The first
 access of any public name also imports the modules that register our Keras-serializable classes
-(losses, memory, trainer, models, optimisers), so ``keras.models.load_model`` finds them.
+(losses, memory, trainer, models, optimisers), so ``keras.models.load_model`` finds them; when
+Keras is already imported, ``import keras_roadmap`` registers them at once.
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -88,6 +90,12 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'keras_roadmap' has no attribute {name!r}")
+
+
+# Keras already imported (the usual `import keras` first): registering now costs nothing more
+# and lets `keras.models.load_model` find our classes right after `import keras_roadmap`.
+if "keras" in sys.modules:
+    _register_serializables()
 
 
 def __dir__():
