@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from keras_roadmap.recipes import preflight
-from keras_roadmap.recipes.run import embed, resolve_verbose
+from keras_roadmap.recipes.run import resolve_verbose, with_progress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,14 @@ def test_long_evaluation_reports_progress(capsys):
     import numpy as np
     import tensorflow as tf
 
+    from keras_roadmap.evaluation import embed
+
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    data = tf.data.Dataset.from_tensor_slices((np.ones((10, 3), "float32"), np.zeros(10))).batch(4)
-    out = embed(model, data, total=3, name="gallery", verbose=2)
+    data = tf.data.Dataset.from_tensor_slices((np.ones((10, 3), "float32"), np.zeros(10, "int64"))).batch(4)
+    out, _ = embed(model, with_progress(data, total=3, name="gallery", verbose=2))
     printed = capsys.readouterr().out
     assert out.shape == (10, 2) and "Embedding gallery (3 batches)" in printed and "Embedded gallery: 10 images" in printed
-    embed(model, data, total=3, name="gallery", verbose=1)
+    embed(model, with_progress(data, total=3, name="gallery", verbose=1))
     assert "3/3" in capsys.readouterr().out  # keras' progress bar
 
 

@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 
+from keras_roadmap import _keras_compat
 from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
@@ -165,7 +166,7 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     backup_dir = out / "backup"
     first_epoch = backup_epoch(backup_dir)
-    if require_backup and not (backup_dir / "latest.weights.h5").is_file():
+    if require_backup and not _keras_compat.backup_weights_path(backup_dir).is_file():
         raise FileNotFoundError(f"--resume: no backup to continue from in {backup_dir}.")
     keras.utils.set_random_seed(config.seed)
     policy = _setup_precision(config)
@@ -217,27 +218,24 @@ def float32_embedder(config: RecipeConfig, source):
     return copy
 
 
-def embed(model, dataset, *, total=None, name="images", verbose: int = 0):
-    """(N, D) float32 embeddings of an eval dataset of `(images, labels)` batches, in order.
-
-    `verbose=1` shows a progress bar with ETA (`total` = number of batches), 2 one line at the
-    start and one at the end (with the time), 0 nothing.
-    """
+def with_progress(batches, *, total=None, name="images", verbose: int = 0):
+    """Yield the elements of `batches` (an evaluation dataset) while reporting progress:
+    `verbose=1` a bar with ETA (`total` = number of batches), 2 one line at the start and one
+    at the end (with the time), 0 nothing."""
     import keras
-    import numpy as np
 
     started = time.perf_counter()
     bar = keras.utils.Progbar(total, unit_name="batch") if verbose == 1 else None
     if verbose == 2:
         print(f"Embedding {name} ({total or '?'} batches) ...", flush=True)
-    chunks = []
-    for x, _ in dataset:
-        chunks.append(np.asarray(model.predict_on_batch(x), dtype="float32"))
+    count = 0
+    for element in batches:
+        yield element
+        count += len(element[1])
         if bar is not None:
             bar.add(1)
     if verbose == 2:
-        print(f"Embedded {name}: {sum(len(c) for c in chunks)} images in {time.perf_counter() - started:.1f} s", flush=True)
-    return np.concatenate(chunks)
+        print(f"Embedded {name}: {count} images in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
@@ -248,12 +246,13 @@ def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
         map@r, ...) and `{"gallery": (N, D), "query": (Nq, D) or None}` float32 embeddings.
     """
     from keras_roadmap.data import make_eval_dataset
-    from keras_roadmap.evaluation import retrieval_metrics
+    from keras_roadmap.evaluation import embed, retrieval_metrics
 
     def embed_split(split):
         batch = config.evaluation["batch_size"]
         ds = make_eval_dataset(split, batch, image_size=config.image_size, resize_size=config.eval_resize)
-        return embed(embedder, ds, total=-(-len(split) // batch), name=split.name, verbose=verbose)
+        batches = with_progress(ds, total=-(-len(split) // batch), name=split.name, verbose=verbose)
+        return embed(embedder, batches, name=split.name)[0]
 
     gallery = embed_split(splits.gallery)
     kwargs = {}
@@ -427,7 +426,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
             "the numbers mean nothing.",
             flush=True,
         )
-    if args.resume and not (out / "backup" / "latest.weights.h5").is_file():
+    if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
         return fail(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
