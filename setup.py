@@ -17,7 +17,7 @@ EXTRAS = {
     "tfsim": ["tensorflow-similarity==0.17.1"],
     "cv": ["keras-cv==0.9.0"],
     "hub": ["keras-hub==0.32.0"],
-    "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33"],
+    "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],  # pillow: serving decodes images
     "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
     "examples": ["scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
     "recipes": [

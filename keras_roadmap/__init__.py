@@ -3,17 +3,20 @@
     from keras_roadmap import ROADMAPLoss
     model.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=True)
 
-The modules that define Keras-serializable objects (losses, memory, trainer, models,
-optimisers) are imported with the package, so ``keras.models.load_model`` finds them after a
-plain ``import keras_roadmap``. Data, samplers, evaluation and export load on first access.
+``import keras_roadmap`` imports neither Keras nor TensorFlow (so that the ``keras-roadmap`` CLI
+answers ``--help`` at once): every public name and submodule loads on first access. The first
+access of any public name also imports the modules that register our Keras-serializable classes
+(losses, memory, trainer, models, optimisers), so ``keras.models.load_model`` finds them; when
+Keras is already imported, ``import keras_roadmap`` registers them at once.
 """
 
 import importlib
-
-# Registers the serializable classes with Keras (this imports TensorFlow).
-from keras_roadmap import losses, memory, models, optim, trainer  # noqa: F401
+import sys
 
 __version__ = "0.1.0"
+
+# Modules whose import registers Keras serializables (they import Keras / TensorFlow).
+_REGISTERING = ("losses", "memory", "models", "optim", "trainer")
 
 # Public name -> module that defines it.
 _EXPORTS = {
@@ -74,12 +77,27 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def _register_serializables():
+    for module in _REGISTERING:
+        importlib.import_module(f"keras_roadmap.{module}")
+
+
 def __getattr__(name):
+    if name in _REGISTERING:
+        _register_serializables()
+        return importlib.import_module(f"keras_roadmap.{name}")
     if name in _EXPORTS:
+        _register_serializables()
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'keras_roadmap' has no attribute {name!r}")
+
+
+# Keras already imported (the usual `import keras` first): registering now costs nothing more
+# and lets `keras.models.load_model` find our classes right after `import keras_roadmap`.
+if "keras" in sys.modules:
+    _register_serializables()
 
 
 def __dir__():

@@ -2,13 +2,19 @@
 
 Subcommands:
 
-* ``export``: load a ``.keras`` embedder and write a verified SavedModel or ONNX artifact
-  (see :mod:`keras_roadmap.export`).
+* ``train NAME``: one recipe run (sop, cub, inaturalist, inshop, glyphs), see
+  :mod:`keras_roadmap.recipes.run`;
+* ``export``: a ``.keras`` embedder -> a verified ONNX file or SavedModel
+  (:mod:`keras_roadmap.export`);
+* ``index`` / ``search``: embed a folder of images with an exported ONNX embedder into a faiss
+  index, and query it (:mod:`keras_roadmap.serving`; onnxruntime + faiss, no TensorFlow).
 
-Only the standard library is imported at module level, so ``keras-roadmap --help`` answers
-without paying TensorFlow's import time; each subcommand imports what it needs when it runs.
-Errors the user can fix are printed as one ``keras-roadmap: error: ...`` line on stderr with exit
-code 2 (argument or input problems) or 1 (the export itself failed verification); no traceback.
+Only the standard library is imported here, and ``import keras_roadmap`` is light, so
+``--help`` and ``--version`` answer at once; each subcommand imports what it needs when it runs
+(TensorFlow through :func:`keras_roadmap._quiet.import_tensorflow`, without its C++ start-up
+lines). Every error the user can fix is one ``keras-roadmap: error: ...`` line on stderr
+with exit code 2 (argument or input problems) or 1 (the export itself failed verification);
+usage errors read ``keras-roadmap COMMAND: error: ...``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pathlib
+import re
 import sys
 from typing import Optional, Sequence
 
 PROG = "keras-roadmap"
 EXPORT_FORMATS = ("onnx", "saved_model")
+# Accepted spellings of each format (lower case, "-" read as "_").
+FORMAT_ALIASES = {"onnx": "onnx", "saved_model": "saved_model", "savedmodel": "saved_model"}
+RECIPES = ("sop", "cub", "inaturalist", "inshop", "glyphs")
 # Modules that register keras-roadmap layers/losses as Keras serializables; importing them lets
 # load_model resolve our classes without custom_objects.
 _REGISTERING_MODULES = ("keras_roadmap.losses", "keras_roadmap.models", "keras_roadmap.memory")
@@ -34,12 +45,69 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="keras-roadmap: ROADMAP image retrieval tools for Keras 3."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one ``--help`` away)."""
 
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def cli_spelling(message: str) -> str:
+    """Rewrite a library message's keyword hints (``image_size=32``) as flags (``--image-size 32``)."""
+    message = re.sub(r"\bwith_preprocessing=True\b", "--with-preprocessing", message)
+    message = re.sub(r"\bl2_normalize=True\b", "--l2-normalize", message)
+    message = re.sub(r"\bformat='(\w+)'", r"--format \1", message)
+    message = re.sub(r"\b(image_size|opset|atol)=(\S+?)([,;:)]|\s|$)",
+                     lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}{m.group(3)}", message)
+    message = re.sub(r"\bpass (image_size|opset|atol)\b", lambda m: f"pass --{m.group(1).replace('_', '-')}", message)
+    return " ".join(message.split())
+
+
+def check_output_path(path: str, flag: str = "--out") -> None:
+    """Raise CLIError when ``path`` cannot be created because a parent is a regular file."""
+    parent = pathlib.Path(path).absolute().parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise CLIError(f"{flag} {path}: {folder} is a file, not a directory")
+            return
+
+
+def version() -> str:
+    from keras_roadmap import __version__  # the package __init__ imports no TensorFlow
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe flags (the same for every dataset; also used by ``recipes/<name>.py``)."""
+    add = parser.add_argument
+    add("--data-dir", help="dataset root, in the layout the keras_roadmap.data reader documents "
+                           "(glyphs: where the rendered images are written; default a cache folder)")
+    add("--out", required=True, help="output directory (checkpoints, logs, metrics, ONNX)")
+    add("--config", help="YAML config replacing the recipe's default one")
+    add("--backbone", help="backbone profile of the config (e.g. resnet50, deit_small)")
+    add("--weights", help="keras-hub preset name/dir, .weights.h5 file, or 'none' (random init)")
+    add("--epochs", type=int, help="total number of epochs")
+    add("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
+    add("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
+    add("--eval-every", type=int, help="evaluate (and select the best model) every N epochs")
+    add("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), default="auto",
+        help="Keras dtype policy; auto (default) = the config's mixed_precision on a GPU, float32 otherwise")
+    add("--seed", type=int, help="sampler/augmentation/initialisation seed")
+    add("--resume", action="store_true",
+        help="require a backup in --out to continue from (a run always continues from one when present)")
+    add("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
+    add("--verbose", choices=("auto", "0", "1", "2"), default="auto",
+        help="progress: 1 = per-step bar with ETA, 2 = one line per epoch, 0 = none; "
+             "auto (default) = 1 on a terminal, 2 otherwise")
+
+
+def _add_export(sub) -> None:
     exp = sub.add_parser(
         "export",
         help="export a .keras embedder to ONNX or a TensorFlow SavedModel, verified against Keras",
@@ -50,8 +118,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     exp.add_argument("--model", required=True, help="path to a .keras (or .h5) model file")
-    # Checked by hand rather than with choices= so that a bad value gives our one-line error.
-    exp.add_argument("--format", required=True, help="onnx | saved_model")
+    # Checked by hand rather than with choices= so that aliases and a bad value get our message.
+    exp.add_argument("--format", required=True, help="onnx | saved_model (alias: savedmodel)")
     exp.add_argument("--out", required=True,
                      help="output file (onnx, e.g. model.onnx) or directory (saved_model)")
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
@@ -70,7 +138,67 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="largest allowed |artifact - Keras| on the probe batch (default 1e-4)")
     exp.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     exp.set_defaults(handler=_run_export)
+
+
+def _add_serving(sub) -> None:
+    idx = sub.add_parser(
+        "index",
+        help="embed a folder of images with an ONNX embedder into a faiss index + id map",
+        description="Embed every image under --images with an ONNX embedder exported by keras-roadmap "
+                    "(onnxruntime, no TensorFlow) and write an exact cosine faiss index and its id map.",
+    )
+    idx.add_argument("--model", required=True, help="ONNX embedder written by `keras-roadmap export` or a recipe")
+    idx.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    idx.add_argument("--index", required=True, help="output faiss index file")
+    idx.add_argument("--ids", required=True, help="output id map (.json or .csv)")
+    idx.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
+    idx.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    idx.set_defaults(handler=_run_index)
+
+    sea = sub.add_parser(
+        "search",
+        help="query a faiss index built by `keras-roadmap index` with images",
+        description="Embed the query images with the ONNX embedder and print their top-k neighbours "
+                    "(rank, cosine score, id, path, and the class when the path has one).",
+    )
+    sea.add_argument("queries", nargs="+", help="query image files or folders")
+    sea.add_argument("--model", required=True, help="the ONNX embedder the index was built with")
+    sea.add_argument("--index", required=True, help="faiss index from `keras-roadmap index`")
+    sea.add_argument("--ids", required=True, help="id map from `keras-roadmap index`")
+    sea.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
+    sea.add_argument("--json", default=None, help="also write the results to this JSON file")
+    sea.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    sea.set_defaults(handler=_run_search)
+
+
+def _add_train(sub) -> None:
+    tr = sub.add_parser(
+        "train",
+        help="train a recipe (sop, cub, inaturalist, inshop, glyphs) end to end",
+        description="Train ROADMAP with a recipe's settings (recipes/configs/NAME.yaml), then evaluate the "
+                    "best embedder, draw the retrieval grid and recall curve, and export it to ONNX. "
+                    "Checks every needed package before it starts.",
+    )
+    tr.add_argument("name", metavar="NAME", help=f"recipe: {', '.join(RECIPES)}")
+    add_train_arguments(tr)
+    tr.set_defaults(handler=_run_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="keras-roadmap: ROADMAP image retrieval tools for Keras 3.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_export(sub)
+    _add_serving(sub)
     return parser
+
+
+_build_parser = build_parser  # the name older callers used
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers (each imports what it needs)
 
 
 def _import_registering_modules() -> None:
@@ -101,7 +229,9 @@ def load_embedder(path: str):
         )
     if not path.endswith((".keras", ".h5", ".hdf5")):
         raise CLIError(f"{path} is not a Keras model file; expected a .keras (or .h5) file")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_roadmap._quiet import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     _import_registering_modules()
@@ -113,13 +243,20 @@ def load_embedder(path: str):
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    fmt = args.format.lower().replace("-", "_")
-    if fmt not in EXPORT_FORMATS:
-        raise CLIError(f"unknown format {args.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    fmt = FORMAT_ALIASES.get(args.format.lower().replace("-", "_"))
+    if fmt is None:
+        raise CLIError(
+            f"unknown format {args.format!r}; choose one of: {', '.join(EXPORT_FORMATS)} (alias: savedmodel)"
+        )
     if args.opset is not None and fmt != "onnx":
         raise CLIError("--opset only applies to --format onnx")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be a positive integer, got {args.image_size}")
+    check_output_path(args.out)
+    if fmt == "onnx" and os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out} is a directory; --format onnx writes one file (e.g. model.onnx)")
+    if fmt == "saved_model" and os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; --format saved_model writes a directory")
 
     model = load_embedder(args.model)
     from keras_roadmap import export as export_lib
@@ -142,19 +279,56 @@ def _run_export(args: argparse.Namespace) -> int:
         else:
             report = export_lib.to_saved_model(model, args.out, **kwargs)
     except export_lib.ExportVerificationError as exc:
-        raise CLIError(str(exc), exit_code=1) from exc
-    except (export_lib.ExportError, ImportError) as exc:
-        raise CLIError(str(exc).replace("\n", " ")) from exc
+        raise CLIError(cli_spelling(str(exc)), exit_code=1) from exc
+    except (export_lib.ExportError, ImportError, OSError) as exc:
+        raise CLIError(cli_spelling(str(exc))) from exc
     print(report.summary())
     return 0
+
+
+def _serving_call(function, args) -> int:
+    from keras_roadmap.serving import ServingError
+
+    try:
+        return function(args)
+    except ServingError as exc:
+        raise CLIError(" ".join(str(exc).split())) from exc
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    for flag in ("index", "ids"):
+        check_output_path(getattr(args, flag), f"--{flag}")
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_index, args)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, "--json")
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_search, args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    if args.name not in RECIPES:
+        raise CLIError(f"unknown recipe {args.name!r}; choose one of: {', '.join(RECIPES)}")
+    check_output_path(os.path.join(args.out, "x"), "--out")
+    from keras_roadmap._quiet import import_tensorflow
+
+    import_tensorflow()
+    # The module (keras_roadmap.recipes re-exports its `run` function under the same name).
+    recipe_run = importlib.import_module("keras_roadmap.recipes.run")
+    return recipe_run.main_from_args(args.name, args, prog=f"{PROG} train {args.name}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
-    Argument-syntax errors (missing required flags) exit through argparse with code 2.
+    Argument-syntax errors (missing required flags) exit through argparse with code 2, as one line.
     """
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()

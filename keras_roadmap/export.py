@@ -2,7 +2,7 @@
 
 Both exporters wrap the model in one serving function with
 
-* a dynamic batch axis and a named input (``"inputs"``, or ``"images"`` when preprocessing is
+* a dynamic batch axis and a named input (the Keras input's name, or ``"images"`` when preprocessing is
   baked in) and a named output ``"embeddings"`` of shape (batch, D), float32;
 * optionally, **preprocessing baked in**: the artifact takes uint8 RGB images (N, H, W, 3) of
   any H, W and applies a transform preset's test transform, the very function the evaluation
@@ -85,7 +85,7 @@ class ExportReport:
     Attributes:
         path: where the artifact was written (a directory for SavedModel, a file for ONNX).
         format: ``"saved_model"`` or ``"onnx"``.
-        input_name: name of the single input (``"images"`` or ``"inputs"``).
+        input_name: name of the single input (``"images"`` with preprocessing, else the Keras input's name or ``"inputs"``).
         input_shape: input shape, ``None`` for dynamic axes, e.g. ``(None, None, None, 3)``.
         input_dtype: ``"uint8"`` with preprocessing baked in, else the model's input dtype.
         output_name: ``"embeddings"``.
@@ -178,6 +178,16 @@ def _model_input_shape(model) -> Optional[tuple]:
             "(a batch of images or feature vectors)."
         )
     return tuple(inputs[0].shape)
+
+
+def _keras_input_name(model) -> str:
+    """The Keras model's input name (e.g. "images" for our embedders), so that the artifact's
+    input reads as the Keras one; "inputs" when Keras made the name up (``keras_tensor_N``)."""
+    inputs = getattr(model, "inputs", None)
+    name = str(getattr(inputs[0], "name", "") or "") if inputs else ""
+    if not name or name.startswith("keras_tensor") or not name.replace("_", "a").isalnum():
+        return "inputs"
+    return name
 
 
 def _model_input_dtype(model) -> str:
@@ -323,7 +333,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0,
                 signature_shape = (None, image_size, image_size, expected[-1])
         else:
             signature_shape = (None, *probe.shape[1:])
-        input_name, input_dtype = "inputs", model_dtype
+        input_name, input_dtype = _keras_input_name(model), model_dtype
         probe = probe.astype(input_dtype, copy=False)
     if probe.shape[0] < 1:
         raise ExportError("probe must hold at least one example.")
@@ -584,7 +594,8 @@ def to_onnx(
     """Export an embedder as one ONNX file (via tf2onnx) and check it with onnxruntime.
 
     The graph takes ``images`` (uint8 [batch, height, width, 3], with preprocessing) or
-    ``inputs`` ([batch, ...], the model's per-example shape) and returns ``embeddings``
+    the Keras model's input name (``inputs`` when it has none of its own; [batch, ...], the
+    model's per-example shape) and returns ``embeddings``
     (float32 [batch, D]). The serving contract is stored as JSON in ``metadata_props`` under
     :data:`CONTRACT_KEY`. Verification uses onnxruntime's CPU provider with
     ``intra_op_num_threads=2``.
@@ -630,6 +641,9 @@ def to_onnx(
     entry = model_proto.metadata_props.add()
     entry.key, entry.value = CONTRACT_KEY, json.dumps(contract)
     model_proto.producer_name = "keras-roadmap"
+    from keras_roadmap import __version__
+
+    model_proto.producer_version = __version__
     try:
         onnx.checker.check_model(model_proto)
     except onnx.checker.ValidationError as exc:

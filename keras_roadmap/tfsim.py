@@ -1,5 +1,12 @@
 """tensorflow-similarity (0.17.1) interoperability under Keras 3.
 
+Its own losses (MultiSimilarity, Triplet, Circle, PN, SoftNearestNeighbor, ...) through
+:class:`TFSimilarityLoss`, so a tf-similarity user can train the loss they use today next to
+ROADMAP, with ``SimilarityModel`` or with our ``RetrievalTrainer``::
+
+    from keras_roadmap.tfsim import TFSimilarityLoss
+    model.compile(optimizer="adam", loss=TFSimilarityLoss("MultiSimilarityLoss"))
+
 What works as is (tested): our losses in ``SimilarityModel.compile(loss=ROADMAPLoss())`` (they
 carry ``distance = "cosine"``, which tf-similarity's index uses; it ranks like our dot product
 on L2-normalised embeddings, e.g. after ``tfsim.layers.MetricEmbedding``), its
@@ -19,6 +26,8 @@ import os
 
 import keras
 
+from keras_roadmap.losses.base import RetrievalLoss
+
 MODEL_FILE = "model.keras"
 INDEX_DIR = "index"
 
@@ -31,6 +40,81 @@ def _tfsim():
             "tensorflow-similarity is not installed: pip install 'keras-roadmap[tfsim]'"
         ) from error
     return tensorflow_similarity
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class TFSimilarityLoss(RetrievalLoss):
+    """A tensorflow-similarity loss that runs under Keras 3 (batch form: the batch is both the
+    queries and the retrieval set). ``y_true`` ``(B,)`` int labels, ``y_pred`` ``(B, D)``
+    embeddings -> the scalar mean of tf-similarity's per-example losses.
+
+    tf-similarity 0.17 losses fail under Keras 3 in three ways, fixed here:
+
+    1. their default ``reduction="auto"`` is rejected by Keras 3's ``Loss``: the inner loss is
+       built with ``reduction="sum_over_batch_size"``;
+    2. Keras 3 no longer AutoGraph-converts ``Loss.call``, and tf-similarity branches on tensors
+       in Python (``if tf.rank(labels) == 1`` in ``build_masks``), which fails in graph mode
+       (``OperatorNotAllowedInGraphError``): its loss function is called through ``tf.function``;
+    3. that nested function's output has unknown rank: it is reshaped to ``(B,)`` before the mean.
+
+    Args:
+        loss: the name of a class in ``tensorflow_similarity.losses`` (default
+            ``"MultiSimilarityLoss"``), or an instance built with
+            ``reduction="sum_over_batch_size"``.
+        loss_kwargs: keyword arguments of that class (e.g. ``distance="cosine"``, ``alpha=2``).
+        name: default: the inner loss's name.
+
+    Attributes:
+        distance: the inner loss's distance name (``SimilarityModel.compile`` reads it, so its
+            index searches with the distance the loss trained).
+
+    The loss runs on TensorFlow only, has no reference form (no cross-batch memory: build the
+    ``RetrievalTrainer`` without ``memory``), and under ``tf.distribute`` each replica ranks its
+    own examples (``gather_across_replicas`` is False).
+    """
+
+    def __init__(self, loss="MultiSimilarityLoss", name=None, dtype=None, **loss_kwargs):
+        import tensorflow as tf
+
+        tfsim = _tfsim()
+        if isinstance(loss, str):
+            cls = getattr(tfsim.losses, loss, None)
+            if cls is None or not isinstance(cls, type):
+                raise ValueError(f"tensorflow_similarity.losses has no loss class {loss!r}.")
+            inner = cls(reduction="sum_over_batch_size", **loss_kwargs)
+        else:
+            if loss_kwargs:
+                raise ValueError("loss_kwargs only apply when `loss` is a class name.")
+            inner = loss
+        if not hasattr(inner, "fn") or not hasattr(inner, "_fn_kwargs"):
+            raise ValueError(f"{inner!r} is not a tensorflow-similarity loss (no `fn`).")
+        super().__init__(name=name or inner.name, dtype=dtype, gather_across_replicas=False)
+        self.inner = inner
+        self._loss_name = type(inner).__name__
+        self._loss_kwargs = dict(loss_kwargs)
+        self._fn = tf.function(inner.fn)
+        self.distance = getattr(inner.distance, "name", None) or "cosine"
+
+    def call(self, y_true, y_pred):
+        import tensorflow as tf
+
+        labels = tf.reshape(tf.cast(y_true, tf.int32), (-1, 1))
+        embeddings = tf.cast(y_pred, self.dtype)
+        per_example = self._fn(labels, embeddings, labels, embeddings, **self.inner._fn_kwargs)
+        return tf.reduce_mean(tf.reshape(per_example, (-1,)))
+
+    def call_with_reference(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{self._loss_name} (tensorflow-similarity) has no cross-batch memory form: build "
+            "RetrievalTrainer(encoder) without memory= for it."
+        )
+
+    def get_config(self):
+        return {"loss": self._loss_name, "name": self.name, **self._loss_kwargs}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def save_similarity_model(model, path):

@@ -82,6 +82,7 @@ class RetrievalTrainer(keras.Model):
     """
 
     def __init__(self, encoder, memory=None, chunk_size=None, **kwargs):
+        _check_built_in_strategy_scope(encoder)
         super().__init__(**kwargs)
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
@@ -296,6 +297,21 @@ class RetrievalTrainer(keras.Model):
         memory = config.pop("memory", None)
         memory = keras.saving.deserialize_keras_object(memory) if memory is not None else None
         return cls(encoder, memory=memory, **config)
+
+
+def _check_built_in_strategy_scope(encoder):
+    """Inside a ``tf.distribute`` strategy scope, refuse an encoder built outside it: its plain
+    variables would fail later with a dump of a weight tensor, deep inside ``fit``."""
+    if keras.backend.backend() != "tensorflow" or not tf.distribute.has_strategy():
+        return
+    extended = tf.distribute.get_strategy().extended
+    for variable in getattr(encoder, "variables", []):
+        if not extended.variable_created_in_scope(getattr(variable, "value", variable)):
+            raise ValueError(
+                f"The encoder's variable {getattr(variable, 'path', variable.name)!r} was created outside the "
+                "current tf.distribute strategy scope: build the encoder inside `with strategy.scope():` too, "
+                "before RetrievalTrainer(...) and compile()."
+            )
 
 
 def _replica_share(value):

@@ -13,8 +13,12 @@ with and without a cross-batch memory, into a plot.
     python recipes/glyphs.py --compare --smoke              # end-to-end check in well under a minute
 
 The classic pair-loss baseline is tensorflow-similarity's MultiSimilarityLoss, made to run under
-Keras 3 by ``TFSimilarityLossAdapter`` below (three small fixes; see its docstring). Without
-tensorflow-similarity installed that row is skipped.
+Keras 3 by ``keras_roadmap.tfsim.TFSimilarityLoss`` (three small fixes; see its docstring).
+Without tensorflow-similarity installed that row is skipped.
+
+Without ``--compare`` (or ``--replot``) this script is the glyph *recipe*: the same as
+``keras-roadmap train glyphs ARGS`` (recipes/configs/glyphs.yaml: the images are written as
+files and read by the same pipeline as SOP/CUB; ONNX export, retrieval grid, served search).
 """
 
 from __future__ import annotations
@@ -91,45 +95,22 @@ def parse_args(argv=None):
 
 
 def tfsim_multisimilarity_loss():
-    """tensorflow-similarity's MultiSimilarityLoss wrapped for Keras 3, or None if not installed."""
+    """tensorflow-similarity's MultiSimilarityLoss through ``keras_roadmap.tfsim``, or None if
+    tensorflow-similarity is not installed."""
     try:
-        import tensorflow_similarity as tfsim
+        import tensorflow_similarity  # noqa: F401
     except ImportError:
         return None
-    return TFSimilarityLossAdapter(tfsim.losses.MultiSimilarityLoss(reduction="sum_over_batch_size"))
+    from keras_roadmap.tfsim import TFSimilarityLoss
+
+    return TFSimilarityLoss("MultiSimilarityLoss")
 
 
-def _adapter_class():
-    import keras
-    import tensorflow as tf
+def TFSimilarityLossAdapter(inner):  # noqa: N802 - the name this script used before keras_roadmap.tfsim
+    """``keras_roadmap.tfsim.TFSimilarityLoss`` around a tf-similarity loss instance."""
+    from keras_roadmap.tfsim import TFSimilarityLoss
 
-    class _Adapter(keras.losses.Loss):
-        """Runs a tensorflow-similarity 0.17 loss under Keras 3. Three fixes:
-
-        1. construct it with ``reduction="sum_over_batch_size"`` (its default "auto" is rejected
-           by Keras 3's ``Loss``);
-        2. call its loss function through ``tf.function``: Keras 3 no longer AutoGraph-converts
-           ``Loss.call``, and tf-similarity branches on tensors in Python (``if tf.rank(labels)
-           == 1`` in ``build_masks``), which fails in graph mode;
-        3. give the result back its static shape ``(B,)`` (the nested function's output has
-           unknown rank, which Keras' reduction rejects).
-        """
-
-        def __init__(self, inner):
-            super().__init__(name=inner.name, reduction="sum_over_batch_size")
-            self.inner = inner
-            self._fn = tf.function(inner.fn)
-
-        def call(self, y_true, y_pred):
-            labels = tf.reshape(tf.cast(y_true, tf.int32), (-1, 1))
-            per_example = self._fn(labels, y_pred, labels, y_pred, **self.inner._fn_kwargs)
-            return tf.reshape(per_example, (-1,))
-
-    return _Adapter
-
-
-def TFSimilarityLossAdapter(inner):  # noqa: N802 - a class factory (keras is imported lazily)
-    return _adapter_class()(inner)
+    return TFSimilarityLoss(inner)
 
 
 def load_data(args):
@@ -295,7 +276,13 @@ def markdown_table(summary):
 
 
 def plot_gap_curves(records, path):
-    """Gap and full-set mAP (train set) against the step, and the gap against the mAP."""
+    """The figure of the ablation: every method of the table with its seeds.
+
+    Left: R@1 and mAP@R on the unseen test classes, one dot per seed and the mean ± std bar.
+    Middle: the decomposability gap on the training set at the end of training, same layout.
+    Right: the gap against the training step for the runs that recorded it (seed 0 of
+    ``GAP_CURVES``; the other runs record the final gap only).
+    """
     try:
         import matplotlib
 
@@ -305,24 +292,54 @@ def plot_gap_curves(records, path):
         raise ImportError(
             "The gap plot needs matplotlib: pip install keras-roadmap[viz] (or pass --plot '')"
         ) from error
+    titles = {"raw_pixels": "Raw pixels", "untrained": "Untrained network"}
+    titles.update({k: v["title"] for k, v in METHODS.items()})
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    colours = {"roadmap": "tab:red", "supap": "tab:blue", "smoothap": "tab:green", "calibration": "tab:purple",
+               "multisimilarity": "tab:orange", "roadmap_memory": "tab:red", "supap_memory": "tab:blue",
+               "raw_pixels": "0.45", "untrained": "0.65"}
+    fig, (ax_metrics, ax_gap, ax_curve) = plt.subplots(
+        1, 3, figsize=(16, 5.6), dpi=100, gridspec_kw={"width_ratios": [1.25, 1.0, 1.1]}
+    )
+    rows = np.arange(len(methods))[::-1]  # first method on top
+
+    def spread(ax, key, offset, marker, label):
+        for row, method in zip(rows, methods):
+            values = [r[key] for r in records if r["method"] == method and key in r]
+            if not values:
+                continue
+            colour = colours.get(method, "gray")
+            y = row + offset
+            ax.scatter(values, [y] * len(values), color=colour, marker=marker, s=22, alpha=0.8, zorder=3)
+            mean, std = float(np.mean(values)), float(np.std(values))
+            ax.errorbar(mean, y, xerr=std if len(values) > 1 else None, fmt="|", color="black", ms=12,
+                        capsize=3, zorder=4)
+        ax.scatter([], [], color="gray", marker=marker, label=label)
+
+    spread(ax_metrics, "recall@1", 0.17, "o", "R@1")
+    spread(ax_metrics, "map@r", -0.17, "s", "mAP@R")
+    ax_metrics.set(xlim=(0, 1), xlabel="unseen test classes (one dot per seed, | = mean ± std)",
+                   title="Retrieval on unseen characters")
+    # Between the mAP@R and the R@1 clusters (x ~ 0.6) the axes are empty.
+    ax_metrics.legend(loc="center", bbox_to_anchor=(0.6, 0.5), fontsize=10)
+    spread(ax_gap, "gap", 0.0, "D", "gap")
+    ax_gap.set(xlabel="batch AP − full-set AP (train set, end of training)", title="Decomposability gap")
+    for ax in (ax_metrics, ax_gap):
+        ax.set_yticks(rows)
+        n_seeds = {m: sum(r["method"] == m for r in records) for m in methods}
+        ax.set_yticklabels([f"{titles.get(m, m)} (n={n_seeds[m]})" for m in methods] if ax is ax_metrics else [])
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=10)
     curves = {r["method"]: r["gap_curve"] for r in records if "gap_curve" in r}
-    styles = {"supap": ("tab:blue", "-"), "roadmap": ("tab:red", "-"),
-              "supap_memory": ("tab:blue", "--"), "roadmap_memory": ("tab:red", "--")}
-    fig, (ax_gap, ax_map, ax_both) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=80)
     for method, curve in curves.items():
-        steps = [c["step"] for c in curve]
-        gaps, maps = [c["gap"] for c in curve], [c["full_map"] for c in curve]
-        color, line = styles.get(method, ("gray", ":"))
-        style = dict(color=color, linestyle=line, marker=".", label=METHODS[method]["title"])
-        ax_gap.plot(steps, gaps, **style)
-        ax_map.plot(steps, maps, **style)
-        ax_both.plot(maps, gaps, **style)
-    ax_gap.set(xlabel="training step", ylabel="batch AP − full-set AP", title="Decomposability gap (train set)")
-    ax_map.set(xlabel="training step", ylabel="mAP", title="Full-set mAP (train set)")
-    ax_both.set(xlabel="full-set mAP (train set)", ylabel="decomposability gap", title="Gap at equal full-set mAP")
-    for ax in (ax_gap, ax_map, ax_both):
-        ax.grid(alpha=0.3)
-    ax_map.legend(fontsize=7)
+        line = "--" if METHODS.get(method, {}).get("memory") else "-"
+        ax_curve.plot([c["step"] for c in curve], [c["gap"] for c in curve], color=colours.get(method, "gray"),
+                      linestyle=line, marker=".", label=titles.get(method, method))
+    ax_curve.set(xlabel="training step", ylabel="decomposability gap (train set)",
+                 title="Gap during training (seed 0)")
+    ax_curve.grid(alpha=0.3)
+    if curves:
+        ax_curve.legend(fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
@@ -391,5 +408,15 @@ def main(argv=None):
     return result
 
 
+def is_ablation(argv) -> bool:
+    """Whether the command line asks for the ablation (``--compare``/``--replot``) rather than the recipe."""
+    return any(a == "--compare" or a.startswith("--replot") for a in argv)
+
+
 if __name__ == "__main__":
-    main()
+    if is_ablation(sys.argv[1:]):
+        main()
+    else:
+        from keras_roadmap.cli import main as cli_main
+
+        sys.exit(cli_main(["train", "glyphs", *sys.argv[1:]]))

@@ -1,19 +1,13 @@
 """ROADMAP on In-Shop Clothes Retrieval with the paper's settings (recipes/configs/inshop.yaml).
 
-    python recipes/inshop.py --data-dir PATH --out runs/inshop [--backbone ...] [--smoke]
+    python recipes/inshop.py --data-dir PATH --out runs/inshop [--backbone ...] [--smoke] [--verbose 1]
 
-All the logic lives in keras_roadmap.recipes; run with --help for the flags.
+The same as `keras-roadmap train inshop ...`; run with --help for the flags.
 """
 
-import os
-import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-
-from keras_roadmap.recipes import main  # noqa: E402
-
-CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "inshop.yaml"
+from _entry import train
 
 if __name__ == "__main__":
-    sys.exit(main("inshop", sys.argv[1:], CONFIG))
+    sys.exit(train("inshop"))

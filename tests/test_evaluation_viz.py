@@ -30,7 +30,7 @@ def test_grid_size_borders_and_tiles(tmp_path):
     gallery = _solid([100, 110, 120, 130, 140, 150])
     shown = save_retrieval_grid(
         path, queries, [1, 2, 3], gallery, [1, 9, 2, 2, 9, 9],
-        neighbours=[[0, 1, 5], [3, 2, 0], [4, 5, 1]], k=2, tile_size=TILE, border=BORDER, gap=GAP,
+        neighbours=[[0, 1, 5], [3, 2, 0], [4, 5, 1]], k=2, tile_size=TILE, border=BORDER, gap=GAP, annotate=False,
     )
     np.testing.assert_array_equal(shown, [[0, 1], [3, 2], [4, 5]])
     image = Image.open(path)
@@ -62,7 +62,7 @@ def test_grid_from_embeddings_excludes_the_query_itself(tmp_path):
     shown = save_retrieval_grid(
         tmp_path / "g.png", [images[i] for i in picked], labels[picked], images, labels,
         query_embeddings=emb[picked], gallery_embeddings=emb, exclude=picked, k=3,
-        tile_size=TILE, border=BORDER, gap=GAP,
+        tile_size=TILE, border=BORDER, gap=GAP, annotate=False,
     )
     expected, _ = exact_knn(emb, k=3)
     np.testing.assert_array_equal(shown, expected[picked])
@@ -73,12 +73,43 @@ def test_grid_from_embeddings_excludes_the_query_itself(tmp_path):
             assert _pixel(image, row, col, 0, 0) == colour
 
 
+def test_annotated_grid_has_legend_and_captions(tmp_path):
+    from keras_roadmap.evaluation.visualization import CAPTION_HEIGHT, HEADER_HEIGHT
+
+    queries, gallery = _solid([10, 20]), _solid([100, 110, 120])
+    tile, border, gap = 96, 4, 4
+    common = dict(neighbours=[[0, 1], [2, 1]], k=2, tile_size=tile, border=border, gap=gap)
+    save_retrieval_grid(tmp_path / "plain.png", queries, [1, 2], gallery, [1, 9, 2], annotate=False, **common)
+    save_retrieval_grid(tmp_path / "a.png", queries, [1, 2], gallery, [1, 9, 2], scores=[[0.9, 0.5], [0.8, 0.1]],
+                        class_names={1: "cat", 2: "dog", 9: "Ж"}, **common)
+    plain = Image.open(tmp_path / "plain.png").convert("RGB")
+    annotated = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert annotated.shape[0] == plain.size[1] + HEADER_HEIGHT + 2 * CAPTION_HEIGHT
+    # The legend holds the three border colours; every caption strip holds dark text pixels.
+    legend = annotated[:HEADER_HEIGHT].reshape(-1, 3)
+    for colour in (QUERY_COLOUR, CORRECT_COLOUR, WRONG_COLOUR):
+        assert (legend == colour).all(axis=1).sum() > 50
+    cell = tile + 2 * border
+    for row in range(2):
+        for col in range(3):
+            x, y = grid_cell_origin(row, col, tile, border, gap, annotate=True)
+            caption = annotated[y + cell : y + cell + CAPTION_HEIGHT, x : x + cell]
+            assert (caption.min(axis=2) < 120).sum() > 20, (row, col)
+            assert tuple(annotated[y + 1, x + 1]) == (QUERY_COLOUR if col == 0 else (CORRECT_COLOUR if (row, col) in ((0, 1), (1, 1)) else WRONG_COLOUR))
+    # The same layout with other captions differs only in the caption pixels.
+    save_retrieval_grid(tmp_path / "b.png", queries, [1, 2], gallery, [1, 9, 2], scores=[[0.2, 0.5], [0.8, 0.1]],
+                        class_names={1: "cat", 2: "dog", 9: "Ж"}, **common)
+    other = np.asarray(Image.open(tmp_path / "b.png").convert("RGB"))
+    x, y = grid_cell_origin(0, 1, tile, border, gap, annotate=True)
+    assert (other != annotated).any() and (other[y : y + cell] == annotated[y : y + cell]).all()
+
+
 def test_grid_accepts_float_and_grayscale_images(tmp_path):
     queries = np.full((1, 8, 8), 0.5)  # float grayscale in [0, 1]
     gallery = np.full((2, 8, 8, 1), 200, np.uint8)
     save_retrieval_grid(
         tmp_path / "f.png", queries, [1], gallery, [1, 2], neighbours=[[1, 0]], k=2,
-        tile_size=TILE, border=BORDER, gap=GAP,
+        tile_size=TILE, border=BORDER, gap=GAP, annotate=False,
     )
     image = Image.open(tmp_path / "f.png").convert("RGB")
     assert _pixel(image, 0, 0, BORDER + 5, BORDER + 5) == (128, 128, 128)

@@ -102,7 +102,7 @@ EXPORTERS = {
 def test_dense_round_trip(dense_model, tmp_path, fmt, l2):
     report = EXPORTERS[fmt](dense_model, tmp_path / "art", l2_normalize=l2)
     assert report.format == fmt
-    assert report.input_name == "inputs" and report.input_shape == (None, 16)
+    assert report.input_name == "features" and report.input_shape == (None, 16)
     assert report.input_dtype == "float32" and report.output_dim == 8
     assert report.max_abs_diff <= 1e-4 and report.seconds > 0
     rng = np.random.default_rng(5)
@@ -310,3 +310,15 @@ def test_missing_export_extra_is_named(dense_model, tmp_path, monkeypatch, missi
     with pytest.raises(ImportError, match=r"keras-roadmap\[export\]") as info:
         ex.to_onnx(dense_model, tmp_path / "m.onnx")
     assert missing in str(info.value)
+
+
+def test_onnx_input_named_as_the_keras_input_and_our_producer_version(tmp_path):
+    import onnx
+
+    from keras_roadmap import __version__
+
+    x = keras.Input((6,), name="pixels")
+    report = ex.to_onnx(keras.Model(x, keras.layers.Dense(3)(x)), tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert report.input_name == "pixels" and proto.graph.input[0].name == "pixels"
+    assert (proto.producer_name, proto.producer_version) == ("keras-roadmap", __version__)

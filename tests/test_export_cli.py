@@ -141,7 +141,7 @@ def test_subprocess_export_of_model_trained_with_roadmap_loss(tmp_path):
     import tensorflow as tf
 
     probe = rng.standard_normal((5, 10)).astype("float32")
-    served = tf.saved_model.load(str(out)).signatures["serving_default"](inputs=tf.constant(probe))
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](features=tf.constant(probe))  # named as the Keras input
     np.testing.assert_allclose(served["embeddings"].numpy(), model.predict_on_batch(probe), atol=1e-5)
 
     bad = subprocess.run(

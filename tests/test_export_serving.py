@@ -1,4 +1,4 @@
-"""export/embed_and_index.py + export/search.py end to end, and no TensorFlow at serving time."""
+"""`keras-roadmap index` / `search` end to end (and the export/*.py wrappers), no TensorFlow at serving time."""
 
 import csv
 import json
@@ -16,27 +16,33 @@ from keras_roadmap import export as ex
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "export")
 
-# Runs a script as __main__ and then reports whether TensorFlow got imported along the way.
+# Runs the CLI (or a script as __main__) and then reports whether TensorFlow/Keras got imported.
 _WRAPPER = """
 import runpy, sys
-script, args = sys.argv[1], sys.argv[2:]
-sys.argv = [script] + args
+target, args = sys.argv[1], sys.argv[2:]
 code = 0
 try:
-    runpy.run_path(script, run_name="__main__")
+    if target.endswith(".py"):
+        sys.argv = [target] + args
+        runpy.run_path(target, run_name="__main__")
+    else:
+        from keras_roadmap.cli import main
+        code = main([target] + args)
 except SystemExit as exc:
     code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-loaded = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "keras")))
+loaded = sorted(m for m in sys.modules if m in ("tensorflow", "keras") or m.startswith(("tensorflow.", "keras.")))
 print("HEAVY_MODULES=" + ",".join(loaded[:3]), file=sys.stderr)
 sys.exit(code)
 """
 
 
-def run_script(name, *args):
-    """Run export/<name> in a fresh interpreter; assert it never imported TensorFlow/Keras."""
+def run_script(command, *args):
+    """Run `keras-roadmap <command>` (or export/<command>.py) in a fresh interpreter; assert it
+    never imported TensorFlow/Keras."""
+    target = os.path.join(SCRIPTS, command) if command.endswith(".py") else command
     result = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, os.path.join(SCRIPTS, name), *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=""),
+        [sys.executable, "-c", _WRAPPER, target, *map(str, args)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO),
     )
     assert "HEAVY_MODULES=\n" in result.stderr + "\n", result.stderr
     return result
@@ -75,7 +81,7 @@ def deployment(tmp_path_factory):
     ex.to_onnx(model, model_path, with_preprocessing=True)  # L2 left to the serving side
     images = _write_images(root / "photos")
     index, ids = root / "out" / "photos.faiss", root / "out" / "photos.json"
-    result = run_script("embed_and_index.py", "--model", model_path, "--images", root / "photos",
+    result = run_script("index", "--model", model_path, "--images", root / "photos",
                         "--index", index, "--ids", ids, "--batch-size", 2)
     assert result.returncode == 0, result.stderr
     assert "indexed 8 images (dim 16)" in result.stdout
@@ -107,7 +113,7 @@ def test_index_and_id_map_contents(deployment):
 def test_each_query_finds_itself_first(deployment, tmp_path):
     queries = [deployment["images"][1], deployment["images"][6]]
     out_json = tmp_path / "results.json"
-    result = run_script("search.py", *queries, "--model", deployment["model"],
+    result = run_script("search", *queries, "--model", deployment["model"],
                         "--index", deployment["index"], "--ids", deployment["ids"],
                         "--k", 3, "--json", out_json)
     assert result.returncode == 0, result.stderr
@@ -126,12 +132,12 @@ def test_each_query_finds_itself_first(deployment, tmp_path):
 def test_csv_id_map_and_folder_query(deployment, tmp_path):
     ids_csv, index = tmp_path / "ids.csv", tmp_path / "i.faiss"
     photos = deployment["root"] / "photos"
-    assert run_script("embed_and_index.py", "--model", deployment["model"], "--images", photos,
+    assert run_script("index", "--model", deployment["model"], "--images", photos,
                       "--index", index, "--ids", ids_csv).returncode == 0
     with open(ids_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["id"]) for r in rows] == list(range(8))
-    result = run_script("search.py", photos / "class_2", "--model", deployment["model"],
+    result = run_script("search", photos / "class_2", "--model", deployment["model"],
                         "--index", index, "--ids", ids_csv, "--k", 20, "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "r.json").read_text())
@@ -143,26 +149,26 @@ def test_csv_id_map_and_folder_query(deployment, tmp_path):
 
 def test_serving_errors_are_one_line(deployment, tmp_path):
     common = ["--index", deployment["index"], "--ids", deployment["ids"]]
-    missing = run_script("search.py", tmp_path / "nope.jpg", "--model", deployment["model"], *common)
+    missing = run_script("search", tmp_path / "nope.jpg", "--model", deployment["model"], *common)
     assert missing.returncode == 2 and "error: image not found" in missing.stderr
     assert "Traceback" not in missing.stderr
 
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(b"\xff\xd8 this is not a jpeg")
-    bad = run_script("search.py", corrupt, "--model", deployment["model"], *common)
+    bad = run_script("search", corrupt, "--model", deployment["model"], *common)
     assert bad.returncode == 2 and f"cannot decode image {corrupt}" in bad.stderr
 
     # A model exported without preprocessing cannot take raw images: say how to fix it.
     x = keras.Input((8,))
     plain = tmp_path / "plain.onnx"
     ex.to_onnx(keras.Model(x, keras.layers.Dense(4)(x)), plain)
-    raw = run_script("embed_and_index.py", "--model", plain, "--images", deployment["root"] / "photos",
+    raw = run_script("index", "--model", plain, "--images", deployment["root"] / "photos",
                      "--index", tmp_path / "i.faiss", "--ids", tmp_path / "i.json")
     assert raw.returncode == 2 and "--with-preprocessing" in raw.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    none = run_script("embed_and_index.py", "--model", deployment["model"], "--images", empty,
+    none = run_script("index", "--model", deployment["model"], "--images", empty,
                       "--index", tmp_path / "i.faiss", "--ids", tmp_path / "i.json")
     assert none.returncode == 2 and "no images" in none.stderr
 
@@ -175,7 +181,34 @@ def test_serving_errors_are_one_line(deployment, tmp_path):
     small_path = tmp_path / "small.onnx"
     ex.to_onnx(small, small_path, with_preprocessing=True)
     query = deployment["images"][0]
-    warned = run_script("search.py", query, "--model", other_dim, *common)
+    warned = run_script("search", query, "--model", other_dim, *common)
     assert warned.returncode == 0 and "different ONNX file" in warned.stderr
-    mismatch = run_script("search.py", query, "--model", small_path, *common)
+    mismatch = run_script("search", query, "--model", small_path, *common)
     assert mismatch.returncode == 2 and "16-d vectors but the model outputs 5-d" in mismatch.stderr
+
+
+def test_old_script_wrappers_and_class_labels(deployment, tmp_path):
+    index, ids = tmp_path / "w.faiss", tmp_path / "w.json"
+    built = run_script("embed_and_index.py", "--model", deployment["model"], "--images",
+                       deployment["root"] / "photos", "--index", index, "--ids", ids)
+    assert built.returncode == 0 and "indexed 8 images" in built.stdout, built.stderr
+    query = deployment["images"][4]  # photos/class_1/img_4.jpg
+    found = run_script("search.py", query, "--model", deployment["model"], "--index", index, "--ids", ids,
+                       "--k", 2, "--json", tmp_path / "r.json")
+    assert found.returncode == 0, found.stderr
+    first = json.loads((tmp_path / "r.json").read_text())[0]["results"][0]
+    assert first["label"] == "class_1" and "class class_1" in found.stdout
+
+
+def test_contract_key_matches_the_exporter():
+    from keras_roadmap.serving import CONTRACT_KEY
+
+    assert CONTRACT_KEY == ex.CONTRACT_KEY
+
+
+def test_serving_import_pulls_no_tensorflow():
+    code = ("import sys, keras_roadmap.serving; "
+            "print(any(m in ('tensorflow', 'keras') or m.startswith(('tensorflow.', 'keras.')) for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.stdout.strip() == "False", out.stderr

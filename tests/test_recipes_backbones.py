@@ -15,7 +15,7 @@ from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.config import load_yaml, resolve_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs"
-EXPECTED_DIM = {"resnet50": 512, "resnet50_max_ln": 512, "deit_small_distilled": 384, "deit_base": 768}
+EXPECTED_DIM = {"resnet50": 512, "resnet50_max_ln": 512, "deit_small_distilled": 384, "deit_base": 768, "tiny_cnn": 64}
 
 
 def paper_profiles():

@@ -129,15 +129,15 @@ def test_bad_config_files_name_the_problem(tmp_path):
 
 
 def test_cli_errors_are_one_line_messages(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main("cub", ["--out", str(tmp_path)], CONFIGS / "cub.yaml")
+    # Usage problems return exit status 2 with one `...: error: ...` line (no SystemExit, no traceback).
+    assert main("cub", ["--out", str(tmp_path)], CONFIGS / "cub.yaml") == 2
     assert "--data-dir is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main("cub", ["--out", str(tmp_path), "--config", str(CONFIGS / "sop.yaml"), "--data-dir", "x"], CONFIGS / "cub.yaml")
+    assert main("cub", ["--out", str(tmp_path), "--config", str(CONFIGS / "sop.yaml"), "--data-dir", "x"],
+                CONFIGS / "cub.yaml") == 2
     assert "is a config for 'sop', not 'cub'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main("cub", ["--out", str(tmp_path), "--data-dir", "x", "--resume"], CONFIGS / "cub.yaml")
-    assert "no backup to continue from" in capsys.readouterr().err
+    assert main("cub", ["--out", str(tmp_path), "--data-dir", "x", "--resume"], CONFIGS / "cub.yaml") == 2
+    err = capsys.readouterr().err
+    assert "no backup to continue from" in err and len(err.strip().splitlines()) == 1
     status = main("cub", ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty")], CONFIGS / "cub.yaml")
     assert status == 2 and "CUB images list not found" in capsys.readouterr().err
     status = main("cub", ["--smoke", "--out", str(tmp_path / "s"), "--batch-size", "64"], CONFIGS / "cub.yaml")

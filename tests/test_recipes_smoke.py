@@ -74,10 +74,10 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     assert result["selected"]["best"] == pytest.approx(max(scores))
     assert any((out / "tensorboard" / "train").iterdir())
 
-    # Pictures: the grid has 4 query rows x (query + 3 neighbours); the curve is a PNG.
-    width, height = grid_cell_origin(4, 4, 96, 4, 4)
+    # Pictures: the grid has 4 query rows x (query + 3 neighbours), annotated; the curve is a PNG.
+    width, height = grid_cell_origin(4, 4, 96, 4, 4, annotate=True)
     with Image.open(out / "retrieval_grid.png") as grid:
-        assert grid.size == (width, height)
+        assert grid.size[1] == height and grid.size[0] >= width
     with Image.open(out / "recall_curve.png") as curve:
         assert curve.format == "PNG"
 
@@ -96,6 +96,18 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     expected = best.predict_on_batch(eval_transform_batch(probe, preset))
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4 if dataset != "sop" else 1e-2)
     assert result["onnx"]["max_abs_diff"] <= 1e-4
+
+    # keras-roadmap index / search serve the recipe's ONNX file as is: an image finds itself first.
+    from keras_roadmap.cli import main as cli_main
+
+    images = pathlib.Path(result["onnx"]["path"]).parent / "smoke_data"
+    assert cli_main(["index", "--model", str(out / "embedder.onnx"), "--images", str(images),
+                     "--index", str(out / "s.faiss"), "--ids", str(out / "s.json")]) == 0
+    query = sorted(images.rglob("*.jpg"))[-1]
+    assert cli_main(["search", str(query), "--model", str(out / "embedder.onnx"), "--index", str(out / "s.faiss"),
+                     "--ids", str(out / "s.json"), "--k", "3", "--json", str(out / "hits.json")]) == 0
+    hits = json.loads((out / "hits.json").read_text())[0]["results"]
+    assert hits[0]["path"] == str(query) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def _recipe_command(out, epochs):

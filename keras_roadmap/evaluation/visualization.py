@@ -11,6 +11,11 @@ QUERY_COLOUR = (40, 90, 200)
 CORRECT_COLOUR = (0, 170, 0)
 WRONG_COLOUR = (210, 0, 0)
 BACKGROUND = (255, 255, 255)
+TEXT_COLOUR = (20, 20, 20)
+# Caption under each tile (two lines: rank/score, class) and legend above the grid, in pixels.
+FONT_SIZE = 12
+CAPTION_HEIGHT = 2 * (FONT_SIZE + 3) + 2
+HEADER_HEIGHT = FONT_SIZE + 14
 
 
 def _import_pil():
@@ -30,14 +35,59 @@ def _import_matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def grid_cell_origin(row: int, col: int, tile_size: int, border: int, gap: int) -> tuple[int, int]:
+def grid_cell_origin(row: int, col: int, tile_size: int, border: int, gap: int, annotate: bool = False) -> tuple[int, int]:
     """(x, y) pixel of the top-left corner of grid cell (row, col), border included.
 
     A cell is `tile_size + 2 * border` pixels square; cells are separated (and surrounded) by
-    `gap` pixels of white. Column 0 holds the query, columns 1..k its neighbours.
+    `gap` pixels of white. Column 0 holds the query, columns 1..k its neighbours. With
+    `annotate`, a legend of `HEADER_HEIGHT` pixels sits above the grid and a caption of
+    `CAPTION_HEIGHT` pixels under each cell.
     """
-    step = tile_size + 2 * border + gap
-    return gap + col * step, gap + row * step
+    step_x = tile_size + 2 * border + gap
+    step_y = step_x + (CAPTION_HEIGHT if annotate else 0)
+    return gap + col * step_x, gap + (HEADER_HEIGHT if annotate else 0) + row * step_y
+
+
+def _font(size: int):
+    """DejaVu Sans (matplotlib's, which covers Latin, Greek and Cyrillic), else Pillow's default."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        import os
+
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size=size)
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """`text`, cut with an ellipsis so that it fits in `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _class_text(label, class_names) -> str:
+    if class_names is None:
+        return f"class {label}"
+    return str(class_names[int(label)])
+
+
+def _draw_legend(draw, font, x, y):
+    """Coloured squares with what each border colour means; returns the right end in pixels."""
+    box = FONT_SIZE
+    for colour, text in ((QUERY_COLOUR, "query"), (CORRECT_COLOUR, "same class as the query"),
+                         (WRONG_COLOUR, "other class"), (None, "#rank  cosine score")):
+        if colour is not None:
+            draw.rectangle([x, y, x + box - 1, y + box - 1], fill=colour)
+            x += box + 4
+        draw.text((x, y - 1), text, fill=TEXT_COLOUR, font=font)
+        x += int(draw.textlength(text, font=font)) + 14
+    return x
 
 
 def save_retrieval_grid(
@@ -56,10 +106,14 @@ def save_retrieval_grid(
     tile_size: int = 96,
     border: int = 4,
     gap: int = 4,
+    scores=None,
+    class_names=None,
+    annotate: bool = True,
 ) -> np.ndarray:
     """Write a PNG grid: one row per query, the query in column 0 (blue border) and its top-k
     gallery neighbours in columns 1..k, with a green border when the neighbour shares the
-    query's label and a red one otherwise.
+    query's label and a red one otherwise. With `annotate` (default) a legend of the colours
+    sits on top and each tile has a caption: "query" or "#rank score", and its class.
 
     Args:
         path: output PNG path.
@@ -76,6 +130,11 @@ def save_retrieval_grid(
         metric: "inner_product" (default) or "l2", for the search.
         tile_size, border, gap: pixels of each image tile, its coloured border and the white
             space between cells (96, 4, 4); see `grid_cell_origin` for the layout.
+        scores: optional (Nq, >= k) similarity of each shown neighbour (captions); computed
+            with the neighbours when they are searched here.
+        class_names: optional sequence (or mapping) label -> the name shown in captions;
+            default "class <label>".
+        annotate: draw the legend and the captions (default True).
 
     Returns:
         (Nq, k) int64 array: the neighbours shown.
@@ -90,7 +149,7 @@ def save_retrieval_grid(
     q_labels = checks.as_labels(query_labels, len(queries), "query_labels")
     g_labels = checks.as_labels(gallery_labels, len(gallery), "gallery_labels")
     if neighbours is None:
-        neighbours = _search(query_embeddings, gallery_embeddings, len(queries), len(gallery), k, exclude, metric)
+        neighbours, scores = _search(query_embeddings, gallery_embeddings, len(queries), len(gallery), k, exclude, metric)
     else:
         neighbours = np.asarray(neighbours)
         if not np.issubdtype(neighbours.dtype, np.integer) or neighbours.ndim != 2:
@@ -100,20 +159,37 @@ def save_retrieval_grid(
         neighbours = neighbours[:, :k].astype(np.int64)
         if neighbours.min() < 0 or neighbours.max() >= len(gallery):
             raise ValueError(f"`neighbours` holds indices outside [0, {len(gallery)}) of the gallery.")
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[0] != len(queries) or scores.shape[1] < k:
+            raise ValueError(f"`scores` has shape {scores.shape}; need ({len(queries)}, >= {k}).")
+        scores = scores[:, :k]
 
-    width, height = grid_cell_origin(len(queries), k + 1, tile_size, border, gap)
+    width, height = grid_cell_origin(len(queries), k + 1, tile_size, border, gap, annotate)
+    font = _font(FONT_SIZE) if annotate else None
+    if annotate:
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        width = max(width, _draw_legend(probe, font, gap, 0))
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
+    if annotate:
+        _draw_legend(draw, font, gap, gap + 4)
     cell = tile_size + 2 * border
     for row in range(len(queries)):
-        cells = [(queries[row], QUERY_COLOUR)]
-        for j in neighbours[row]:
-            cells.append((gallery[j], CORRECT_COLOUR if g_labels[j] == q_labels[row] else WRONG_COLOUR))
-        for col, (image, colour) in enumerate(cells):
-            x, y = grid_cell_origin(row, col, tile_size, border, gap)
+        cells = [(queries[row], QUERY_COLOUR, "query", q_labels[row])]
+        for rank, j in enumerate(neighbours[row], start=1):
+            colour = CORRECT_COLOUR if g_labels[j] == q_labels[row] else WRONG_COLOUR
+            head = f"#{rank}" if scores is None else f"#{rank}  {scores[row, rank - 1]:.3f}"
+            cells.append((gallery[j], colour, head, g_labels[j]))
+        for col, (image, colour, head, label) in enumerate(cells):
+            x, y = grid_cell_origin(row, col, tile_size, border, gap, annotate)
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour)
             tile = Image.fromarray(image).convert("RGB").resize((tile_size, tile_size))
             canvas.paste(tile, (x + border, y + border))
+            if annotate:
+                draw.text((x + 1, y + cell + 1), _fit(draw, head, font, cell - 2), fill=TEXT_COLOUR, font=font)
+                name = _fit(draw, _class_text(label, class_names), font, cell - 2)
+                draw.text((x + 1, y + cell + FONT_SIZE + 4), name, fill=colour if col else TEXT_COLOUR, font=font)
     canvas.save(path, format="PNG")
     return neighbours
 
@@ -131,15 +207,15 @@ def _search(query_embeddings, gallery_embeddings, n_q, n_g, k, exclude, metric):
     extra = 0 if exclude is None else 1
     if k + extra > n_g:
         raise ValueError(f"k={k} needs at least {k + extra} gallery items; there are {n_g}.")
-    found, _ = exact_knn(q, g, k + extra, metric=metric)
+    found, found_scores = exact_knn(q, g, k + extra, metric=metric)
     if exclude is None:
-        return found
+        return found, found_scores
     exclude = np.asarray(exclude)
     if exclude.shape != (n_q,) or not np.issubdtype(exclude.dtype, np.integer):
         raise ValueError(f"`exclude` must be an int array of shape ({n_q},); got {exclude.dtype} {exclude.shape}.")
     drop = found == exclude[:, None]
     drop[~drop.any(axis=1), -1] = True
-    return found[~drop].reshape(n_q, k)
+    return found[~drop].reshape(n_q, k), np.asarray(found_scores)[~drop].reshape(n_q, k)
 
 
 def _as_image_list(images, name):

@@ -31,6 +31,10 @@ def load_splits(dataset: str, root) -> Splits:
             gallery=data.load_inshop(root, "gallery"),
             query=data.load_inshop(root, "query"),
         )
+    if dataset == "glyphs":
+        from keras_roadmap.data.glyph_tree import load_glyphs
+
+        return Splits(train=load_glyphs(root, "train"), gallery=load_glyphs(root, "test"))
     loader = {"sop": data.load_sop, "cub": data.load_cub, "inaturalist": data.load_inaturalist}[dataset]
     return Splits(train=loader(root, "train"), gallery=loader(root, "test"))
 

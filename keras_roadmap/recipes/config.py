@@ -14,7 +14,7 @@ import pathlib
 
 SAMPLERS = ("m_per_class", "hierarchical")
 LOSS_PRESETS = ("default", "inaturalist")
-DATASETS = ("sop", "cub", "inaturalist", "inshop")
+DATASETS = ("sop", "cub", "inaturalist", "inshop", "glyphs")
 
 
 class ConfigError(ValueError):

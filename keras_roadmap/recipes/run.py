@@ -38,30 +38,28 @@ MONITOR = "val_map@r"
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
-    """The recipe command line (the same flags for every dataset)."""
+    """The recipe command line (the same flags for every dataset; defined in keras_roadmap.cli)."""
+    from keras_roadmap.cli import add_train_arguments
+
     parser = argparse.ArgumentParser(
         prog=f"recipes/{dataset}.py",
-        description=f"Train ROADMAP on {dataset} with the paper's settings (recipes/configs/{dataset}.yaml).",
+        description=f"Train ROADMAP on {dataset} with the recipe's settings (recipes/configs/{dataset}.yaml); "
+                    f"the same as `keras-roadmap train {dataset}`.",
     )
-    parser.add_argument("--data-dir", help="dataset root, in the layout the keras_roadmap.data reader documents")
-    parser.add_argument("--out", required=True, help="output directory (checkpoints, logs, metrics, ONNX)")
-    parser.add_argument("--config", help="YAML config replacing the recipe's default one")
-    parser.add_argument("--backbone", help="backbone profile of the config (e.g. resnet50, deit_small)")
-    parser.add_argument("--weights", help="keras-hub preset name/dir, .weights.h5 file, or 'none' (random init)")
-    parser.add_argument("--epochs", type=int, help="total number of epochs")
-    parser.add_argument("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
-    parser.add_argument("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
-    parser.add_argument("--eval-every", type=int, help="evaluate (and select the best model) every N epochs")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-        default="auto",
-        help="Keras dtype policy; auto (default) = the config's mixed_precision on a GPU, float32 otherwise",
-    )
-    parser.add_argument("--seed", type=int, help="sampler/augmentation/initialisation seed")
-    parser.add_argument("--resume", action="store_true", help="require a backup in --out to continue from (a run always continues from one when present)")
-    parser.add_argument("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
+    add_train_arguments(parser)
     return parser
+
+
+def default_config(dataset: str) -> pathlib.Path:
+    """``recipes/configs/<dataset>.yaml`` of the source tree this package runs from."""
+    return pathlib.Path(__file__).resolve().parents[2] / "recipes" / "configs" / f"{dataset}.yaml"
+
+
+def resolve_verbose(verbose) -> int:
+    """``--verbose``: "auto" = 1 (per-step bar with ETA) on a terminal, 2 (a line per epoch) otherwise."""
+    if verbose in (None, "auto"):
+        return 1 if sys.stdout.isatty() else 2
+    return int(verbose)
 
 
 def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
@@ -79,6 +77,7 @@ def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
         "seed": args.seed,
     }
     config = resolve_config(raw, source=str(path), overrides=overrides, smoke=args.smoke)
+    config.glyphs = glyph_settings(raw, args.smoke) if dataset == "glyphs" else None
     if args.precision != "auto":
         config.mixed_precision = args.precision
         config.precision_forced = True
@@ -222,7 +221,27 @@ def float32_embedder(config: RecipeConfig, source):
     return copy
 
 
-def test_table(config: RecipeConfig, embedder, splits):
+def with_progress(batches, *, total=None, name="images", verbose: int = 0):
+    """Yield the elements of `batches` (an evaluation dataset) while reporting progress:
+    `verbose=1` a bar with ETA (`total` = number of batches), 2 one line at the start and one
+    at the end (with the time), 0 nothing."""
+    import keras
+
+    started = time.perf_counter()
+    bar = keras.utils.Progbar(total, unit_name="batch") if verbose == 1 else None
+    if verbose == 2:
+        print(f"Embedding {name} ({total or '?'} batches) ...", flush=True)
+    count = 0
+    for element in batches:
+        yield element
+        count += len(element[1])
+        if bar is not None:
+            bar.add(1)
+    if verbose == 2:
+        print(f"Embedded {name}: {count} images in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
     """Retrieval metrics of `embedder` on the test split(s).
 
     Returns:
@@ -233,8 +252,10 @@ def test_table(config: RecipeConfig, embedder, splits):
     from keras_roadmap.evaluation import embed, retrieval_metrics
 
     def embed_split(split):
-        ds = make_eval_dataset(split, config.evaluation["batch_size"], preset=transform_preset(config))
-        return embed(embedder, ds, name=split.name)[0]
+        batch = config.evaluation["batch_size"]
+        ds = make_eval_dataset(split, batch, preset=transform_preset(config))
+        batches = with_progress(ds, total=-(-len(split) // batch), name=split.name, verbose=verbose)
+        return embed(embedder, batches, name=split.name)[0]
 
     gallery = embed_split(splits.gallery)
     kwargs = {}
@@ -278,9 +299,11 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
     query_embeddings = gallery if same_source else embeddings["query"]
     k = min(config.evaluation["grid_k"], len(gallery) - int(same_source))
     rows = np.unique(np.linspace(0, len(queries_split) - 1, config.evaluation["grid_queries"]).astype(int))
-    found, _ = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
+    found, scores = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
     if same_source:
-        found = np.stack([[j for j in row_found if j != row][:k] for row, row_found in zip(rows, found)])
+        keep = np.stack([[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found)])
+        found = np.take_along_axis(found, keep, axis=1)
+        scores = np.take_along_axis(np.asarray(scores), keep, axis=1)
     shown = np.unique(found)
     position = {int(j): i for i, j in enumerate(shown)}
     save_retrieval_grid(
@@ -291,7 +314,18 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
         splits.gallery.labels[shown],
         neighbours=np.vectorize(position.get)(found).astype(np.int64),
         k=k,
+        scores=scores,
+        class_names=class_display_names(config.dataset, splits.gallery.class_names),
     )
+
+
+def class_display_names(dataset: str, names) -> list:
+    """The class names shown in the grid: the character for glyphs, the dataset's names otherwise."""
+    if dataset == "glyphs":
+        from keras_roadmap.data.glyph_tree import character_of
+
+        return [f"{character_of(n)}  U+{ord(character_of(n)):04X}" for n in names]
+    return [str(n) for n in names]
 
 
 def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2) -> dict:
@@ -313,7 +347,7 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     selected = json.loads(best_state.read_text()) if best_state.is_file() else None
     embedder = float32_embedder(config, best)
 
-    metrics, embeddings = test_table(config, embedder, splits)
+    metrics, embeddings = test_table(config, embedder, splits, verbose=verbose)
     table = format_table(config, metrics)
     print(f"\nTest retrieval of the best embedder ({config.dataset}, {config.backbone}; selected on {MONITOR}"
           f"{'' if selected is None else ' at epoch ' + str(selected['epoch'] + 1)}):\n{table}", flush=True)
@@ -326,12 +360,14 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     from keras_roadmap.data.presets import write_model_preset
     from keras_roadmap.export import to_onnx
 
-    # The deployed artifact applies exactly the evaluation transform, and the .keras file
-    # records it, so `keras-roadmap export` defaults to it as well.
+    # The deployed artifact applies exactly the evaluation transform (and L2), so
+    # `keras-roadmap index/search` serve it as is; the .keras file records the preset, so
+    # `keras-roadmap export` defaults to it as well.
     preset = transform_preset(config)
     if best_path.is_file():
         write_model_preset(best_path, preset)
-    report = to_onnx(embedder, out / "embedder.onnx", with_preprocessing=True, preset=preset, verify=True)
+    report = to_onnx(embedder, out / "embedder.onnx", with_preprocessing=True, preset=preset,
+                     l2_normalize=True, verify=True)
     print(report.summary(), flush=True)
 
     result = {
@@ -351,38 +387,100 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
 
 def main(dataset: str, argv=None, default_config=None) -> int:
     """Command-line entry point of `recipes/<dataset>.py`; returns the exit status."""
-    parser = build_parser(dataset)
-    args = parser.parse_args(argv)
+    args = build_parser(dataset).parse_args(argv)
+    return main_from_args(dataset, args, prog=f"recipes/{dataset}.py", default_config=default_config)
+
+
+def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int:
+    """Run the recipe `dataset` with parsed flags (`keras-roadmap train` and `recipes/*.py`).
+
+    Stops before any work, with one line and exit code 2, when a needed package is missing
+    (see `keras_roadmap.recipes.preflight`), the config or a flag is invalid, or the dataset
+    layout is wrong.
+    """
+    def fail(message) -> int:
+        print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+
+    from keras_roadmap.recipes import preflight
+
+    if not preflight.importable("yaml"):
+        return fail(preflight.message(preflight.missing_packages(dataset), dataset))
+    default_config = default_config or default_config_path(dataset)
     try:
         config = config_from_args(dataset, args, default_config)
     except (ConfigError, FileNotFoundError) as err:
-        parser.error(str(err))
+        return fail(err)
+    missing = preflight.missing_packages(dataset, config)
+    if missing:
+        return fail(preflight.message(missing, dataset))
+    verbose = resolve_verbose(getattr(args, "verbose", "auto"))
     out = pathlib.Path(args.out)
     data_dir = args.data_dir
+    try:
+        if dataset == "glyphs":
+            data_dir = prepare_glyphs(config, data_dir or out / "glyph_images")
+        elif args.smoke:
+            data_dir = out / "smoke_data"
+            if not (data_dir / ".complete").is_file():
+                write_smoke_dataset(dataset, data_dir, _smoke_shape(args, default_config))
+                (data_dir / ".complete").write_text("")
+        elif not data_dir:
+            return fail("--data-dir is required (or --smoke for a generated tiny dataset).")
+    except (OSError, ValueError) as err:
+        return fail(err)
     if args.smoke:
-        data_dir = out / "smoke_data"
-        if not (data_dir / ".complete").is_file():
-            write_smoke_dataset(dataset, data_dir, _smoke_shape(args, default_config))
-            (data_dir / ".complete").write_text("")
         print(
             f"SMOKE MODE: {config.model} at {config.image_size}x{config.image_size}, {config.epochs} epoch(s), "
             f"on a generated {dataset} tree in {data_dir}. Checks the pipeline end to end; "
             "the numbers mean nothing.",
             flush=True,
         )
-    elif not data_dir:
-        parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
     if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
-        parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
+        return fail(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
-        run(config, data_dir, out, require_backup=args.resume)
+        run(config, data_dir, out, require_backup=args.resume, verbose=verbose)
     except (DatasetFormatError, FileNotFoundError, ConfigError) as err:
         # Dataset layout and config problems: the message says what and where; no traceback.
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     print(f"Done in {time.perf_counter() - started:.1f} s; outputs in {out}.", flush=True)
     return 0
+
+
+default_config_path = default_config
+
+
+def glyph_settings(raw: dict, smoke: bool) -> dict:
+    """The `glyphs:` section (rendering parameters), updated by `smoke.glyphs` in a smoke run."""
+    settings = dict(raw.get("glyphs") or {})
+    if smoke:
+        settings.update((raw.get("smoke") or {}).get("glyphs") or {})
+    allowed = {"copies", "fonts_dir", "min_fonts", "characters", "seed", "cache_dir"}
+    unknown = set(settings) - allowed
+    if unknown:
+        raise ConfigError(f"glyphs: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    return settings
+
+
+def prepare_glyphs(config: RecipeConfig, root) -> pathlib.Path:
+    """Render the glyph set (cached) and write it as PNG files under `root` (once); returns `root`."""
+    from keras_roadmap.data.glyph_tree import write_glyph_tree
+    from keras_roadmap.data.glyphs import build_glyph_dataset
+
+    root = pathlib.Path(root)
+    if (root / ".complete").is_file():
+        return root
+    settings = dict(config.glyphs or {})
+    started = time.perf_counter()
+    dataset = build_glyph_dataset(
+        settings.pop("fonts_dir", None), settings.pop("cache_dir", None),
+        image_size=config.image_size, copies=settings.pop("copies", 2), min_fonts=settings.pop("min_fonts", 8),
+        characters=settings.pop("characters", None), seed=settings.pop("seed", 0),
+    )
+    write_glyph_tree(dataset, root)
+    print(f"{dataset}; written to {root} in {time.perf_counter() - started:.1f} s", flush=True)
+    return root
 
 
 def _smoke_shape(args, default_config):

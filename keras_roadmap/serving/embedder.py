@@ -1,10 +1,9 @@
-"""Serving-side helpers shared by embed_and_index.py and search.py.
+"""The serving side: an exported keras-roadmap ONNX embedder run with onnxruntime.
 
-Only onnxruntime, numpy and PIL are imported: no TensorFlow at serving time. The ONNX model must
-have been exported by ``keras-roadmap export --format onnx --with-preprocessing`` (or
-``keras_roadmap.export.to_onnx(..., with_preprocessing=True)``): the preprocessing then runs
-inside the model, and its contract (image size, whether embeddings are L2-normalised, ...) is read
-from the model's metadata, so nothing here needs flags that must match the export.
+Only onnxruntime, numpy and Pillow are imported (no TensorFlow). The ONNX model carries its
+serving contract in its metadata (image size, whether embeddings are L2-normalised, ...), as
+written by ``keras-roadmap export --format onnx --with-preprocessing`` or by a recipe
+(``keras-roadmap train``), so nothing here needs flags that must match the export.
 """
 
 from __future__ import annotations
@@ -12,25 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-# Must equal keras_roadmap.export.CONTRACT_KEY; duplicated so serving never imports the package
-# (whose export module pulls in TensorFlow).
+# Must equal keras_roadmap.export.CONTRACT_KEY (a test checks it); repeated here because
+# keras_roadmap.export imports TensorFlow, which serving must not.
 CONTRACT_KEY = "keras_roadmap.serving_contract"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 class ServingError(Exception):
     """A problem the user can fix (bad model, missing or corrupt image, ...)."""
-
-
-def fail(message: str, code: int = 2):
-    """Print one error line and exit: scripts never show a traceback for user errors."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)
 
 
 def file_sha256(path: str) -> str:
@@ -103,7 +95,7 @@ class OnnxEmbedder:
         self.contract = json.loads(meta[CONTRACT_KEY])
         if not self.contract.get("preprocessing"):
             raise ServingError(
-                f"{model_path} was exported without preprocessing; these scripts feed raw images, "
+                f"{model_path} was exported without preprocessing; keras-roadmap index/search feed raw images, "
                 "so re-export it with --with-preprocessing (and --image-size N)"
             )
         self.model_path = model_path
