@@ -39,7 +39,7 @@ def build_tiny_cnn(*, input_shape, embedding_dim=None, l2_normalize=True, freeze
         )
     backbone = tiny_cnn_backbone(input_shape, width)
     if freeze_batchnorm:
-        _freeze_batchnorm(backbone)
+        _freeze_batchnorm(backbone, freeze_batchnorm)
     images = keras.Input(shape=input_shape, name=INPUT_NAME)
     embeddings = embedding_head(
         backbone(images), pooling=pooling,
