@@ -29,6 +29,7 @@ from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
 from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config
+from keras_roadmap.recipes.pretrained import resolve_pretrained
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
 MONITOR = "val_map@r"
@@ -44,7 +45,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory (checkpoints, logs, metrics, ONNX)")
     parser.add_argument("--config", help="YAML config replacing the recipe's default one")
     parser.add_argument("--backbone", help="backbone profile of the config (e.g. resnet50, deit_small)")
-    parser.add_argument("--weights", help="keras-hub preset name/dir, .weights.h5 file, or 'none' (random init)")
+    parser.add_argument("--weights", help="torchvision/timm checkpoint (.pth, .safetensors), .weights.h5 file or keras-hub preset name/dir")
+    parser.add_argument("--random-init", action="store_true", help="train from random weights although the paper started from ImageNet ones")
     parser.add_argument("--epochs", type=int, help="total number of epochs")
     parser.add_argument("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
     parser.add_argument("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
@@ -351,6 +353,7 @@ def main(dataset: str, argv=None, default_config=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(dataset, args, default_config)
+        resolve_pretrained(config, random_init=args.random_init, recipe=parser.prog)
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     out = pathlib.Path(args.out)
