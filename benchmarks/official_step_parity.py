@@ -18,8 +18,8 @@ What it does (the SOP recipe's settings, ``recipes/configs/sop.yaml``):
    embedding), then freezes BatchNorm with the official ``freeze_batch_norm`` (running
    statistics fixed, gamma/beta still trained). Converts the net to float64 (``.double()``).
 2. Saves its state dict and loads it into our SOP recipe's embedder (``recipes/configs/sop.yaml``
-   profile, ``keras_roadmap.recipes.assembly.build_encoder`` -> ``build_embedder(weights=.pth)``
-   for the trunk; the official ``fc`` goes into ``head_projection``), built under
+   profile, ``keras_roadmap.recipes.assembly.build_encoder`` -> ``build_embedder(weights=.pth)``,
+   which maps ``backbone.*`` to the trunk and ``fc`` to ``head_projection``), built under
    ``keras.config.set_floatx("float64")``.
 3. Runs two training steps on each side on the same batch of 8 photos of 4 classes at 224 px
    (crops of scikit-learn's two sample photos, PIL bilinear resize, ImageNet normalisation):
@@ -33,6 +33,12 @@ What it does (the SOP recipe's settings, ``recipes/configs/sop.yaml``):
 Prints: max |diff| of the embeddings before the steps, both losses at each step (and their
 relative difference), and for each step the relative error of the change of the embeddings,
 ``||d_ours - d_official|| / ||d_official||`` with ``d = emb[k+1] - emb[k]``.
+
+Control (``--control``, on by default): the official code against itself, same net, same
+batch in reversed order (the loss is order-invariant, so only float64 rounding differs). Adam's
+first updates are about ``lr * sign(g)``; a gradient component below the rounding level can
+change sign, and from the second step on such differences grow. The control row shows how far
+two float64 computations of the *same* official step drift apart: it is the floor for ours.
 
 Shims (documented, none touches our logic or the official training logic):
 
@@ -181,27 +187,6 @@ class Official:
         return float(total.item())
 
 
-def trunk_state_dict(official_state, backbone):
-    """The official RetrievalNet state dict -> (trunk state dict in torchvision/timm names, fc).
-
-    ResNet: ``backbone`` is ``nn.Sequential(*children[:-2])``, so "backbone.0" = conv1,
-    "backbone.1" = bn1, "backbone.4".."7" = layer1..layer4. DeiT: "backbone." is timm's model.
-    """
-    names = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-    trunk, fc = {}, {}
-    for key, value in official_state.items():
-        value = value.detach().cpu().numpy()
-        if key.startswith("fc."):
-            fc[key[3:]] = value
-            continue
-        key = key[len("backbone."):]
-        if backbone == "resnet50":
-            index, rest = key.split(".", 1)
-            key = f"{names[index]}.{rest}"
-        trunk[key] = value
-    return trunk, fc
-
-
 class Ours:
     """Our SOP recipe's embedder, loss and optimiser, in float64."""
 
@@ -217,15 +202,14 @@ class Ours:
         config.image_size = IMAGE_SIZE
         config.loss["dtype"] = "float64"
         self.config = config
-        trunk, fc = trunk_state_dict(official_state, args.backbone)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "official_trunk.safetensors")
-            from safetensors.numpy import save_file
+        import torch
 
-            save_file({k: np.ascontiguousarray(v) for k, v in trunk.items()}, path)
+        with tempfile.TemporaryDirectory() as tmp:
+            # The official net's state dict, loaded as a user would: build_embedder(weights=.pth)
+            # maps its backbone.* to the trunk and its fc to head_projection.
+            path = os.path.join(tmp, "official_retrieval_net.pth")
+            torch.save(official_state, path)
             self.model = assembly.build_encoder(config, weights=path)
-        if fc:
-            self.model.get_layer("head_projection").set_weights([fc["weight"].T, fc["bias"]])
         self.loss = assembly.build_loss(config)
         self.optimizer = assembly.build_recipe_optimizer(config, steps_per_epoch=100)
         self.optimizer.build(self.model.trainable_variables)
@@ -249,6 +233,8 @@ def main(argv=None):
     parser.add_argument("--backbone", choices=("resnet50", "deit_small"), default="resnet50")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the official-vs-official (reversed batch order) control")
     args = parser.parse_args(argv)
     if not (pathlib.Path(args.official_dir) / "roadmap" / "models" / "net.py").is_file():
         parser.error(f"{args.official_dir} is not a checkout of elias-ramzi/ROADMAP (no roadmap/models/net.py).")
@@ -265,6 +251,12 @@ def main(argv=None):
 
     off_emb = [official.embed(x_torch)]
     our_emb = [ours.embed(images)]
+    control, control_emb = None, None
+    if args.control:
+        control = Official(args, images)  # same seed: the same net
+        reverse = torch.arange(len(labels) - 1, -1, -1)
+        x_rev, y_rev = x_torch[reverse].contiguous(), y_torch[reverse].contiguous()
+        control_emb = [control.embed(x_rev)[reverse.numpy()]]
     cosine = off_emb[0] @ off_emb[0].T
     rows = [("embeddings before the steps: max |ours - official|",
              f"{np.abs(our_emb[0] - off_emb[0]).max():.2e}"),
@@ -283,6 +275,13 @@ def main(argv=None):
         rows.append((f"step {step} change of embeddings: ||d_ours - d_off|| / ||d_off||",
                      f"{rel:.2e}  (||d_off|| = {np.linalg.norm(d_off):.3e}, max |d_off - d_ours| = "
                      f"{np.abs(d_ours - d_off).max():.1e})"))
+        if control is not None:
+            loss_control = control.step(x_rev, y_rev)
+            control_emb.append(control.embed(x_rev)[reverse.numpy()])
+            d_control = control_emb[-1] - control_emb[-2]
+            rows.append((f"  control, official reversed batch: loss rel. diff / change rel. err",
+                         f"{abs(loss_control - loss_off) / abs(loss_off):.1e} / "
+                         f"{np.linalg.norm(d_control - d_off) / np.linalg.norm(d_off):.2e}"))
     width = max(len(r[0]) for r in rows)
     print(f"\nofficial_step_parity --backbone {args.backbone} (float64, batch 8 x 224 px, 4 classes)")
     for name, value in rows:

@@ -35,7 +35,10 @@ def _nchw(x):
 @pytest.fixture(scope="module")
 def torchvision_resnet(tmp_path_factory):
     """A random torchvision ResNet-50 (BN randomised, eval mode), saved as .pth and .safetensors;
-    returns (dir, input batch (2, 64, 64, 3), reference trunk features NHWC)."""
+    returns (dir, input batch (2, 64, 64, 3), reference trunk features NHWC). The folder also
+    holds "retrieval_net.pth": the state dict of the official ROADMAP RetrievalNet layout
+    (backbone = the Sequential trunk, fc = Linear(2048, 512)) and "retrieval_net_ref.npy", its
+    L2-normalised embeddings of the batch."""
     torch.manual_seed(0)
     net = torchvision.models.resnet50()
     for module in net.modules():
@@ -52,6 +55,12 @@ def torchvision_resnet(tmp_path_factory):
     trunk = torch.nn.Sequential(*list(net.children())[:-2])
     with torch.no_grad():
         reference = trunk(_nchw(x)).permute(0, 2, 3, 1).numpy()
+        fc = torch.nn.Linear(2048, 512)
+        pooled = trunk(_nchw(x)).mean(dim=(2, 3))
+        np.save(folder / "retrieval_net_ref.npy", torch.nn.functional.normalize(fc(pooled), dim=1).numpy())
+    state = {f"backbone.{k}": v for k, v in trunk.state_dict().items()}
+    state.update({f"fc.{k}": v for k, v in fc.state_dict().items()})
+    torch.save(state, folder / "retrieval_net.pth")
     return folder, x, reference
 
 
@@ -84,6 +93,16 @@ def test_convert_weights_cli_writes_a_loadable_weights_file(torchvision_resnet, 
                      "--model", "resnet50"]) == 2
     assert cli_main(["convert-weights", str(folder / "resnet50.pth"), str(dst), "--model", "tiny_cnn"]) == 2
     assert "loads no torch/timm checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_official_retrieval_net_state_dict_loads_trunk_and_head(torchvision_resnet):
+    folder, x, reference = torchvision_resnet
+    model = build_embedder("resnet50", weights=folder / "retrieval_net.pth", input_shape=RESNET_SHAPE)
+    assert _relative_error(model.get_layer("backbone")(x), reference) <= RTOL
+    np.testing.assert_allclose(np.asarray(model(x)), np.load(folder / "retrieval_net_ref.npy"), atol=1e-5)
+    with pytest.raises(ValueError, match="pass embedding_dim=512"):
+        build_embedder("resnet50", weights=folder / "retrieval_net.pth", input_shape=RESNET_SHAPE, embedding_dim=64)
 
 
 def _deit_input():

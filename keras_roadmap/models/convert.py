@@ -8,6 +8,10 @@ whose layer names are the checkpoint's module paths with "." -> "_". Every trunk
 found in the checkpoint and every checkpoint tensor must be used (except the ImageNet classifier
 and, for distilled DeiT, the distillation token), or ValueError says which.
 
+A state dict of the official ROADMAP ``RetrievalNet`` (``net.state_dict()``, or the
+``"net_state"`` entry of its training checkpoints when saved with tensors only) loads too: its
+``backbone.*`` go to the trunk and its ``fc`` projection to ``head_projection``.
+
 ``build_embedder("resnet50", weights="resnet50-0676ba61.pth")`` calls :func:`load_checkpoint`.
 Reading ``.pth`` files needs ``torch`` (``pip install keras-roadmap[torch]``); ``.safetensors``
 needs only the ``safetensors`` package.
@@ -96,7 +100,7 @@ def read_state_dict(path) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - a corrupt or non-tensor file: one clear line
             raise ValueError(f"Could not read a torch state dict from {path!r}: {error}") from error
-        for key in ("model", "state_dict"):
+        for key in ("model", "state_dict", "net_state"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
         if not isinstance(state, dict):
@@ -221,14 +225,58 @@ def load_state_dict_into(backbone, state: dict, architecture: str) -> dict:
     return {"loaded": loaded, "ignored": ignored}
 
 
-def load_checkpoint(model, name: str, path) -> dict:
-    """Load the checkpoint at ``path`` into ``model.get_layer("backbone")`` of embedder ``name``.
+# The official RetrievalNet's ResNet backbone is nn.Sequential(*children[:-2]): its indices.
+_SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 
-    Returns the summary of :func:`load_state_dict_into`. Raises ValueError if embedder ``name``
-    has no checkpoint layout (the message lists those that have one).
+
+def split_retrieval_net(state: dict, architecture: str):
+    """An official ROADMAP ``RetrievalNet`` state dict -> (trunk state dict in torchvision / timm
+    names, ``{"weight", "bias"}`` of its ``fc`` projection or {}). Other state dicts are returned
+    unchanged with an empty projection."""
+    if not any(k.startswith("backbone.") for k in state):
+        return state, {}
+    trunk, fc = {}, {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            fc[key[len("fc."):]] = value
+        elif key.startswith("backbone."):
+            key = key[len("backbone."):]
+            if architecture == "torchvision_resnet":
+                index, _, rest = key.partition(".")
+                if index not in _SEQUENTIAL_RESNET:
+                    raise ValueError(f"Unexpected RetrievalNet backbone tensor 'backbone.{key}'.")
+                key = f"{_SEQUENTIAL_RESNET[index]}.{rest}"
+            trunk[key] = value
+        else:
+            trunk[key] = value  # reported as unexpected by load_state_dict_into
+    return trunk, fc
+
+
+def load_checkpoint(model, name: str, path) -> dict:
+    """Load the checkpoint at ``path`` into ``model.get_layer("backbone")`` of embedder ``name``
+    (and, for an official RetrievalNet state dict, its ``fc`` into ``head_projection``).
+
+    Returns the summary of :func:`load_state_dict_into` (plus ``"head": True`` when the
+    projection was loaded). Raises ValueError if embedder ``name`` has no checkpoint layout (the
+    message lists those that have one) or the projection does not fit the head.
     """
     if name not in ARCHITECTURES:
         raise ValueError(
             f"Embedder {name!r} loads no torch/timm checkpoint; those that do: {sorted(ARCHITECTURES)}."
         )
-    return load_state_dict_into(model.get_layer("backbone"), read_state_dict(path), ARCHITECTURES[name])
+    architecture = ARCHITECTURES[name]
+    trunk, fc = split_retrieval_net(read_state_dict(path), architecture)
+    summary = load_state_dict_into(model.get_layer("backbone"), trunk, architecture)
+    if fc:
+        try:
+            head = model.get_layer("head_projection")
+        except ValueError:
+            raise ValueError(f"{path!r} has an fc projection but this {name} embedder has no head_projection "
+                             "(embedding_dim=None?).") from None
+        kernel, bias = _linear(fc["weight"]), fc["bias"]
+        if tuple(head.kernel.shape) != kernel.shape:
+            raise ValueError(f"The checkpoint's fc is {kernel.shape[0]} -> {kernel.shape[1]}, the head is "
+                             f"{tuple(head.kernel.shape)}: pass embedding_dim={kernel.shape[1]}.")
+        head.set_weights([kernel.astype(head.kernel.dtype), bias.astype(head.bias.dtype)])
+        summary["head"] = True
+    return summary
