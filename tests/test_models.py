@@ -41,7 +41,7 @@ def _batchnorm_stats(model):
         v.path: v.numpy().copy()
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization)
-        for v in layer.weights
+        for v in (layer.moving_mean, layer.moving_variance)  # gamma/beta train (paper's freeze)
     }
 
 
@@ -134,6 +134,8 @@ def test_unfrozen_batchnorm_stats_do_move():
 def test_freeze_batchnorm_counts_and_rejects_models_without_batchnorm():
     model = build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm=False)
     assert freeze_batchnorm(model) == 3
+    x = _images(4, SMALL)  # the function's "statistics" mode: inference-mode normalisation
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)), np.asarray(model(x)))
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="plain")
     with pytest.raises(ValueError, match="no BatchNormalization"):
         freeze_batchnorm(plain)
@@ -365,10 +367,12 @@ def test_freeze_all_also_freezes_gamma_and_beta():
 
 @pytest.fixture
 def float64():
-    previous = keras.config.floatx()
+    previous, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # another test may have set a float32 policy
     yield
     keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(policy)
 
 
 @pytest.mark.slow

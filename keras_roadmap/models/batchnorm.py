@@ -12,6 +12,8 @@ Two meanings of "frozen", named by ``mode``:
 
 from __future__ import annotations
 
+import types
+
 import keras
 
 BATCHNORM_MODES = ("statistics", "all")
@@ -29,6 +31,10 @@ class FrozenStatsBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         # Inference-mode normalisation: the moving statistics are used and left unchanged.
         return super().call(inputs, training=False, mask=mask)
+
+
+def _inference_mode_call(self, inputs, training=None, mask=None):
+    return keras.layers.BatchNormalization.call(self, inputs, training=False, mask=mask)
 
 
 def batchnorm_mode(freeze) -> str | None:
@@ -51,8 +57,10 @@ def freeze_batchnorm(model: keras.Model, mode="statistics") -> int:
 
     Args:
         model: any Keras model.
-        mode: ``"statistics"`` (default, the official ROADMAP semantics: the layers become
-            :class:`FrozenStatsBatchNormalization`, gamma/beta still trainable) or ``"all"``
+        mode: ``"statistics"`` (default, the official ROADMAP semantics: the layers normalise
+            with their moving statistics in training too, gamma/beta still trainable; a model
+            reloaded from a file has plain BatchNorm again unless it was built with
+            :class:`FrozenStatsBatchNormalization`) or ``"all"``
             (``trainable=False``: gamma/beta frozen too). ``True`` means ``"statistics"``.
 
     Returns:
@@ -68,9 +76,11 @@ def freeze_batchnorm(model: keras.Model, mode="statistics") -> int:
             if mode == "all":
                 layer.trainable = False
             elif not isinstance(layer, FrozenStatsBatchNormalization):
-                # The subclass only overrides `call`, so swapping the class of a built layer keeps
-                # its weights and config; the model then saves and reloads with the new class.
-                layer.__class__ = FrozenStatsBatchNormalization
+                # An already built layer (e.g. inside a keras-hub backbone) keeps its class, so its
+                # weights save and load under the same names; only its `call` is redirected.
+                # Builders of our own models construct FrozenStatsBatchNormalization instead,
+                # which also survives save / load_model.
+                layer.call = types.MethodType(_inference_mode_call, layer)
             count += 1
     if count == 0:
         raise ValueError(f"freeze_batchnorm: model {model.name!r} has no BatchNormalization layer.")
