@@ -16,6 +16,8 @@ import types
 
 import keras
 
+from keras_roadmap import _keras_compat
+
 BATCHNORM_MODES = ("statistics", "all")
 
 
@@ -71,7 +73,7 @@ def freeze_batchnorm(model: keras.Model, mode="statistics") -> int:
     if mode is None:
         raise ValueError("freeze_batchnorm: mode must be 'statistics' or 'all', got False/None.")
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _keras_compat.nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             if mode == "all":
                 layer.trainable = False
