@@ -347,7 +347,6 @@ def main(dataset: str, argv=None, default_config=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(dataset, args, default_config)
-        resolve_pretrained(config, random_init=args.random_init, recipe=parser.prog)
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
     out = pathlib.Path(args.out)
@@ -367,6 +366,11 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
     if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
         parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
+    try:
+        # After the cheaper flag checks: the paper's checkpoint, or an explicit --random-init.
+        resolve_pretrained(config, random_init=args.random_init, recipe=parser.prog)
+    except ConfigError as err:
+        parser.error(str(err))
     started = time.perf_counter()
     try:
         run(config, data_dir, out, require_backup=args.resume)
