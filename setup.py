@@ -20,6 +20,10 @@ EXTRAS = {
     "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],  # pillow: serving decodes images
     "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
     "examples": ["scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
+    # Reading torchvision / timm checkpoints (build_embedder(weights=PATH.pth), convert-weights)
+    # and the parity tests against torchvision / timm models. torch and torchvision go together
+    # (torchvision 0.29 is built for torch 2.14).
+    "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors>=0.8,<0.9"],
     "recipes": [
         "pyyaml>=6,<7",
         "tensorboard>=2.21,<2.22",

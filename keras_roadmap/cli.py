@@ -8,6 +8,8 @@ Subcommands:
   (:mod:`keras_roadmap.export`);
 * ``index`` / ``search``: embed a folder of images with an exported ONNX embedder into a faiss
   index, and query it (:mod:`keras_roadmap.serving`; onnxruntime + faiss, no TensorFlow).
+* ``convert-weights``: a torchvision / timm checkpoint (``.pth``, ``.safetensors``) -> a
+  ``.weights.h5`` file of one of our embedders (:mod:`keras_roadmap.models.convert`).
 
 Only the standard library is imported here, and ``import keras_roadmap`` is light, so
 ``--help`` and ``--version`` answer at once; each subcommand imports what it needs when it runs
@@ -91,7 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", required=True, help="output directory (checkpoints, logs, metrics, ONNX)")
     add("--config", help="YAML config replacing the recipe's default one")
     add("--backbone", help="backbone profile of the config (e.g. resnet50, deit_small)")
-    add("--weights", help="keras-hub preset name/dir, .weights.h5 file, or 'none' (random init)")
+    add("--weights", help="torchvision/timm checkpoint (.pth, .safetensors), .weights.h5 file or keras-hub preset name/dir")
+    add("--random-init", action="store_true", help="train from random weights although the paper started from ImageNet ones")
     add("--epochs", type=int, help="total number of epochs")
     add("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
     add("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
@@ -191,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     _add_serving(sub)
+    _add_convert_weights(sub)
     return parser
 
 
@@ -199,6 +203,60 @@ _build_parser = build_parser  # the name older callers used
 
 # ---------------------------------------------------------------------------------------------
 # Handlers (each imports what it needs)
+
+
+def _add_convert_weights(sub) -> None:
+    conv = sub.add_parser(
+        "convert-weights",
+        help="convert a torchvision/timm checkpoint (.pth, .safetensors) to an embedder .weights.h5",
+        description=(
+            "Build the embedder --model with the checkpoint's backbone (torchvision ResNet-50, e.g. "
+            "resnet50-0676ba61.pth; timm/DeiT for deit_*; deit_small_distilled drops the "
+            "distillation token as the official ROADMAP code does) and a freshly initialised head "
+            "(seeded), and save its weights. Load them later with "
+            "build_embedder(MODEL, weights=DST) or a recipe's --weights DST."
+        ),
+    )
+    conv.add_argument("src", help="checkpoint: .pth/.pt/.bin state dict or .safetensors")
+    conv.add_argument("dst", help="output file, ending in .weights.h5")
+    conv.add_argument("--model", required=True,
+                      help="embedder name: resnet50, resnet50_max_ln, deit_small, deit_small_distilled, deit_base")
+    conv.add_argument("--embedding-dim", type=int, default=None,
+                      help="projection size (default: the model's, 512 for ResNet-50, none for DeiT)")
+    conv.add_argument("--image-size", type=int, default=224,
+                      help="input side the embedder is built for (default 224; DeiT checkpoints fix it)")
+    conv.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation (default 0)")
+    conv.set_defaults(handler=_run_convert_weights)
+
+
+def _run_convert_weights(args: argparse.Namespace) -> int:
+    if not args.dst.endswith(".weights.h5"):
+        raise CLIError(f"the output must end in .weights.h5 (what Keras' save_weights writes), got {args.dst}")
+    if not os.path.isfile(args.src):
+        raise CLIError(f"checkpoint not found: {args.src}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from keras_roadmap.models import build_embedder
+    from keras_roadmap.models.convert import ARCHITECTURES, is_checkpoint_path, load_checkpoint
+
+    if args.model not in ARCHITECTURES:
+        raise CLIError(f"--model {args.model!r} loads no torch/timm checkpoint; choose one of: {', '.join(sorted(ARCHITECTURES))}")
+    if not is_checkpoint_path(args.src):
+        raise CLIError(f"{args.src} is not a checkpoint file (.pth, .pt, .bin or .safetensors)")
+    keras.utils.set_random_seed(args.seed)
+    try:
+        model = build_embedder(args.model, embedding_dim=args.embedding_dim, weights="random",
+                               input_shape=(args.image_size, args.image_size, 3))
+        summary = load_checkpoint(model, args.model, args.src)
+    except (ValueError, ImportError) as exc:
+        raise CLIError(str(exc).replace("\n", " ")) from exc
+    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
+    model.save_weights(args.dst)
+    ignored = ", ".join(summary["ignored"][:6]) + (" ..." if len(summary["ignored"]) > 6 else "")
+    print(f"{args.dst}: {args.model} with {summary['loaded']} backbone tensors from {args.src}"
+          f" (not used: {ignored or 'none'}); head initialised with seed {args.seed}.")
+    return 0
 
 
 def _import_registering_modules() -> None:

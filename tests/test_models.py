@@ -13,6 +13,8 @@ from keras_roadmap.models import (
     ImageNetToCaffe,
     TokenPooling,
     build_embedder,
+    FrozenStatsBatchNormalization,
+    RandomWeightsWarning,
     freeze_batchnorm,
     list_embedders,
     register_embedder,
@@ -39,7 +41,7 @@ def _batchnorm_stats(model):
         v.path: v.numpy().copy()
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization)
-        for v in layer.weights
+        for v in (layer.moving_mean, layer.moving_variance)  # gamma/beta train (paper's freeze)
     }
 
 
@@ -132,6 +134,8 @@ def test_unfrozen_batchnorm_stats_do_move():
 def test_freeze_batchnorm_counts_and_rejects_models_without_batchnorm():
     model = build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm=False)
     assert freeze_batchnorm(model) == 3
+    x = _images(4, SMALL)  # the function's "statistics" mode: inference-mode normalisation
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)), np.asarray(model(x)))
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="plain")
     with pytest.raises(ValueError, match="no BatchNormalization"):
         freeze_batchnorm(plain)
@@ -158,7 +162,9 @@ def test_saved_embedder_reloads_with_frozen_batchnorm(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     bns = [l for l in loaded.get_layer("backbone").layers
            if isinstance(l, keras.layers.BatchNormalization)]
-    assert len(bns) == 3 and not any(l.trainable for l in bns)
+    # The paper's frozen BatchNorm comes back: fixed statistics, trainable gamma/beta.
+    assert len(bns) == 3 and all(isinstance(l, FrozenStatsBatchNormalization) and l.trainable for l in bns)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=True)), np.asarray(loaded(x)))
     assert loaded.inputs[0].name == "images"
 
 
@@ -198,9 +204,9 @@ def test_missing_keras_hub_names_the_extra(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "keras_hub", None)  # what `import keras_hub` sees when absent
     with pytest.raises(ImportError, match=r"keras-roadmap\[hub\].*variant='keras_applications'"):
-        build_embedder("resnet50", input_shape=SMALL)
+        build_embedder("resnet50", input_shape=SMALL, variant="keras_hub")
     with pytest.raises(ImportError, match=r"keras-roadmap\[hub\]"):
-        build_embedder("deit_small", input_shape=SMALL)
+        build_embedder("deit_small", input_shape=SMALL, variant="keras_hub")
 
 
 def test_token_pooling_modes():
@@ -231,10 +237,11 @@ def test_imagenet_to_caffe_matches_keras_caffe_preprocessing():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "resnet50_max_ln"])
 def test_resnet_embedders_train_one_step_with_frozen_batchnorm(name):
-    model = build_embedder(name, input_shape=(64, 64, 3))
+    model = build_embedder(name, input_shape=(64, 64, 3), weights="random")
     backbone = model.get_layer("backbone")
     bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert len(bns) == 53 and not any(l.trainable for l in bns)
+    # The paper's freeze: statistics fixed, gamma/beta trained (checked by _check_embedder_step).
+    assert len(bns) == 53 and all(isinstance(l, FrozenStatsBatchNormalization) and l.trainable for l in bns)
     if name == "resnet50_max_ln":
         model.get_layer("head_max_pool"), model.get_layer("head_layer_norm")
     else:
@@ -245,9 +252,12 @@ def test_resnet_embedders_train_one_step_with_frozen_batchnorm(name):
 @pytest.mark.slow
 def test_resnet50_is_v1_5_and_keras_applications_is_v1():
     # v1.5 (torchvision, the paper): the downsampling stride sits on the 3x3 conv.
-    hub = build_embedder("resnet50", input_shape=SMALL).get_layer("backbone")
+    hub = build_embedder("resnet50", input_shape=SMALL, variant="keras_hub").get_layer("backbone")
     assert hub.get_layer("stack1_block0_1_conv").strides == (1, 1)
     assert hub.get_layer("stack1_block0_2_conv").strides == (2, 2)
+    ours = build_embedder("resnet50", input_shape=SMALL, weights="random").get_layer("backbone")
+    assert ours.get_layer("layer2_0_conv1").strides == (1, 1)
+    assert ours.get_layer("layer2_0_conv2").strides == (2, 2)
     app = build_embedder("resnet50", input_shape=SMALL, variant="keras_applications")
     app_trunk = app.get_layer("backbone")
     assert app_trunk.get_layer("conv3_block1_1_conv").strides == (2, 2)
@@ -258,7 +268,7 @@ def test_resnet50_is_v1_5_and_keras_applications_is_v1():
 
 @pytest.mark.slow
 def test_resnet_backbone_from_a_preset_directory(tmp_path):
-    model = build_embedder("resnet50", input_shape=SMALL)
+    model = build_embedder("resnet50", input_shape=SMALL, variant="keras_hub")
     model.get_layer("backbone").save_to_preset(str(tmp_path / "preset"))
     loaded = build_embedder("resnet50", input_shape=SMALL, weights=tmp_path / "preset")
     for a, b in zip(model.get_layer("backbone").weights, loaded.get_layer("backbone").weights):
@@ -277,15 +287,18 @@ def test_resnet_backbone_from_a_preset_directory(tmp_path):
     ],
 )
 def test_deit_embedders_train_one_step(name, kwargs, dim):
-    model = build_embedder(name, input_shape=SMALL, **kwargs)
+    model = build_embedder(name, input_shape=SMALL, weights="random", **kwargs)
     tokens = model.get_layer("backbone").output_shape
-    assert tokens[1] == (2 if "distilled" in name else 1) + (32 // 16) ** 2
+    # The default (timm) variant is class-token-only, the distilled one too (official removal).
+    assert tokens[1] == 1 + (32 // 16) ** 2
     _check_embedder_step(model, _images(8, SMALL), dim)
 
 
 @pytest.mark.slow
 def test_distilled_deit_can_concatenate_class_and_distillation_tokens():
-    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_concat")
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_concat",
+                           variant="keras_hub")
+    assert model.get_layer("backbone").output_shape[1] == 2 + (32 // 16) ** 2
     out = np.asarray(model(_images(2, SMALL)))
     assert out.shape == (2, 768)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
@@ -293,7 +306,7 @@ def test_distilled_deit_can_concatenate_class_and_distillation_tokens():
 
 @pytest.mark.slow
 def test_deit_backbone_from_a_preset_directory(tmp_path):
-    model = build_embedder("deit_small_distilled", input_shape=SMALL)
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, variant="keras_hub")
     model.get_layer("backbone").save_to_preset(str(tmp_path / "deit"))
     loaded = build_embedder("deit_small_distilled", input_shape=SMALL, weights=tmp_path / "deit")
     x = _images(2, SMALL)
@@ -304,7 +317,14 @@ def test_deit_backbone_from_a_preset_directory(tmp_path):
 
 @pytest.mark.slow
 def test_saved_deit_embedder_reloads(tmp_path):
-    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_mean")
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_mean",
+                           variant="keras_hub")
+    model.save(tmp_path / "deit.keras")
+    loaded = keras.models.load_model(tmp_path / "deit.keras")
+    x = _images(2, SMALL)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    # Our timm-style DeiT (custom attention / token layers) reloads too.
+    model = build_embedder("deit_small", input_shape=SMALL, weights="random")
     model.save(tmp_path / "deit.keras")
     loaded = keras.models.load_model(tmp_path / "deit.keras")
     x = _images(2, SMALL)
@@ -314,5 +334,67 @@ def test_saved_deit_embedder_reloads(tmp_path):
 @pytest.mark.slow
 def test_real_backbones_output_float32_under_mixed_precision(mixed_precision):
     for name in ("resnet50", "deit_small"):
-        out = build_embedder(name, input_shape=SMALL)(_images(2, SMALL))
+        out = build_embedder(name, input_shape=SMALL, weights="random")(_images(2, SMALL))
         assert keras.backend.standardize_dtype(out.dtype) == "float32", name
+
+
+# --- frozen BatchNorm semantics, float64, random-weights warning --------------------------------
+
+
+def test_frozen_statistics_batchnorm_trains_gamma_beta_but_not_the_statistics():
+    model = build_embedder("tiny_cnn", input_shape=SMALL)  # default: the paper's freeze
+    bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert all(isinstance(l, FrozenStatsBatchNormalization) for l in bns)
+    x = _images(8, SMALL)
+    # Normalisation uses the moving statistics even in training mode.
+    np.testing.assert_array_equal(np.asarray(model(x, training=True)), np.asarray(model(x)))
+    gammas = {l.name: l.gamma.numpy().copy() for l in bns}
+    trainable = {v.path for v in model.trainable_variables}
+    assert all(l.gamma.path in trainable and l.beta.path in trainable for l in bns)
+    _check_embedder_step(model, x, 64)  # statistics unchanged, every trainable variable moved
+    assert all(not np.array_equal(l.gamma.numpy(), gammas[l.name]) for l in bns)
+
+
+def test_freeze_all_also_freezes_gamma_and_beta():
+    model = build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm="all")
+    bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) == 3 and not any(l.trainable for l in bns)
+    trainable = {v.path for v in model.trainable_variables}
+    assert not any(l.gamma.path in trainable for l in bns)
+    with pytest.raises(ValueError, match="freeze_batchnorm must be"):
+        build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm="stats")
+
+
+@pytest.fixture
+def float64():
+    previous, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # another test may have set a float32 policy
+    yield
+    keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_cnn", "resnet50", "deit_small"])
+def test_embedders_compute_in_float64_under_float64_floatx(float64, name):
+    model = build_embedder(name, input_shape=SMALL, weights="random")
+    assert {v.dtype for v in model.weights} == {"float64"}
+    x = _images(2, SMALL).astype("float64")
+    out = model(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    # Really float64 inside: the unit norm holds to float64 precision.
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out), axis=1), 1.0, atol=1e-13)
+    assert all(keras.backend.standardize_dtype(t.dtype) == "float64"
+               for t in [model.get_layer("backbone")(x)])
+
+
+def test_paper_backbones_warn_about_random_weights():
+    with pytest.warns(RandomWeightsWarning, match="deit_small_patch16_224-cd65a155.pth"):
+        build_embedder("deit_small", input_shape=SMALL)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        build_embedder("deit_small", input_shape=SMALL, weights="random")
+        build_embedder("tiny_cnn", input_shape=SMALL)  # no pretrained checkpoint: no warning

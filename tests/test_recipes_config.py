@@ -138,7 +138,7 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     assert main("cub", ["--out", str(tmp_path), "--data-dir", "x", "--resume"], CONFIGS / "cub.yaml") == 2
     err = capsys.readouterr().err
     assert "no backup to continue from" in err and len(err.strip().splitlines()) == 1
-    status = main("cub", ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty")], CONFIGS / "cub.yaml")
+    status = main("cub", ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty"), "--random-init"], CONFIGS / "cub.yaml")
     assert status == 2 and "CUB images list not found" in capsys.readouterr().err
     status = main("cub", ["--smoke", "--out", str(tmp_path / "s"), "--batch-size", "64"], CONFIGS / "cub.yaml")
     assert status == 2 and "do not fit cub/train" in capsys.readouterr().err

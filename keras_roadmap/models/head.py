@@ -34,7 +34,9 @@ def embedding_head(
 
     Returns:
         (B, embedding_dim or feature dim) embeddings, float32 whatever the dtype policy: the last
-        layer computes in float32 so mixed precision keeps a float32 output.
+        layer computes in float32 so mixed precision keeps a float32 output. Under
+        ``keras.config.set_floatx("float64")`` (float64 policy) they are float64, so a float64
+        model computes in float64 end to end.
     """
     if pooling not in _POOLINGS:
         raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}.")
@@ -54,8 +56,16 @@ def embedding_head(
                 f"embedding_dim must be a positive int or None, got {embedding_dim!r}."
             )
         x = keras.layers.Dense(int(embedding_dim), name=HEAD_PREFIX + "projection")(x)
+    dtype = output_dtype()
     if l2_normalize:
         return keras.layers.UnitNormalization(
-            axis=-1, dtype="float32", name=HEAD_PREFIX + "l2_normalize"
+            axis=-1, dtype=dtype, name=HEAD_PREFIX + "l2_normalize"
         )(x)
-    return keras.layers.Activation("linear", dtype="float32", name=HEAD_PREFIX + "output")(x)
+    return keras.layers.Activation("linear", dtype=dtype, name=HEAD_PREFIX + "output")(x)
+
+
+def output_dtype() -> str:
+    """The embedders' output dtype: float64 when the global policy computes in float64
+    (``keras.config.set_floatx("float64")``), else float32 (mixed precision included)."""
+    policy = keras.config.dtype_policy()
+    return "float64" if policy.compute_dtype == "float64" else "float32"

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import keras
 
+from keras_roadmap.models.batchnorm import batchnorm_mode
+
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
 # Input layer name of every embedder: exported SavedModels / ONNX graphs get this input name.
@@ -52,16 +54,31 @@ def _check_input_shape(input_shape):
     return shape
 
 
+class RandomWeightsWarning(UserWarning):
+    """An embedder whose paper runs start from ImageNet weights was built with random ones."""
+
+
+RANDOM = "random"
+
+
 def _resolve_weights(weights):
-    """Return ("embedder_file", path), ("backbone_preset", str) or (None, None)."""
-    if weights is None:
+    """Return ("embedder_file", path), ("torch_checkpoint", path), ("backbone_preset", str),
+    or (None, None) for random initialisation (weights None or "random")."""
+    if weights is None or weights == RANDOM:
         return None, None
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
-            "weights must be None, a path to a .weights.h5 file, a keras-hub preset directory or "
-            f"a preset name; got {type(weights).__name__}."
+            "weights must be None, 'random', a path to a .weights.h5 file, a torchvision/timm "
+            f"checkpoint (.pth, .safetensors), a keras-hub preset directory or a preset name; got "
+            f"{type(weights).__name__}."
         )
     path = os.path.expanduser(os.fspath(weights))
+    from keras_roadmap.models.convert import is_checkpoint_path
+
+    if is_checkpoint_path(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path!r}.")
+        return "torch_checkpoint", path
     if path.endswith(".keras"):
         raise ValueError(
             f"weights={path!r} is a whole saved model: load it with keras.models.load_model "
@@ -106,7 +123,12 @@ def build_embedder(
             ``variant="keras_applications"`` gives keras.applications' v1 instead.
         embedding_dim: projection size; None = the paper's default for that model (512 for
             ResNet-50, none for DeiT so D = 384 / 768, 64 for tiny_cnn).
-        weights: None (random init), a ``.weights.h5`` file of this embedder (saved with
+        weights: None (random init, with a :class:`RandomWeightsWarning` for the models the
+            paper starts from ImageNet weights), ``"random"`` (random init, no warning), a
+            torchvision / timm checkpoint for the backbone (``.pth`` state dict as torchvision
+            downloads it, e.g. ``resnet50-0676ba61.pth``, or ``.safetensors``; see
+            :mod:`keras_roadmap.models.convert`; ``deit_small_distilled`` drops the distillation
+            token as the official code does), a ``.weights.h5`` file of this embedder (saved with
             ``model.save_weights``, loaded after building), a keras-hub preset *directory* for the
             backbone (e.g. one saved with ``backbone.save_to_preset``), or a keras-hub preset
             name such as ``"resnet_50_imagenet"`` (downloaded: needs network). For
@@ -114,7 +136,9 @@ def build_embedder(
         input_shape: (H, W, C), default (224, 224, 3). Inputs are ImageNet-normalised RGB:
             ``(rgb / 255 - IMAGENET_MEAN) / IMAGENET_STD``, what ``keras_roadmap.data`` yields.
         l2_normalize: end with L2 normalisation (default True).
-        freeze_batchnorm: freeze every BatchNormalization layer (default True; paper setting).
+        freeze_batchnorm: True (default) or "statistics": every BatchNormalization layer
+            normalises with fixed running statistics while gamma/beta still train (the paper's
+            ``freeze_batchnorm``); "all": gamma/beta frozen too; False: plain BatchNorm.
         **kwargs: builder-specific options (e.g. ``variant`` for ResNet-50, ``token`` for DeiT,
             ``width`` for tiny_cnn).
 
@@ -125,6 +149,8 @@ def build_embedder(
     Raises:
         ValueError: unknown name (the message lists the known ones) or bad argument.
         FileNotFoundError: a weights path that does not exist.
+
+    Under ``keras.config.set_floatx("float64")`` the embedder computes and outputs float64.
     """
     if name not in _REGISTRY:
         raise ValueError(
@@ -136,10 +162,32 @@ def build_embedder(
         input_shape=input_shape,
         embedding_dim=embedding_dim,
         l2_normalize=bool(l2_normalize),
-        freeze_batchnorm=bool(freeze_batchnorm),
+        freeze_batchnorm=batchnorm_mode(freeze_batchnorm) or False,
         backbone_weights=source if kind == "backbone_preset" else None,
         **kwargs,
     )
+    if kind == "torch_checkpoint":
+        from keras_roadmap.models.convert import load_checkpoint
+
+        if kwargs.get("variant") not in (None, "torchvision", "timm"):
+            raise ValueError(
+                f"A torchvision/timm checkpoint loads into the default variant of {name!r}, not "
+                f"variant={kwargs['variant']!r}."
+            )
+        load_checkpoint(model, name, source)
+    elif kind is None and weights is None:
+        from keras_roadmap.models.convert import PRETRAINED
+
+        if name in PRETRAINED:
+            import warnings
+
+            warnings.warn(
+                f"build_embedder({name!r}) with weights=None: the backbone is randomly "
+                f"initialised, but the paper starts from ImageNet weights ({PRETRAINED[name]}). "
+                "Pass weights=PATH to that file, or weights='random' to silence this warning.",
+                RandomWeightsWarning,
+                stacklevel=2,
+            )
     if kind == "embedder_file":
         try:
             model.load_weights(source)

@@ -76,15 +76,15 @@ def _sampler(config: RecipeConfig, split):
 def build_encoder(config: RecipeConfig, *, weights="config"):
     """The embedder: images (B, S, S, 3) ImageNet-normalised -> (B, D) float32, L2-normalised.
 
-    `weights="config"` uses `config.weights`; pass None to build with random initialisation
-    (e.g. a float32 copy into which trained weights are loaded).
+    `weights="config"` uses `config.weights`; pass None (or "random") to build with random
+    initialisation (e.g. a float32 copy into which trained weights are loaded).
     """
     from keras_roadmap.models import build_embedder
 
     return build_embedder(
         config.model,
         embedding_dim=config.embedding_dim,
-        weights=config.weights if weights == "config" else weights,
+        weights=config.weights if weights == "config" else (weights or "random"),
         input_shape=(config.image_size, config.image_size, 3),
         freeze_batchnorm=config.freeze_batchnorm,
         **config.model_kwargs,

@@ -32,6 +32,7 @@ from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
 from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config, transform_preset
+from keras_roadmap.recipes.pretrained import resolve_pretrained
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
 MONITOR = "val_map@r"
@@ -438,6 +439,11 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
         )
     if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
         return fail(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
+    try:
+        # After the cheaper flag checks: the paper's checkpoint, or an explicit --random-init.
+        resolve_pretrained(config, random_init=args.random_init, recipe=parser.prog)
+    except ConfigError as err:
+        return fail(err)
     started = time.perf_counter()
     try:
         run(config, data_dir, out, require_backup=args.resume, verbose=verbose)
