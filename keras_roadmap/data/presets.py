@@ -146,6 +146,11 @@ PRESETS = {
         "inshop", 224, None, 256, True,
         source="none: the repository ships only inshop_big; this is inshop_big at the 224 crop",
     ),
+    # Ours: the glyph renderings are already 32x32, so the test transform is the identity resize.
+    "glyphs": TransformPreset(
+        "glyphs", 32, None, 32, True,
+        source="none: keras_roadmap.data.glyphs renders 32x32 images; no official counterpart",
+    ),
 }
 
 #: The preset each README command of the official repository trains with (dataset, backbone).

@@ -441,7 +441,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
         return fail(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     try:
         # After the cheaper flag checks: the paper's checkpoint, or an explicit --random-init.
-        resolve_pretrained(config, random_init=args.random_init, recipe=parser.prog)
+        resolve_pretrained(config, random_init=args.random_init, recipe=prog)
     except ConfigError as err:
         return fail(err)
     started = time.perf_counter()
