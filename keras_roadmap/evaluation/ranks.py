@@ -12,7 +12,9 @@ up to N for a class spread over the whole ranking). No k-NN list, no N x N matri
 one block of scores (`block_bytes`) plus its candidates.
 """
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -127,18 +129,33 @@ def _block_ranks(q, references, q_labels, ids, classes, sq_norms, exclude_self, 
     lowest = np.full(b, np.inf, scores.dtype)
     if has.any():
         lowest[has] = np.minimum.reduceat(pos_scores, offsets[:-1][has])
-    # Every item that can rank before some positive scores at least the lowest positive.
-    candidate = scores >= lowest[:, None]
-    cand_count = np.count_nonzero(candidate, axis=1)
-    cand_values = scores[candidate]
-    del candidate
-    cand_offsets = np.zeros(b + 1, np.int64)
-    np.cumsum(cand_count, out=cand_offsets[1:])
     rank = np.empty(pair_row.size, np.int64)
     rank_plus = np.empty(pair_row.size, np.int64)
-    for i in np.flatnonzero(has):
+    # numpy's sorts and passes run on one core and release the GIL: split the rows over threads.
+    pieces = np.array_split(np.arange(b), min(_THREADS, b))
+    work = [(piece, scores, lowest, pos_scores, columns, offsets, rank, rank_plus, ties) for piece in pieces if piece.size]
+    if len(work) == 1:
+        _rows_ranks(*work[0])
+    else:
+        list(_pool().map(lambda args: _rows_ranks(*args), work))
+    return offsets, rank, rank_plus
+
+
+def _rows_ranks(piece, scores, lowest, pos_scores, columns, offsets, rank, rank_plus, ties):
+    """Ranks of the positives of block rows `piece` (contiguous), written into `rank`/`rank_plus`."""
+    lo_row, hi_row = piece[0], piece[-1] + 1
+    sub = scores[lo_row:hi_row]
+    # Every item that can rank before some positive scores at least the lowest positive.
+    candidate = sub >= lowest[lo_row:hi_row, None]
+    cand_count = np.count_nonzero(candidate, axis=1)
+    cand_values = sub[candidate]
+    del candidate
+    cand_offsets = np.zeros(len(piece) + 1, np.int64)
+    np.cumsum(cand_count, out=cand_offsets[1:])
+    for j in np.flatnonzero(offsets[lo_row + 1 : hi_row + 1] > offsets[lo_row:hi_row]):
+        i = lo_row + j
         lo, hi = offsets[i], offsets[i + 1]
-        values = cand_values[cand_offsets[i] : cand_offsets[i + 1]]
+        values = cand_values[cand_offsets[j] : cand_offsets[j + 1]]
         values.sort()
         p = pos_scores[lo:hi]
         below = values.searchsorted(p, side="left")
@@ -161,4 +178,14 @@ def _block_ranks(q, references, q_labels, ids, classes, sq_norms, exclude_self, 
             r, plus = r[order], plus[order]
             rank_plus[lo:hi] = plus
         rank[lo:hi] = r
-    return offsets, rank, rank_plus
+
+
+_THREADS = max(1, min(os.cpu_count() or 1, 8))
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(_THREADS, thread_name_prefix="keras_roadmap_ranks")
+    return _POOL
