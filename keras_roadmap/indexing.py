@@ -19,6 +19,7 @@ keep every search-time setting in the file). Every type scores by inner product 
 import json
 import math
 import os
+import weakref
 
 import numpy as np
 
@@ -28,6 +29,10 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 SIDECAR_SUFFIX = ".json"
 # faiss warns below 39 training vectors per cell; 64 gives stabler cells at little cost.
 _TRAIN_PER_CELL = 64
+
+
+# Build-time settings faiss does not keep (train_size, seed); faiss objects refuse new attributes.
+_PARAMS = weakref.WeakKeyDictionary()
 
 
 def default_nlist(n: int) -> int:
@@ -103,7 +108,7 @@ def build_index(
         index.hnsw.efSearch = ef_search
         params.update(hnsw_m=int(hnsw_m), ef_construction=int(ef_construction), ef_search=int(ef_search))
     index.add(x)
-    index.keras_roadmap_params = params  # build-time settings faiss does not keep (train_size, seed)
+    _PARAMS[index] = params
     return index
 
 
@@ -113,7 +118,7 @@ def index_params(index) -> dict:
     read from the index itself where faiss keeps them."""
     import faiss
 
-    params = dict(getattr(index, "keras_roadmap_params", {}))
+    params = dict(_PARAMS.get(index, {}))
     params["ntotal"] = int(index.ntotal)
     params["dim"] = int(index.d)
     params["metric"] = "inner_product" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
@@ -169,5 +174,5 @@ def load_index(path: str):
             faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
         elif found["index_type"] == "hnsw":
             index.hnsw.efSearch = int(params["ef_search"])
-        index.keras_roadmap_params = params
+        _PARAMS[index] = params
     return index
