@@ -25,9 +25,10 @@ from __future__ import annotations
 import numpy as np
 
 from keras_roadmap.evaluation import average_precision
+from keras_roadmap.evaluation.ranks import iter_positive_ranks
 from keras_roadmap.samplers import MPerClassSampler
 
-# Query rows scored against the whole set at once: bounds memory to about 8 x rows x N bytes.
+# Query rows scored against the whole set at once: bounds memory to about 16 x rows x N bytes.
 _FULL_SET_ROWS = 512
 
 
@@ -55,9 +56,10 @@ def full_set_average_precision(embeddings, labels, rows=None) -> np.ndarray:
     """Exact AP of each query against all the other items (the query itself excluded).
 
     Same numbers as ``keras_roadmap.evaluation.average_precision(..., ties="pessimistic")`` on
-    the full score rows, but a query only needs the ranks of its R positives: each row is sorted
-    once (in C, by chunk) and each positive's rank read by binary search, which is several times
-    faster than ranking every item, so the callback can run every epoch.
+    the full score rows, from the ranking routine ``retrieval_metrics`` uses
+    (``keras_roadmap.evaluation.ranks.iter_positive_ranks``): only the positives' ranks are
+    computed, by sorting the few items that score above a query's worst positive, so the
+    callback can run every epoch.
 
     Args:
         embeddings: ``(N, D)`` float; labels: ``(N,)`` int.
@@ -68,25 +70,16 @@ def full_set_average_precision(embeddings, labels, rows=None) -> np.ndarray:
     emb, lab = _check_inputs(embeddings, labels)
     rows = np.arange(len(lab)) if rows is None else np.asarray(rows, np.int64)
     out = np.full(len(rows), np.nan)
-    order = np.argsort(lab, kind="stable")
-    classes, starts = np.unique(lab[order], return_index=True)
-    members = dict(zip(classes.tolist(), np.split(order, starts[1:])))
-    for start in range(0, len(rows), _FULL_SET_ROWS):
-        chunk = rows[start : start + _FULL_SET_ROWS]
-        scores = emb[chunk] @ emb.T
-        # The query itself leaves the ranking: -inf sorts first and is never counted as >= a score.
-        scores[np.arange(len(chunk)), chunk] = -np.inf
-        ascending = np.sort(scores, axis=1)
-        num_items = scores.shape[1]
-        for i, q in enumerate(chunk):
-            positives = members[lab[q]]
-            positive_scores = np.sort(scores[i, positives[positives != q]])
-            if positive_scores.size == 0:
-                continue
-            # Pessimistic ties: every item scored >= a positive counts as ranked at or before it.
-            rank = num_items - np.searchsorted(ascending[i], positive_scores, side="left")
-            rank_plus = positive_scores.size - np.searchsorted(positive_scores, positive_scores, side="left")
-            out[start + i] = np.mean(rank_plus / rank)
+    done = 0
+    for block_rows, offsets, rank, rank_plus in iter_positive_ranks(
+        emb, emb, lab, lab, rows=rows, exclude_self=True, ties="pessimistic", max_rows=_FULL_SET_ROWS
+    ):
+        size = np.diff(offsets)
+        has = size > 0
+        if has.any():
+            sums = np.add.reduceat(rank_plus / rank, offsets[:-1][has])
+            out[done + np.flatnonzero(has)] = sums / size[has]
+        done += len(block_rows)
     return out
 
 

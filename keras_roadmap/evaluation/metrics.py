@@ -1,4 +1,5 @@
-"""Retrieval metrics (Recall@K, P@1, R-precision, MAP@R, mAP, MRR) from exact faiss k-NN.
+"""Retrieval metrics (Recall@K, P@1, R-precision, MAP@R, mAP, MRR), exact, from the ranks of the
+relevant references.
 
 Conventions follow the official ROADMAP evaluation (pytorch-metric-learning's
 `AccuracyCalculator` plus ROADMAP's `recall_at_k`):
@@ -8,26 +9,25 @@ Conventions follow the official ROADMAP evaluation (pytorch-metric-learning's
 * R = number of references sharing the query's label (class size - 1 in same-source mode). A
   query with R = 0 is "lone": it counts as a miss in Recall@K (ROADMAP's definition) and is left
   out of every other metric (pytorch-metric-learning's).
-* ties between equal scores are broken by reference index (a stable sort). faiss does not cut
-  ties that way, so rows with equal scores are reordered, and a query whose positive ties with
-  the k-th score is recounted exactly (below).
+* ties between equal scores are broken by reference index (a stable sort).
 
-Cost: one exact faiss search with k = max(max(ks), R_max, 100), in query chunks: O(chunk_size * k)
-memory on top of the index. P@1, R-precision, MAP@R, Recall@K and MRR come from that list. The
-full mAP needs the rank of every relevant reference: a query with a relevant reference beyond
-the k-th neighbour (usually few) has its full score row recomputed in small float32 blocks and
-sorted, and each positive's rank is read by binary search (O(N log N) per query); its metrics
-then all come from those exact ranks. No N x N matrix is ever held.
+Every metric is a function of the sorted ranks of the query's R relevant references (Recall@K:
+is the first one within K; AP: the mean of i / rank_i; ...), so no k-NN list is needed: the
+ranks come from `ranks.iter_positive_ranks`, one matrix product per block of queries plus a sort
+of the few references scoring above the query's worst positive (see that module). Memory: one
+128 MiB block of scores and its candidates; no N x N matrix is ever held.
+
+With `index=` (an approximate faiss index, see `keras_roadmap.indexing`) the metrics are read
+from the index's k-NN lists instead, to measure what the approximation costs.
 """
 
 import numpy as np
 
-from keras_roadmap.evaluation import checks, knn
+from keras_roadmap.evaluation import checks, knn, ranks
+from keras_roadmap.evaluation.progress import Progress
 
 DEFAULT_KS = (1, 2, 4, 8, 10, 16, 32, 100, 1000)
-# Bytes of float32 score rows recomputed at once for queries whose positives lie beyond the k-NN list.
-_FULL_ROW_BUDGET = 32 * 2**20  # held twice: the scores and their sorted copy
-# A deeper list costs little in faiss and spares most queries the exact full-row recount.
+# Neighbours listed per query when metrics come from an approximate index (Recall@1000 needs 1000).
 _MIN_SEARCH_K = 100
 
 
@@ -43,6 +43,8 @@ def retrieval_metrics(
     exclude_lone_from_recall: bool = False,
     return_per_query: bool = False,
     search_k: int | None = None,
+    index=None,
+    progress: bool | None = None,
 ):
     """Exact retrieval metrics of `query_embeddings` against `embeddings` (the references).
 
@@ -57,15 +59,21 @@ def retrieval_metrics(
         metric: "inner_product" (default: the score ROADMAP trains on; faiss `IndexFlatIP`) or
             "l2" (squared Euclidean, `IndexFlatL2`, what pytorch-metric-learning uses). They rank
             unit-norm embeddings identically (up to float32 rounding at near-ties).
-        chunk_size: queries searched at once (default 2048; memory O(chunk_size * k)); results
-            do not depend on it (except where float32 rounding reorders near-ties).
+        chunk_size: at most this many queries scored at once (default 2048; fewer when a
+            128 MiB block of scores holds fewer rows); results do not depend on it.
         exclude_lone_from_recall: False (default, ROADMAP): lone queries count as misses in
             `recall@K`. True: `recall@K` is averaged over non-lone queries only.
         return_per_query: also return a dict of per-query numpy arrays (see Returns).
-        search_k: neighbours listed per query by the faiss search (default
-            max(max(ks), largest R, 100), capped at the number of references). Any value >= 1
-            gives the same results: queries whose relevant references are not all listed are
-            recounted exactly from their full score row; a small value only shifts work there.
+        search_k: only with `index`: neighbours listed per query (default max(max(ks), 100),
+            capped at the number of references). Exact evaluation (no `index`) needs no list
+            and ignores it (it is still checked to be a positive int).
+        index: optional faiss index (or `keras_roadmap.indexing.RetrievalIndex`) holding
+            `embeddings` in the same order, e.g. an approximate IVF / HNSW index: the metrics
+            are then computed from its `search_k`-neighbour lists, positives outside a list
+            counting as not retrieved (so `map`, `r_precision` and `map@r` are lower bounds
+            of the exact values when R > search_k). Default None: exact.
+        progress: print a progress line on stderr: None (default) once the run has taken
+            more than 2 seconds, True always, False never.
 
     Returns:
         dict of python numbers: `recall@K` for each K, `precision@1`, `r_precision`, `map@r`,
@@ -74,15 +82,18 @@ def retrieval_metrics(
         With `return_per_query=True`, `(metrics, per_query)` where `per_query` holds float64 (Nq,)
         arrays `ap`, `ap_at_r`, `r_precision` (NaN for lone queries) and int64 (Nq,) arrays
         `num_relevant` (R) and `first_pos_rank` (1-based rank of the nearest relevant reference,
-        0 for lone queries).
+        0 for lone queries, and with `index` for queries without a positive in their list).
 
     Raises:
         ValueError: bad shapes, non-finite embeddings, non-integer labels, empty sets, invalid
-            `ks`/`metric`/`chunk_size`, or fewer than one reference per query.
+            `ks`/`metric`/`chunk_size`/`search_k`, an `index` not holding the N references,
+            or fewer than one reference per query.
     """
     metric = checks.as_metric(metric)
     ks = checks.as_ks(ks)
     chunk_size = checks.positive_int(chunk_size, "chunk_size")
+    if search_k is not None:
+        search_k = checks.positive_int(search_k, "search_k")
     references = checks.as_embeddings(embeddings, "embeddings")
     ref_labels = checks.as_labels(labels, references.shape[0], "labels")
     same_source = query_embeddings is None
@@ -104,48 +115,25 @@ def retrieval_metrics(
     if available < 1:
         raise ValueError("Same-source evaluation needs at least 2 embeddings (one query, one other reference).")
 
-    classes = _ReferenceClasses(ref_labels)
+    classes = ranks.ReferenceClasses(ref_labels)
     num_relevant = classes.count(q_labels) - (1 if same_source else 0)
-    if search_k is None:
-        search_k = max(ks[-1], int(num_relevant.max()), _MIN_SEARCH_K)
-    k = min(available, checks.positive_int(search_k, "search_k"))
-
     n_q = queries.shape[0]
-    ap = np.full(n_q, np.nan)
-    ap_at_r = np.full(n_q, np.nan)
-    r_prec = np.full(n_q, np.nan)
-    first_pos = np.zeros(n_q, np.int64)
-    recount = []
-    index = knn.build_index(references, metric)
-    positions = np.arange(1, k + 1)
-    for start, scores, neighbours in knn.iter_knn_chunks(index, queries, k, chunk_size, same_source):
-        stop = start + neighbours.shape[0]
-        if metric == "l2":
-            scores = -scores
-        neighbours = knn.order_ties_by_index(scores, neighbours)
-        r = num_relevant[start:stop]
-        rel = ref_labels[neighbours] == q_labels[start:stop, None]
-        hits = np.cumsum(rel, axis=1)
-        precision_at_hit = np.where(rel, hits / positions, 0.0)
-        within_r = positions <= r[:, None]
-        has_pos = r > 0
-        # A positive tied with the k-th score may have tied references cut off by the search
-        # (faiss does not cut ties by index); such queries are recounted exactly below.
-        boundary_tie = (rel & (scores == scores[:, -1:])).any(axis=1)
-        exact = has_pos & (hits[:, -1] == r) & ~boundary_tie
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r_prec[start:stop] = np.where(has_pos, (rel & within_r).sum(axis=1) / r, np.nan)
-            ap_at_r[start:stop] = np.where(has_pos, (precision_at_hit * within_r).sum(axis=1) / r, np.nan)
-            ap[start:stop] = np.where(exact, precision_at_hit.sum(axis=1) / r, np.nan)
-        first_pos[start:stop] = np.where(rel.any(axis=1), rel.argmax(axis=1) + 1, 0)
-        recount.append(start + np.flatnonzero(has_pos & ~exact))
+    per_query = {
+        "ap": np.full(n_q, np.nan),
+        "ap_at_r": np.full(n_q, np.nan),
+        "r_precision": np.full(n_q, np.nan),
+        "num_relevant": num_relevant,
+        "first_pos_rank": np.zeros(n_q, np.int64),
+    }
+    bar = Progress(n_q, "retrieval_metrics", progress)
+    if index is None:
+        _exact_per_query(queries, references, q_labels, ref_labels, classes, metric, same_source, chunk_size, per_query, bar)
+    else:
+        k = min(available, search_k or max(ks[-1], _MIN_SEARCH_K))
+        _listed_per_query(index, queries, q_labels, ref_labels, k, metric, same_source, chunk_size, per_query, bar)
+    bar.close()
 
-    recount = np.concatenate(recount)
-    if recount.size:
-        ranks = _positive_ranks(queries, references, q_labels, classes, recount, metric, same_source)
-        for q, rank in zip(recount, ranks):
-            ap[q], ap_at_r[q], r_prec[q], first_pos[q] = _metrics_from_ranks(rank)
-
+    first_pos = per_query["first_pos_rank"]
     lone = num_relevant == 0
     counted = ~lone
     results = {}
@@ -154,22 +142,16 @@ def retrieval_metrics(
         hit = (first_pos >= 1) & (first_pos <= kk)
         results[f"recall@{kk}"] = _mean(hit[recall_pool])
     results["precision@1"] = _mean(first_pos[counted] == 1)
-    results["r_precision"] = _mean(r_prec[counted])
-    results["map@r"] = _mean(ap_at_r[counted])
-    results["map"] = _mean(ap[counted])
-    results["mrr"] = _mean(1.0 / first_pos[counted])
+    results["r_precision"] = _mean(per_query["r_precision"][counted])
+    results["map@r"] = _mean(per_query["ap_at_r"][counted])
+    results["map"] = _mean(per_query["ap"][counted])
+    reciprocal = np.where(first_pos > 0, 1.0 / np.maximum(first_pos, 1), 0.0)
+    results["mrr"] = _mean(reciprocal[counted])
     results["num_queries"] = int(n_q)
     results["num_lone_queries"] = int(lone.sum())
     results["num_references"] = int(references.shape[0])
     if not return_per_query:
         return results
-    per_query = {
-        "ap": ap,
-        "ap_at_r": ap_at_r,
-        "r_precision": r_prec,
-        "num_relevant": num_relevant,
-        "first_pos_rank": first_pos,
-    }
     return results, per_query
 
 
@@ -178,76 +160,54 @@ def _mean(values) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-class _ReferenceClasses:
-    """Reference rows grouped by label: counts and the rows of any class, without N x N masks."""
+def _exact_per_query(queries, references, q_labels, ref_labels, classes, metric, same_source, chunk_size, out, bar):
+    """Fill `out`'s per-query arrays from the exact sorted ranks of every query's positives."""
+    for rows, offsets, rank, _ in ranks.iter_positive_ranks(
+        queries, references, q_labels, ref_labels, exclude_self=same_source, metric=metric,
+        max_rows=chunk_size, classes=classes,
+    ):
+        size = np.diff(offsets)
+        has = size > 0
+        if has.any():
+            starts = offsets[:-1][has]
+            r = size[has].astype(np.float64)
+            row_r = np.repeat(size, size)
+            precision = (np.arange(rank.size) - np.repeat(offsets[:-1], size) + 1) / rank
+            within_r = rank <= row_r
+            q = rows[has]
+            out["ap"][q] = np.add.reduceat(precision, starts) / r
+            out["ap_at_r"][q] = np.add.reduceat(np.where(within_r, precision, 0.0), starts) / r
+            out["r_precision"][q] = np.add.reduceat(within_r.astype(np.float64), starts) / r
+            out["first_pos_rank"][q] = rank[starts]
+        bar.update(len(rows))
 
-    def __init__(self, ref_labels: np.ndarray):
-        self.order = np.argsort(ref_labels, kind="stable")
-        self.unique, self.starts, self.counts = np.unique(
-            ref_labels[self.order], return_index=True, return_counts=True
+
+def _listed_per_query(index, queries, q_labels, ref_labels, k, metric, same_source, chunk_size, out, bar):
+    """Fill `out`'s per-query arrays from the `k`-neighbour lists of `index` (positives outside
+    a list count as not retrieved)."""
+    ntotal = getattr(index, "ntotal", None)
+    if ntotal != ref_labels.shape[0]:
+        raise ValueError(
+            f"`index` holds {ntotal} vectors but `embeddings` has {ref_labels.shape[0]} rows; it must hold "
+            "exactly the references, in the same order (build it with keras_roadmap.indexing.build_index)."
         )
-
-    def _slot(self, labels: np.ndarray):
-        slot = np.minimum(np.searchsorted(self.unique, labels), len(self.unique) - 1)
-        return slot, self.unique[slot] == labels
-
-    def count(self, labels: np.ndarray) -> np.ndarray:
-        slot, found = self._slot(labels)
-        return np.where(found, self.counts[slot], 0).astype(np.int64)
-
-    def rows(self, label) -> np.ndarray:
-        slot, found = self._slot(np.asarray([label]))
-        if not found[0]:
-            return np.empty(0, np.int64)
-        start = self.starts[slot[0]]
-        return self.order[start : start + self.counts[slot[0]]]
-
-
-def _metrics_from_ranks(rank: np.ndarray) -> tuple[float, float, float, int]:
-    """(AP, AP@R, R-precision, first positive rank) from the sorted 1-based ranks of all R positives."""
-    r = len(rank)
-    precision = np.arange(1, r + 1) / rank
-    within_r = rank <= r
-    return float(precision.mean()), float(precision[within_r].sum() / r), float(within_r.sum() / r), int(rank[0])
-
-
-def _positive_ranks(queries, references, q_labels, classes, rows, metric, same_source):
-    """Sorted exact ranks of every relevant reference of each query in `rows`, from its full score row.
-
-    Scores are recomputed in float32 blocks of at most _FULL_ROW_BUDGET bytes and each row is
-    sorted (numpy's SIMD sort is several times faster than counting with a per-row binary search
-    of the unsorted row). The rank of a positive j is 1 + #{refs scoring higher} + #{refs tied
-    with it and of smaller index}.
-    """
-    n_ref = references.shape[0]
-    block = max(1, _FULL_ROW_BUDGET // (4 * n_ref))
-    sq_norms = np.einsum("ij,ij->i", references, references) if metric == "l2" else None
-    ranks = []
-    for b in range(0, len(rows), block):
-        ids = rows[b : b + block]
-        scores = queries[ids] @ references.T
+    r_all = out["num_relevant"]
+    positions = np.arange(1, k + 1)
+    for start, scores, neighbours in knn.iter_knn_chunks(index, queries, k, chunk_size, same_source):
+        stop = start + neighbours.shape[0]
         if metric == "l2":
-            # Larger is nearer: -(|q|^2 + |r|^2 - 2 q.r) without the per-query constant.
-            scores *= 2.0
-            scores -= sq_norms
-        if same_source:
-            scores[np.arange(len(ids)), ids] = -np.inf
-        ascending = np.sort(scores, axis=1)
-        for local, q in enumerate(ids):
-            positives = classes.rows(q_labels[q])
-            if same_source:
-                positives = positives[positives != q]
-            ranks.append(_ranks_in_row(scores[local], ascending[local], positives))
-    return ranks
-
-
-def _ranks_in_row(row: np.ndarray, ascending: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """Sorted 1-based ranks of `positives` (reference rows) given their score `row` and its sorted copy."""
-    pos_scores = row[positives]
-    not_below = np.searchsorted(ascending, pos_scores, side="right")
-    rank = row.size - not_below + 1
-    tied = not_below - np.searchsorted(ascending, pos_scores, side="left") > 1
-    # Another reference shares a positive's score: those of smaller index rank before it.
-    for i in np.flatnonzero(tied):
-        rank[i] += np.count_nonzero(np.flatnonzero(row == pos_scores[i]) < positives[i])
-    return np.sort(rank)
+            scores = -scores
+        neighbours = knn.order_ties_by_index(scores, neighbours)
+        r = r_all[start:stop]
+        # faiss pads a short list (an approximate index may find fewer than k) with -1.
+        rel = (neighbours >= 0) & (ref_labels[np.maximum(neighbours, 0)] == q_labels[start:stop, None])
+        hits = np.cumsum(rel, axis=1)
+        precision_at_hit = np.where(rel, hits / positions, 0.0)
+        within_r = positions <= r[:, None]
+        has_pos = r > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["r_precision"][start:stop] = np.where(has_pos, (rel & within_r).sum(axis=1) / r, np.nan)
+            out["ap_at_r"][start:stop] = np.where(has_pos, (precision_at_hit * within_r).sum(axis=1) / r, np.nan)
+            out["ap"][start:stop] = np.where(has_pos, precision_at_hit.sum(axis=1) / r, np.nan)
+        out["first_pos_rank"][start:stop] = np.where(rel.any(axis=1), rel.argmax(axis=1) + 1, 0)
+        bar.update(stop - start)
