@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_roadmap import distributed
+from keras_roadmap import _keras_compat, distributed
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -154,7 +154,7 @@ class RetrievalTrainer(keras.Model):
             self.memory_tracker.update_state(terms["memory_loss"] * replicas)
         self.total_tracker.update_state(terms["total"] * replicas)
         self.batch_tracker.update_state(terms["batch_loss"] * replicas)
-        return {m.name: m.result() for m in self.metrics}
+        return _keras_compat.logs_for_multi_worker_reduce({m.name: m.result() for m in self.metrics})
 
     def _objective(self, labels, sample_ids, embeddings, context):
         """Loss terms of ``embeddings`` ``(B, D)`` float32 (differentiable), and the new memory.
@@ -265,7 +265,15 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * distributed.num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker}
+        return _keras_compat.logs_for_multi_worker_reduce(
+            {m.name: m.result() for m in self.metrics if m is not self.memory_tracker}
+        )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 cannot build from a multi-worker distributed batch (see _keras_compat).
+        return _keras_compat.symbolic_build_from_local_batch(
+            self, iterator=iterator, data_batch=data_batch, fallback=super()._maybe_symbolic_build
+        )
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
