@@ -1,16 +1,19 @@
-"""keras-roadmap: ROADMAP (Ramzi et al., NeurIPS 2021) for Keras 3 / TensorFlow.
+"""keras-roadmap: ROADMAP (Ramzi et al., NeurIPS 2021) for Keras 3 (TensorFlow, JAX or PyTorch backend).
 
     from keras_roadmap import ROADMAPLoss
     model.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=True)
 
 The modules that define Keras-serializable objects (losses, memory, trainer, models,
 optimisers) are imported with the package, so ``keras.models.load_model`` finds them after a
-plain ``import keras_roadmap``. Data, samplers, evaluation and export load on first access.
+plain ``import keras_roadmap``; none of them imports TensorFlow, so the package imports with
+only keras + numpy + faiss under ``KERAS_BACKEND=jax`` or ``torch``. Data, samplers, evaluation
+and export load on first access; the names that need TensorFlow (tf.data pipelines, export,
+``keras_roadmap.distributed``) say so when it is missing.
 """
 
 import importlib
 
-# Registers the serializable classes with Keras (this imports TensorFlow).
+# Registers the serializable classes with Keras (none of these modules imports TensorFlow).
 from keras_roadmap import losses, memory, models, optim, trainer  # noqa: F401
 
 __version__ = "0.1.0"
@@ -74,7 +77,16 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        try:
+            value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        except ModuleNotFoundError as error:
+            if error.name != "tensorflow":
+                raise
+            raise ModuleNotFoundError(
+                f"keras_roadmap.{name} needs TensorFlow (tf.data pipelines, SavedModel/ONNX export and "
+                "tf.distribute are TensorFlow-based): pip install 'keras-roadmap[tensorflow]'.",
+                name="tensorflow",
+            ) from error
         globals()[name] = value
         return value
     raise AttributeError(f"module 'keras_roadmap' has no attribute {name!r}")

@@ -29,8 +29,16 @@ TensorFlow itself (a replica's variable accessed from another device), with any 
 default ``jit_compile="auto"`` turns XLA off under a distribution strategy.
 """
 
-import tensorflow as tf
 from keras import ops
+
+try:
+    import tensorflow as tf
+except ModuleNotFoundError as error:  # the package itself imports without TensorFlow
+    raise ModuleNotFoundError(
+        "keras_roadmap.distributed is tf.distribute support and needs TensorFlow: "
+        "pip install 'keras-roadmap[tensorflow]' (with KERAS_BACKEND=jax, use keras.distribution).",
+        name="tensorflow",
+    ) from error
 
 
 def replica_context():

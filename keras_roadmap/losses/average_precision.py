@@ -143,15 +143,18 @@ def ap_sums(
         max_chunks = -(-int(num_queries) * int(num_items) // chunk)
     batch = ops.shape(scores)[0]
 
-    def ranks(i):
+    # The chunk function takes the scores as an argument: inside ops.custom_gradient it must see
+    # the custom-gradient input, never the outer `scores` (under JAX a captured outer tensor is a
+    # leaked tracer: jax.grad raises UnexpectedTracerError).
+    def ranks(scores_now, i):
         return _chunk_ranks(
-            scores, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, i * chunk, chunk, pos_step, neg_step
+            scores_now, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, i * chunk, chunk, pos_step, neg_step
         )
 
     @ops.custom_gradient
     def _ap_sums(scores_in):
         def forward_body(i, total):
-            query, valid, _, rank_plus, rank, *_ = ranks(i)
+            query, valid, _, rank_plus, rank, *_ = ranks(scores_in, i)
             return i + 1, total + ops.segment_sum(valid * rank_plus / rank, query, num_segments=batch)
 
         _, total = ops.while_loop(
@@ -167,7 +170,7 @@ def ap_sums(
             upstream = ops.cast(upstream, scores_in.dtype)
 
             def backward_body(i, dscores):
-                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(i)
+                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(scores_in, i)
                 coef = ops.take(upstream, query) * valid / rank
                 # d(rank+/rank) = d(rank+) (1/rank - rank+/rank^2) - d(rank_negatives) rank+/rank^2
                 dt = ops.expand_dims(-coef * rank_plus / rank, 1) * neg_deriv * negatives
