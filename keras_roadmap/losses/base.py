@@ -153,7 +153,7 @@ def sum_of_ratios(terms, counts=None):
     total = 0.0
     for k, (weight, numerator, count) in enumerate(terms):
         count = ops.stop_gradient(ops.cast(count if counts is None else counts[k], numerator.dtype))
-        total = total + weight * numerator / ops.maximum(count, 1.0)
+        total = total + weight * numerator / _inputs.floor_at(count, 1.0)
     return total
 
 
@@ -183,7 +183,12 @@ class Pairs:
     def scores(self):
         """``(B, N)`` dot products ``embeddings @ ref_embeddings.T`` (as the paper's code)."""
         if self._scores is None:
-            self._scores = ops.matmul(self.embeddings, ops.transpose(self.ref_embeddings))
+            if keras.backend.backend() == "torch":
+                # Keras 3.15's torch matmul computes float64 inputs in float32 (its result_type
+                # promotes to floatx); torch.einsum keeps the inputs' dtype.
+                self._scores = ops.einsum("bd,nd->bn", self.embeddings, self.ref_embeddings)
+            else:
+                self._scores = ops.matmul(self.embeddings, ops.transpose(self.ref_embeddings))
         return self._scores
 
     def same_label(self):

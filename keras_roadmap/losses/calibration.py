@@ -10,6 +10,8 @@ embeddings are L2-normalised first whatever the model outputs.
 import keras
 from keras import ops
 
+from keras_roadmap.losses import _inputs
+
 from keras_roadmap.losses.base import RetrievalLoss
 
 NORM_EPSILON = 1e-12
@@ -17,7 +19,7 @@ NORM_EPSILON = 1e-12
 
 def inverse_norm(x):
     """``1 / max(||row||, 1e-12)`` of each row, ``(n,)`` (torch.nn.functional.normalize's guard)."""
-    return 1.0 / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
+    return 1.0 / _inputs.floor_at(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
 
 
 def calibration_terms(cosine, same_label, pair_mask, pos_margin, neg_margin):
