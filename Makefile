@@ -15,4 +15,5 @@ quickstart: $(PY)
 
 test: $(PY)
 	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) tests/backend_venvs.py jax torch   # .venv-jax, .venv-torch: no TensorFlow (tests/test_backends.py)
 	$(PY) -m pytest -q tests
