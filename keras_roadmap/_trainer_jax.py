@@ -10,6 +10,8 @@ import jax
 import keras
 from keras import ops
 
+from keras_roadmap import _keras_compat
+
 
 def _run_stateless(variables, values, fn, collect_losses=False):
     """``(fn(), new values of variables, scope.losses)`` with ``variables`` bound to ``values``."""
@@ -69,7 +71,7 @@ def _stateless_forward(trainer, variables, values, inputs):
 
     def forward():
         embeddings = ops.cast(trainer.encoder(inputs, training=True), "float32")
-        penalties = [ops.cast(l, "float32") for l in trainer._get_regularization_losses()]
+        penalties = [ops.cast(l, "float32") for l in _keras_compat.regularization_losses(trainer)]
         return embeddings, penalties
 
     (embeddings, penalties), new, losses = _run_stateless(variables, values, forward, collect_losses=True)
@@ -126,7 +128,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trai
         grads = [g + c for g, c in zip(grads, chunk_grads)]
 
     # Weight penalties once (not once per chunk).
-    if trainer._get_regularization_losses():
+    if _keras_compat.regularization_losses(trainer):
 
         def penalty_of(t_values):
             out, _, _ = _run_stateless(

@@ -77,7 +77,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
     zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
     _, *gradients = tf.while_loop(lambda i, *_: i < num_chunks, backward, (tf.constant(0),) + zeros)
 
-    if trainer._get_regularization_losses():
+    if _keras_compat.regularization_losses(trainer):
         with tf.GradientTape() as reg_tape:
             penalty = trainer._weight_penalty()
             scaled = trainer._scale_loss(penalty)

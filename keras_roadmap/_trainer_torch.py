@@ -4,6 +4,8 @@ import keras
 import torch
 from keras import ops
 
+from keras_roadmap import _keras_compat
+
 
 def train_step(trainer, data):
     x, labels, sample_ids = trainer._unpack(data)
@@ -47,7 +49,7 @@ def _cached_backward(trainer, x, labels, sample_ids):
     for s in starts:
         out = trainer.encoder(chunk(s), training=True)
         torch.autograd.backward(out, grad_tensors=cached[s : s + trainer.chunk_size].to(out.dtype))
-    if trainer._get_regularization_losses():
+    if _keras_compat.regularization_losses(trainer):
         penalty = trainer._weight_penalty()
         trainer._scale_loss(penalty).backward()
         terms["total"] = terms["total"] + penalty

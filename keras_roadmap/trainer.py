@@ -22,6 +22,7 @@ import numbers
 
 import keras
 from keras import ops
+from keras_roadmap import _keras_compat
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -147,7 +148,7 @@ class RetrievalTrainer(keras.Model):
 
     def _weight_penalty(self):
         """Sum of the weight regularizers (float32 scalar), this replica's share."""
-        penalties = [ops.cast(l, "float32") for l in self._get_regularization_losses()]
+        penalties = [ops.cast(l, "float32") for l in _keras_compat.regularization_losses(self)]
         return self._replica_share(ops.sum(ops.stack(penalties)))
 
     def _update_trackers(self, terms, replicas=1):

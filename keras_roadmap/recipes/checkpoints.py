@@ -15,14 +15,13 @@ import pathlib
 
 import keras
 
-# File names inside a BackupAndRestore directory (keras 3.x `BackupAndRestore`).
-BACKUP_METADATA = "training_metadata.json"
+from keras_roadmap import _keras_compat
 
 
 def backup_epoch(backup_dir) -> int:
     """Epoch a `BackupAndRestore(backup_dir)` run resumes from: the number of completed epochs
     it saved (0 when there is no backup). An interrupted epoch restarts from its beginning."""
-    path = pathlib.Path(backup_dir) / BACKUP_METADATA
+    path = _keras_compat.backup_metadata_path(backup_dir)
     if not path.is_file():
         return 0
     try:

@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 
+from keras_roadmap import _keras_compat
 from keras_roadmap.data.split import DatasetFormatError
 from keras_roadmap.recipes import assembly
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
@@ -166,7 +167,7 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     backup_dir = out / "backup"
     first_epoch = backup_epoch(backup_dir)
-    if require_backup and not (backup_dir / "latest.weights.h5").is_file():
+    if require_backup and not _keras_compat.backup_weights_path(backup_dir).is_file():
         raise FileNotFoundError(f"--resume: no backup to continue from in {backup_dir}.")
     keras.utils.set_random_seed(config.seed)
     policy = _setup_precision(config)
@@ -218,13 +219,6 @@ def float32_embedder(config: RecipeConfig, source):
     return copy
 
 
-def embed(model, dataset):
-    """(N, D) float32 embeddings of an eval dataset of `(images, labels)` batches, in order."""
-    import numpy as np
-
-    return np.concatenate([np.asarray(model.predict_on_batch(x), dtype="float32") for x, _ in dataset])
-
-
 def test_table(config: RecipeConfig, embedder, splits):
     """Retrieval metrics of `embedder` on the test split(s).
 
@@ -233,11 +227,11 @@ def test_table(config: RecipeConfig, embedder, splits):
         map@r, ...) and `{"gallery": (N, D), "query": (Nq, D) or None}` float32 embeddings.
     """
     from keras_roadmap.data import make_eval_dataset
-    from keras_roadmap.evaluation import retrieval_metrics
+    from keras_roadmap.evaluation import embed, retrieval_metrics
 
     def embed_split(split):
         ds = make_eval_dataset(split, config.evaluation["batch_size"], image_size=config.image_size, resize_size=config.eval_resize)
-        return embed(embedder, ds)
+        return embed(embedder, ds, name=split.name)[0]
 
     gallery = embed_split(splits.gallery)
     kwargs = {}
@@ -368,7 +362,7 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         )
     elif not data_dir:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
-    if args.resume and not (out / "backup" / "latest.weights.h5").is_file():
+    if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
         parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
