@@ -16,4 +16,8 @@ quickstart: $(PY)
 
 test: $(PY)
 	$(PY) -m pip install -q -e ".[all,test]"
+	# torch 2.14's wheel pulls triton (GPU kernels only), whose native module crashes when it is
+	# loaded after TensorFlow in one process; nothing on the CPU needs it.
+	$(PY) -m pip uninstall -q -y triton
+	$(PY) tests/backend_venvs.py jax torch   # .venv-jax, .venv-torch: no TensorFlow (tests/test_backends.py)
 	$(PY) -m pytest -q tests

@@ -5,8 +5,13 @@ memory can be read on its own (peak RSS minus the RSS right before the first los
 
     python benchmarks/loss_speed.py                    # B in 128 256 384 512, D = 512
     python benchmarks/loss_speed.py --sizes 128 384 --dim 512 --repeats 20
+    python benchmarks/loss_speed.py --backend tensorflow jax torch   # one table per backend
 
-Ratios are "naive dense XLA time / ours", measured in the same run.
+Ratios are "naive dense XLA time / ours", measured in the same run; with several backends, each
+backend's times are also divided by the TensorFlow run of the same invocation. A backend runs
+with ``.venv-<backend>/bin/python`` when that venv exists (the test venvs, no TensorFlow), else
+with this interpreter. "XLA" is ``tf.function(jit_compile=True)`` on TensorFlow, ``jax.jit`` on
+JAX; torch has no XLA here (eager autograd only).
 """
 
 import argparse
@@ -19,7 +24,6 @@ WORKER = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
-import tensorflow as tf
 import keras
 from keras import ops
 from keras_roadmap import ROADMAPLoss
@@ -59,50 +63,87 @@ loss_obj = ROADMAPLoss()
 loss_fn = naive_dense_roadmap if impl == "naive" else (lambda y, e: loss_obj(y, e))
 
 
-def step(labels, emb):
-    with tf.GradientTape() as tape:
-        tape.watch(emb)
-        value = loss_fn(labels, emb)
-    return value, tape.gradient(value, emb)
-
-
-if mode == "xla":
-    step = tf.function(step, jit_compile=True)
-elif mode == "graph":
-    step = tf.function(step)
-
+backend = keras.backend.backend()
 rng = np.random.default_rng(0)
-labels = tf.constant(np.repeat(np.arange(batch // per_class), per_class).astype("int64"))
-emb = rng.normal(size=(batch, dim)).astype("float32")
-emb = tf.constant((emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype("float16" if "16" in dtype else "float32"))
+labels_np = np.repeat(np.arange(batch // per_class), per_class).astype("int64")
+emb_np = rng.normal(size=(batch, dim)).astype("float32")
+emb_np = (emb_np / np.linalg.norm(emb_np, axis=1, keepdims=True)).astype("float16" if "16" in dtype else "float32")
+
+if backend == "tensorflow":
+    import tensorflow as tf
+
+    def step(labels, emb):
+        with tf.GradientTape() as tape:
+            tape.watch(emb)
+            value = loss_fn(labels, emb)
+        return value, tape.gradient(value, emb)
+
+    if mode == "xla":
+        step = tf.function(step, jit_compile=True)
+    elif mode == "graph":
+        step = tf.function(step)
+    labels, emb = tf.constant(labels_np), tf.constant(emb_np)
+elif backend == "jax":
+    import jax
+
+    step = jax.value_and_grad(lambda e, labels: loss_fn(labels, e))
+    step = (lambda f: (lambda labels, emb: f(emb, labels)))(jax.jit(step) if mode == "xla" else step)
+    labels, emb = jax.numpy.asarray(labels_np), jax.numpy.asarray(emb_np)
+else:
+    import torch
+
+    if mode == "xla":
+        raise SystemExit("no XLA on torch")
+
+    def step(labels, emb):
+        emb = emb.detach().requires_grad_(True)
+        value = loss_fn(labels, emb)
+        value.backward()
+        return value.detach(), emb.grad
+
+    labels, emb = torch.tensor(labels_np), torch.tensor(emb_np)
+
+
+def to_numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
 
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 value, grad = step(labels, emb)
-grad.numpy()
+to_numpy(grad)
 first = time.perf_counter() - t0
 times = []
 for _ in range(repeats):
     t0 = time.perf_counter()
     value, grad = step(labels, emb)
-    grad.numpy()
+    to_numpy(grad)
     times.append(time.perf_counter() - t0)
 rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({
     "ms": 1000 * float(np.median(times)),
     "first_s": first,
     "peak_mib": (rss_after - rss_before) / 1024.0,
-    "loss": float(value),
-    "finite_grad": bool(np.all(np.isfinite(grad.numpy()))),
+    "loss": float(to_numpy(value)),
+    "finite_grad": bool(np.all(np.isfinite(to_numpy(grad)))),
 }))
 """
 
 
-def run(impl, mode, batch, dim, repeats, per_class, dtype="float32"):
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python_for(backend):
+    venv = os.path.join(ROOT, f".venv-{backend}", "bin", "python")
+    return venv if backend != "tensorflow" and os.path.exists(venv) else sys.executable
+
+
+def run(impl, mode, batch, dim, repeats, per_class, dtype="float32", backend="tensorflow"):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env["KERAS_BACKEND"] = backend
     proc = subprocess.run(
-        [sys.executable, "-c", WORKER, impl, mode, str(batch), str(dim), str(repeats), str(per_class), dtype],
+        [python_for(backend), "-c", WORKER, impl, mode, str(batch), str(dim), str(repeats), str(per_class), dtype],
         capture_output=True,
         text=True,
         env=env,
@@ -123,7 +164,10 @@ def main(argv=None):
     parser.add_argument("--naive-max", type=int, default=512, help="largest B for the naive dense baseline")
     parser.add_argument("--mixed", action="store_true", help="also time XLA under mixed_float16 / mixed_bfloat16")
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--backend", nargs="+", default=["tensorflow"], choices=["tensorflow", "jax", "torch"])
     args = parser.parse_args(argv)
+    if len(args.backend) > 1 or args.backend != ["tensorflow"]:
+        return compare_backends(args)
 
     header = "| B | ours eager ms | ours XLA ms | ours XLA peak MiB | naive dense XLA ms | naive peak MiB | speed-up (naive / ours XLA) |"
     print(f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median of {args.repeats}")
@@ -159,6 +203,42 @@ def main(argv=None):
         print("\nXLA under mixed precision (ms): " + ", ".join(
             f"B={r['batch']}: f16 {r['ours_xla_mixed_float16'].get('ms', float('nan')):.1f} / bf16 {r['ours_xla_mixed_bfloat16'].get('ms', float('nan')):.1f}"
             for r in results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def compare_backends(args):
+    """One table per backend: ours (eager, XLA) and the naive dense XLA baseline, and ratios to TF."""
+    backends = ["tensorflow"] + [b for b in args.backend if b != "tensorflow"]  # TF first: the reference
+    results = {}
+    for backend in backends:
+        rows = []
+        for b in args.sizes:
+            row = {"batch": b}
+            row["eager"] = run("ours", "eager", b, args.dim, max(3, args.repeats // 3), args.per_class, backend=backend) if b <= args.eager_max else {}
+            row["xla"] = run("ours", "xla", b, args.dim, args.repeats, args.per_class, backend=backend) if backend != "torch" else {}
+            row["naive"] = run("naive", "xla" if backend != "torch" else "eager", b, args.dim, args.repeats, args.per_class, backend=backend) if b <= args.naive_max else {}
+            rows.append(row)
+        results[backend] = rows
+
+    def ms(r):
+        return r.get("ms") if r else None
+
+    print(f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median ms of {args.repeats}; "
+          "x = this backend's time / TensorFlow's (same mode, same run)")
+    print("| backend | B | ours eager ms | ours XLA ms | naive dense ms (XLA; torch eager) | ours eager / TF | ours XLA / TF |")
+    print("|" + "---|" * 7)
+    for backend in backends:
+        for row, ref in zip(results[backend], results["tensorflow"]):
+            def cell(r):
+                return "-" if not r else (f"{r['ms']:.1f}" if "ms" in r else "failed: " + r["error"])
+
+            def ratio(a, b):
+                return f"{ms(a) / ms(b):.2f}x" if ms(a) and ms(b) else "-"
+
+            print(f"| {backend} | {row['batch']} | {cell(row['eager'])} | {cell(row['xla'])} | {cell(row['naive'])} | "
+                  f"{ratio(row['eager'], ref['eager'])} | {ratio(row['xla'], ref['xla'])} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -1,4 +1,4 @@
-"""keras-roadmap: ROADMAP (Ramzi et al., NeurIPS 2021) for Keras 3 / TensorFlow.
+"""keras-roadmap: ROADMAP (Ramzi et al., NeurIPS 2021) for Keras 3 (TensorFlow, JAX or PyTorch backend).
 
     from keras_roadmap import ROADMAPLoss
     model.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=True)
@@ -7,7 +7,10 @@
 answers ``--help`` at once): every public name and submodule loads on first access. The first
 access of any public name also imports the modules that register our Keras-serializable classes
 (losses, memory, trainer, models, optimisers), so ``keras.models.load_model`` finds them; when
-Keras is already imported, ``import keras_roadmap`` registers them at once.
+Keras is already imported, ``import keras_roadmap`` registers them at once. None of them imports
+TensorFlow, so the package works with only keras + numpy + faiss under ``KERAS_BACKEND=jax`` or
+``torch``; the names that need TensorFlow (tf.data pipelines, export, ``keras_roadmap.distributed``)
+say so when it is missing.
 """
 
 import importlib
@@ -88,7 +91,16 @@ def __getattr__(name):
         return importlib.import_module(f"keras_roadmap.{name}")
     if name in _EXPORTS:
         _register_serializables()
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        try:
+            value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        except ModuleNotFoundError as error:
+            if error.name != "tensorflow":
+                raise
+            raise ModuleNotFoundError(
+                f"keras_roadmap.{name} needs TensorFlow (tf.data pipelines, SavedModel/ONNX export and "
+                "tf.distribute are TensorFlow-based): pip install 'keras-roadmap[tensorflow]'.",
+                name="tensorflow",
+            ) from error
         globals()[name] = value
         return value
     raise AttributeError(f"module 'keras_roadmap' has no attribute {name!r}")

@@ -34,8 +34,16 @@ TensorFlow itself (a replica's variable accessed from another device), with any 
 default ``jit_compile="auto"`` turns XLA off under a distribution strategy.
 """
 
-import tensorflow as tf
 from keras import ops
+
+try:
+    import tensorflow as tf
+except ModuleNotFoundError as error:  # the package itself imports without TensorFlow
+    raise ModuleNotFoundError(
+        "keras_roadmap.distributed is tf.distribute support and needs TensorFlow: "
+        "pip install 'keras-roadmap[tensorflow]' (with KERAS_BACKEND=jax, use keras.distribution).",
+        name="tensorflow",
+    ) from error
 
 
 def replica_context():
@@ -58,9 +66,16 @@ def num_replicas():
     return 1 if context is None else int(context.num_replicas_in_sync)
 
 
+def _collective_input(value):
+    # Under MultiWorkerMirroredStrategy inside tf.function, a collective on a tensor that is a
+    # function input (no device placement yet, e.g. labels straight from the dataset) fails with
+    # "destinations can not be empty" (cross_device_ops.py); an identity gives it the replica's device.
+    return tf.identity(value)
+
+
 def gather(context, value):
     """``value`` of every replica concatenated on axis 0, in replica order (differentiable)."""
-    return context.all_gather(value, axis=0)
+    return context.all_gather(_collective_input(value), axis=0)
 
 
 def global_rows(context, local_size):
@@ -70,10 +85,31 @@ def global_rows(context, local_size):
     batches (a last partial batch split unevenly) still index the right rows.
     """
     local_size = ops.cast(local_size, "int32")
-    sizes = context.all_gather(ops.reshape(local_size, (1,)), axis=0)
+    sizes = gather(context, ops.reshape(local_size, (1,)))
     replica = ops.cast(context.replica_id_in_sync_group, "int32")
     offset = ops.sum(ops.where(ops.arange(ops.shape(sizes)[0], dtype="int32") < replica, sizes, 0))
     return offset + ops.arange(local_size, dtype="int32")
+
+
+def multi_worker_fit_fix(model):
+    """Makes ``model.fit`` / ``evaluate`` of a plain Keras model work under ``MultiWorkerMirroredStrategy``.
+
+    Keras 3.15 fails there even for ``loss="mse"`` (its symbolic build reduces a ``PerReplica``
+    batch; its logging reduces 0-d values over axis 0); see :mod:`keras_roadmap._keras_compat`.
+    Call it once on the model, inside or after ``strategy.scope()``, before ``fit``::
+
+        with strategy.scope():
+            model = build_model()
+            model.compile(optimizer="adam", loss=ROADMAPLoss())
+        multi_worker_fit_fix(model)
+        model.fit(dataset, ...)
+
+    Returns the same model (patched in place; a no-op outside multi-worker mode and when applied
+    twice). :class:`~keras_roadmap.RetrievalTrainer` needs no such call.
+    """
+    from keras_roadmap import _keras_compat
+
+    return _keras_compat.patch_model_for_multi_worker(model)
 
 
 def ratio_terms(loss, pairs):
@@ -93,7 +129,7 @@ def combine_ratios(loss, terms, context=None):
     if context is None:
         return loss.sum_of_ratios(terms)
     counts = ops.stack([ops.cast(count, terms[0][1].dtype) for _, _, count in terms])
-    counts = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.stop_gradient(counts))
+    counts = context.all_reduce(tf.distribute.ReduceOp.SUM, _collective_input(ops.stop_gradient(counts)))
     return loss.sum_of_ratios(terms, counts=[counts[k] for k in range(len(terms))])
 
 

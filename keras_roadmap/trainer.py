@@ -1,6 +1,9 @@
 """``RetrievalTrainer``: ``model.fit`` for embedders, with an optional cross-batch memory.
 
-TensorFlow-specific (``tf.GradientTape`` in ``train_step``). The trainer wraps an encoder
+Backend-neutral: the loss terms and the memory update are ``keras.ops``; ``train_step`` differs
+per backend where it must (``_trainer_tf``: ``tf.GradientTape`` and ``tf.distribute``;
+``_trainer_jax``: a stateless step with ``jax.value_and_grad``; ``_trainer_torch``: autograd).
+Importing this module does not import TensorFlow. The trainer wraps an encoder
 (any Keras model mapping inputs to ``(B, D)`` embeddings) rather than subclassing it, so the
 encoder stays a plain model that saves, reloads and exports on its own.
 
@@ -18,10 +21,8 @@ same code ranks against the global batch and keeps the memory identical on every
 import numbers
 
 import keras
-import tensorflow as tf
 from keras import ops
-
-from keras_roadmap import _keras_compat, distributed
+from keras_roadmap import _keras_compat
 from keras_roadmap.collapse import LastValue, mean_pairwise_cosine
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
@@ -132,35 +133,33 @@ class RetrievalTrainer(keras.Model):
         labels, _ = split_targets(y)
         return self._retrieval_loss()(labels, y_pred)
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One step. TensorFlow / torch: ``train_step(data)``; JAX: ``train_step(state, data)``."""
+        return _backend_steps().train_step(self, *args)
+
+    def _unpack(self, data):
+        """``(x, labels, sample_ids or None)`` of a batch; sample weights are rejected."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("RetrievalTrainer does not support sample weights (AP is not a per-example mean).")
         labels, sample_ids = split_targets(y)
-        context = distributed.replica_context()
-        variables = self.trainable_variables
-        if hasattr(self.loss, "set_step_counter"):
-            # ROADMAPLoss(calibration_warmup_steps=...) ramps with the optimizer's step count,
-            # which checkpoints save: a resumed run continues the ramp.
-            self.loss.set_step_counter(self.optimizer.iterations)
-        if self.chunk_size is None:
-            with tf.GradientTape() as tape:
-                embeddings = ops.cast(self.encoder(x, training=True), "float32")
-                terms = self._objective(labels, sample_ids, embeddings, context)
-                total = terms["total"]
-                if self.losses:
-                    total = total + _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses])))
-                scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
-            gradients = tape.gradient(scaled, variables)
-            terms["total"] = total
-        else:
-            gradients, terms = self._cached_gradients(x, labels, sample_ids, context, variables)
-        self.optimizer.apply(gradients, variables)
-        # Each replica holds its share of the global loss (the shares sum to it); the trackers
-        # average over replicas, so they get share * replicas, as Keras' own loss tracker does.
-        replicas = 1 if context is None else context.num_replicas_in_sync
+        return x, labels, sample_ids
+
+    def _scale_loss(self, loss):
+        return self.optimizer.scale_loss(loss) if hasattr(self.optimizer, "scale_loss") else loss
+
+    def _replica_share(self, value):
+        """A per-replica value (e.g. a weight penalty) scaled so the replicas' gradients sum to it once."""
+        return value / _num_replicas()
+
+    def _weight_penalty(self):
+        """Sum of the weight regularizers (float32 scalar), this replica's share."""
+        penalties = [ops.cast(l, "float32") for l in _keras_compat.regularization_losses(self)]
+        return self._replica_share(ops.sum(ops.stack(penalties)))
+
+    def _update_trackers(self, terms, replicas=1):
+        """Updates the loss trackers with a step's terms; returns the logs."""
         if self.memory is not None:
-            self.memory.assign_state(terms["state"])
             self.memory_tracker.update_state(terms["memory_loss"] * replicas)
         self.total_tracker.update_state(terms["total"] * replicas)
         self.batch_tracker.update_state(terms["batch_loss"] * replicas)
@@ -174,6 +173,10 @@ class RetrievalTrainer(keras.Model):
         ``state`` (the memory with the batch written in, to assign after the update).
         """
         loss_fn = self._retrieval_loss()
+        if hasattr(loss_fn, "set_step_counter"):
+            # ROADMAPLoss(calibration_warmup_steps=...) ramps with the optimizer's step count,
+            # which checkpoints save: a resumed run continues the ramp.
+            loss_fn.set_step_counter(self.optimizer.iterations)
         batch_loss = ops.cast(loss_fn(labels, embeddings), "float32")
         terms = {"batch_loss": batch_loss, "total": batch_loss}
         terms["embedding_cosine"] = mean_pairwise_cosine(ops.stop_gradient(embeddings))
@@ -192,6 +195,8 @@ class RetrievalTrainer(keras.Model):
         if context is None:
             state = self.memory.updated_state(embeddings, labels, sample_ids)
             return state, state["slots"]
+        from keras_roadmap import distributed  # context is a tf.distribute replica context
+
         local_rows = distributed.global_rows(context, ops.shape(embeddings)[0])
         gathered = [distributed.gather(context, ops.stop_gradient(embeddings))]
         gathered.append(distributed.gather(context, ops.reshape(labels, (-1,))))
@@ -216,72 +221,36 @@ class RetrievalTrainer(keras.Model):
         # tf.cond. Steps already taken before this one count: `activate_after` steps run without.
         return ops.cast(value, "float32") * ops.cast(self.memory.is_active(), "float32")
 
-    def _cached_gradients(self, x, labels, sample_ids, context, variables):
-        """Parameter gradients of the loss by embedding-gradient caching (see ``chunk_size``)."""
-        chunks, num_chunks, batch = _split_into_chunks(x, self.chunk_size)
+    def test_step(self, *args):
+        """Batch loss of one batch. TensorFlow / torch: ``test_step(data)``; JAX: ``test_step(state, data)``."""
+        steps = _backend_steps()
+        if hasattr(steps, "test_step"):
+            return steps.test_step(self, *args)
+        return self._test_logs(*args)
 
-        def chunk_of(i):
-            return tf.nest.map_structure(lambda t: t[i], chunks)
-
-        # (1) Embed every chunk without a tape: no activation is kept beyond one chunk.
-        def embed(i, array):
-            return i + 1, array.write(i, ops.cast(self.encoder(chunk_of(i), training=True), "float32"))
-
-        _, array = tf.while_loop(
-            lambda i, _: i < num_chunks,
-            embed,
-            (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=True)),
-        )
-        stacked = ops.stop_gradient(array.stack())  # (num_chunks, chunk, D)
-        dim = stacked.shape[-1] if stacked.shape[-1] is not None else tf.shape(stacked)[-1]
-        embeddings = ops.reshape(stacked, (-1, dim))[:batch]
-
-        # (2) The loss and its gradient with respect to the (B, D) embeddings.
-        with tf.GradientTape() as tape:
-            tape.watch(embeddings)
-            terms = self._objective(labels, sample_ids, embeddings, context)
-            scaled = self.optimizer.scale_loss(terms["total"]) if hasattr(self.optimizer, "scale_loss") else terms["total"]
-        embedding_grads = tape.gradient(scaled, embeddings)
-        padding = tf.zeros((num_chunks * self.chunk_size - batch, tf.shape(embedding_grads)[1]), embedding_grads.dtype)
-        embedding_grads = tf.reshape(tf.concat([embedding_grads, padding], 0), tf.shape(stacked))
-
-        # (3) Re-embed each chunk under a tape; back-propagate its cached embedding gradients.
-        def backward(i, *accumulated):
-            with tf.GradientTape() as chunk_tape:
-                chunk_embeddings = self.encoder(chunk_of(i), training=True)
-            grads = chunk_tape.gradient(
-                chunk_embeddings, variables, output_gradients=ops.cast(embedding_grads[i], chunk_embeddings.dtype)
-            )
-            return (i + 1,) + tuple(
-                acc if g is None else acc + ops.cast(tf.convert_to_tensor(g), acc.dtype) for acc, g in zip(accumulated, grads)
-            )
-
-        zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
-        _, *gradients = tf.while_loop(lambda i, *_: i < num_chunks, backward, (tf.constant(0),) + zeros)
-
-        regularizers = _keras_compat.regularization_losses(self)
-        if regularizers:
-            with tf.GradientTape() as reg_tape:
-                penalty = _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in _keras_compat.regularization_losses(self)])))
-                scaled = self.optimizer.scale_loss(penalty) if hasattr(self.optimizer, "scale_loss") else penalty
-            reg_grads = reg_tape.gradient(scaled, variables)
-            terms["total"] = terms["total"] + penalty
-            gradients = [g if r is None else g + ops.cast(r, g.dtype) for g, r in zip(gradients, reg_grads)]
-        return list(gradients), terms
-
-    def test_step(self, data):
+    def _test_logs(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels, _ = split_targets(y)
         embeddings = ops.cast(self.encoder(x, training=False), "float32")
         # A replica's share of the loss times the replicas: the trackers average the replicas.
-        batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * distributed.num_replicas()
+        batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * _num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker and m is not self.cosine_tracker}
+        logs = {m.name: m.result() for m in self.metrics if m is not self.memory_tracker and m is not self.cosine_tracker}
+        if keras.backend.backend() == "tensorflow":
+            from keras_roadmap import _keras_compat
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.encoder(x, training=False)
+            logs = _keras_compat.logs_for_multi_worker_reduce(logs)
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TensorFlow backend only (Keras calls it from its TF trainer): Keras 3.15 cannot build
+        # from a multi-worker distributed batch (see _keras_compat).
+        from keras_roadmap import _keras_compat
+
+        return _keras_compat.symbolic_build_from_local_batch(
+            self, iterator=iterator, data_batch=data_batch, fallback=super()._maybe_symbolic_build
+        )
 
     def get_config(self):
         config = {"encoder": keras.saving.serialize_keras_object(self.encoder)}
@@ -302,7 +271,11 @@ class RetrievalTrainer(keras.Model):
 def _check_built_in_strategy_scope(encoder):
     """Inside a ``tf.distribute`` strategy scope, refuse an encoder built outside it: its plain
     variables would fail later with a dump of a weight tensor, deep inside ``fit``."""
-    if keras.backend.backend() != "tensorflow" or not tf.distribute.has_strategy():
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
         return
     extended = tf.distribute.get_strategy().extended
     for variable in getattr(encoder, "variables", []):
@@ -314,26 +287,29 @@ def _check_built_in_strategy_scope(encoder):
             )
 
 
-def _replica_share(value):
-    """A per-replica value (e.g. a weight penalty) scaled so the replicas' gradients sum to it once."""
-    return value / distributed.num_replicas()
+def _backend_steps():
+    """The module with this backend's ``train_step`` (and JAX's stateless ``test_step``)."""
+    import importlib
+
+    backend = keras.backend.backend()
+    modules = {"tensorflow": "_trainer_tf", "jax": "_trainer_jax", "torch": "_trainer_torch"}
+    if backend not in modules:
+        raise NotImplementedError(f"RetrievalTrainer supports the tensorflow, jax and torch backends, not {backend!r}.")
+    return importlib.import_module(f"keras_roadmap.{modules[backend]}")
 
 
-def _split_into_chunks(x, chunk_size):
-    """``(chunks, num_chunks, batch)``: every input padded with zero rows to a multiple of
-    ``chunk_size`` and reshaped to ``(num_chunks, chunk_size, ...)`` (static inner shapes)."""
-    flat = [tf.convert_to_tensor(t) for t in tf.nest.flatten(x)]
-    batch = tf.shape(flat[0])[0]
-    num_chunks = (batch + chunk_size - 1) // chunk_size
-    padding = num_chunks * chunk_size - batch
+def _replica_context():
+    """The multi-replica ``tf.distribute`` context (TensorFlow backend), else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from keras_roadmap import distributed
 
-    def split(t):
-        t = tf.pad(t, [[0, padding]] + [[0, 0]] * (t.shape.rank - 1))
-        inner = t.shape[1:]
-        shape = [-1, chunk_size] + inner.as_list() if inner.is_fully_defined() else tf.concat([[-1, chunk_size], tf.shape(t)[1:]], 0)
-        return tf.reshape(t, shape)
+    return distributed.replica_context()
 
-    return tf.nest.pack_sequence_as(x, [split(t) for t in flat]), num_chunks, batch
+
+def _num_replicas():
+    context = _replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
 
 
 def _output_dim(model):

@@ -149,9 +149,10 @@ def _print_line(message: str) -> None:
 
 
 def _check_data(data, name):
-    import tensorflow as tf
+    # A tf.data.Dataset implies TensorFlow is imported already; without TF, arrays only.
+    tf = sys.modules.get("tensorflow")
 
-    if isinstance(data, tf.data.Dataset):
+    if tf is not None and isinstance(data, tf.data.Dataset):
         spec = data.element_spec
         if not isinstance(spec, tuple) or len(spec) not in (2, 3):
             raise ValueError(f"`{name}` must yield (x, y) or (x, y, sample_weight) tuples; its elements are {spec}.")

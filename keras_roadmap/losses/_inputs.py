@@ -111,3 +111,24 @@ def _check_eager_values(labels, embeddings, what):
     if not np.all(np.isfinite(emb)):
         bad = int(np.sum(~np.all(np.isfinite(emb), axis=1)))
         raise ValueError(f"{what} holds NaN or Inf in {bad} row(s): the model diverged or the input is corrupt.")
+
+
+def floor_at(x, minimum):
+    """``max(x, minimum)`` in ``x``'s dtype.
+
+    ``keras.ops.maximum`` goes through Keras' type promotion, which turns float64 into float32 on
+    the JAX and torch backends (Keras 3.15 ``result_type``); ``where`` of two float64 tensors keeps
+    float64, so ``dtype="float64"`` really computes in float64 there.
+    """
+    return ops.where(ops.greater(x, minimum), x, ops.full_like(x, minimum))
+
+
+def pairwise_dot(a, b):
+    """``(B, N)`` dot products ``a @ b.T`` of ``(B, D)`` and ``(N, D)`` rows, in their dtype.
+
+    Keras 3.15's torch ``matmul`` computes float64 inputs in float32 (its ``result_type``
+    promotes to floatx); ``einsum`` keeps the inputs' dtype there.
+    """
+    if backend.backend() == "torch":
+        return ops.einsum("bd,nd->bn", a, b)
+    return ops.matmul(a, ops.transpose(b))

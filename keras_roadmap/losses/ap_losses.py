@@ -5,6 +5,8 @@ import functools
 import keras
 from keras import ops
 
+from keras_roadmap.losses import _inputs
+
 from keras_roadmap.losses import ranking
 from keras_roadmap.losses.average_precision import ap_sums
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
@@ -37,7 +39,7 @@ def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_pe
         positive_step_has_gradient=positive_step_has_gradient,
         pairs_per_chunk=pairs_per_chunk,
     )
-    return sums / ops.maximum(num_positives, 1.0), ops.greater(num_positives, 0)
+    return sums / _inputs.floor_at(num_positives, 1.0), ops.greater(num_positives, 0)
 
 
 def mean_ap_terms(ap, has_positive):

@@ -34,6 +34,22 @@ def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELE
     return pairs
 
 
+def _segment_sum(data, segment_ids, num_segments):
+    """``ops.segment_sum`` in ``data``'s dtype on every backend.
+
+    Keras 3.15's torch ``segment_sum`` computes in float32 (``data.float()``), which would make
+    ``dtype="float64"`` silently float32; ``index_add`` keeps the dtype.
+    """
+    from keras import backend
+
+    if backend.backend() == "torch":
+        import torch
+
+        out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
+        return out.index_add(0, segment_ids.long(), data)
+    return ops.segment_sum(data, segment_ids, num_segments=num_segments)
+
+
 def _chunk_ranks(scores, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, first_pair, chunk, pos_step, neg_step):
     """Ranks of the (query, positive) pairs ``first_pair .. first_pair + chunk - 1``.
 
@@ -143,16 +159,19 @@ def ap_sums(
         max_chunks = -(-int(num_queries) * int(num_items) // chunk)
     batch = ops.shape(scores)[0]
 
-    def ranks(i):
+    # The chunk function takes the scores as an argument: inside ops.custom_gradient it must see
+    # the custom-gradient input, never the outer `scores` (under JAX a captured outer tensor is a
+    # leaked tracer: jax.grad raises UnexpectedTracerError).
+    def ranks(scores_now, i):
         return _chunk_ranks(
-            scores, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, i * chunk, chunk, pos_step, neg_step
+            scores_now, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, i * chunk, chunk, pos_step, neg_step
         )
 
     @ops.custom_gradient
     def _ap_sums(scores_in):
         def forward_body(i, total):
-            query, valid, _, rank_plus, rank, *_ = ranks(i)
-            return i + 1, total + ops.segment_sum(valid * rank_plus / rank, query, num_segments=batch)
+            query, valid, _, rank_plus, rank, *_ = ranks(scores_in, i)
+            return i + 1, total + _segment_sum(valid * rank_plus / rank, query, batch)
 
         _, total = ops.while_loop(
             lambda i, total: ops.less(i, num_chunks),
@@ -167,7 +186,7 @@ def ap_sums(
             upstream = ops.cast(upstream, scores_in.dtype)
 
             def backward_body(i, dscores):
-                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(i)
+                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(scores_in, i)
                 coef = ops.take(upstream, query) * valid / rank
                 # d(rank+/rank) = d(rank+) (1/rank - rank+/rank^2) - d(rank_negatives) rank+/rank^2
                 dt = ops.expand_dims(-coef * rank_plus / rank, 1) * neg_deriv * negatives
@@ -175,7 +194,7 @@ def ap_sums(
                     dt = dt + ops.expand_dims(coef * (1.0 - rank_plus / rank), 1) * pos_deriv * other_pos
                 # t = s_qj - s_qk: +dt to each other item j, -sum_j dt to the ranked positive k.
                 row_grad = dt - onehot * ops.sum(dt, axis=1, keepdims=True)
-                return i + 1, dscores + ops.segment_sum(row_grad, query, num_segments=batch)
+                return i + 1, dscores + _segment_sum(row_grad, query, batch)
 
             _, dscores = ops.while_loop(
                 lambda i, d: ops.less(i, num_chunks),

@@ -220,7 +220,7 @@ def sum_of_ratios(terms, counts=None):
     total = 0.0
     for k, (weight, numerator, count) in enumerate(terms):
         count = ops.stop_gradient(ops.cast(count if counts is None else counts[k], numerator.dtype))
-        total = total + weight * numerator / ops.maximum(count, 1.0)
+        total = total + weight * numerator / _inputs.floor_at(count, 1.0)
     return total
 
 
@@ -260,7 +260,7 @@ class Pairs:
     def scores(self):
         """``(B, N)`` dot products ``embeddings @ ref_embeddings.T`` (as the paper's code)."""
         if self._scores is None:
-            self._scores = ops.matmul(self.embeddings, ops.transpose(self.ref_embeddings))
+            self._scores = _inputs.pairwise_dot(self.embeddings, self.ref_embeddings)
         return self._scores
 
     def same_label(self):

@@ -10,6 +10,7 @@ embeddings are L2-normalised first whatever the model outputs.
 import keras
 from keras import ops
 
+from keras_roadmap.losses import _inputs
 from keras_roadmap.losses.average_precision import pairs_per_chunk_for
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, with_parameters
@@ -19,7 +20,7 @@ NORM_EPSILON = 1e-12
 
 def inverse_norm(x):
     """``1 / max(||row||, 1e-12)`` of each row, ``(n,)`` (torch.nn.functional.normalize's guard)."""
-    return 1.0 / ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
+    return 1.0 / _inputs.floor_at(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
 
 
 def _row_chunk(i, rows_per_chunk, num_queries, embeddings, ref_embeddings, inv_q, inv_r, labels, ref_labels, masks, pos_margin, neg_margin):
@@ -34,7 +35,7 @@ def _row_chunk(i, rows_per_chunk, num_queries, embeddings, ref_embeddings, inv_q
     rows = ops.minimum(rows, num_queries - 1)
     q = ops.take(embeddings, rows, axis=0)
     a = ops.take(inv_q, rows)
-    scores = ops.matmul(q, ops.transpose(ref_embeddings))
+    scores = _inputs.pairwise_dot(q, ref_embeddings)
     # Same formula as the dense form (dot product, then both inverse norms): same values.
     cosine = scores * ops.expand_dims(a, 1) * ops.expand_dims(inv_r, 0)
     columns = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0], dtype="int32"), 0)
