@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from keras_roadmap.errors import KerasRoadmapError
+
 #: ImageNet channel statistics (RGB, on pixel values scaled to [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +53,7 @@ _VERIFY_THREADS = 2
 _EXPORT_EXTRA_HINT = "pip install keras-roadmap[export]"
 
 
-class ExportError(ValueError):
+class ExportError(KerasRoadmapError, ValueError):
     """The model or the arguments cannot be exported as asked (the message says why)."""
 
 
@@ -59,7 +61,7 @@ class NotAnEmbedderError(ExportError):
     """The model does not map one input to one (batch, D) embedding tensor."""
 
 
-class ExportVerificationError(RuntimeError):
+class ExportVerificationError(KerasRoadmapError, RuntimeError):
     """The reloaded artifact's outputs differ from the Keras model's by more than ``atol``.
 
     Attributes:

@@ -15,13 +15,12 @@ than memory allows (embedding-gradient caching); under ``tf.distribute.MirroredS
 same code ranks against the global batch and keeps the memory identical on every replica.
 """
 
-import numbers
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_roadmap import distributed
+from keras_roadmap import distributed, validation
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -80,10 +79,7 @@ class RetrievalTrainer(keras.Model):
 
     def __init__(self, encoder, memory=None, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be None or an integer >= 1 (inputs embedded per pass), got {chunk_size!r}.")
+        validation.trainer_args(encoder, memory, chunk_size)
         self.encoder = encoder
         self.memory = memory
         self.chunk_size = None if chunk_size is None else int(chunk_size)

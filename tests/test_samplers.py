@@ -73,7 +73,7 @@ def test_m_per_class_errors(kwargs, message):
 
 
 def test_m_per_class_rejects_bad_labels():
-    with pytest.raises(TypeError, match="must hold integers"):
+    with pytest.raises(ValueError, match="must hold integers"):
         MPerClassSampler(np.array([0.5, 1.5, 2.5, 3.5]), 4, 2)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         MPerClassSampler(np.zeros((4, 2), int), 4, 2)

@@ -5,6 +5,7 @@ import functools
 import keras
 from keras import ops
 
+from keras_roadmap import validation
 from keras_roadmap.losses import ranking
 from keras_roadmap.losses.average_precision import ap_sums
 from keras_roadmap.losses.base import RetrievalLoss
@@ -48,12 +49,8 @@ class _SmoothRankAPLoss(RetrievalLoss):
         self, tau=None, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None
     ):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        if tau is not None and tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau!r}.")
-        self.tau = None if tau is None else float(tau)
-        if pairs_per_chunk is not None and int(pairs_per_chunk) < 1:
-            raise ValueError(f"pairs_per_chunk must be None or an integer >= 1, got {pairs_per_chunk!r}.")
-        self.pairs_per_chunk = None if pairs_per_chunk is None else int(pairs_per_chunk)
+        self.tau = validation.number("tau", tau, owner=type(self).__name__, minimum=0, min_open=True, allow_none=True)
+        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=type(self).__name__, minimum=1, allow_none=True)
 
     def _steps(self):
         raise NotImplementedError
@@ -142,8 +139,8 @@ class SupAPLoss(_SmoothRankAPLoss):
             name=name,
             dtype=dtype,
         )
-        self.rho, self.delta = float(rho), float(delta)
-        self.start, self.offset = float(start), float(offset)
+        self.rho, self.delta = validation.supap_slopes(rho, delta, owner=type(self).__name__)
+        self.start, self.offset = validation.number("start", start, owner=type(self).__name__), validation.number("offset", offset, owner=type(self).__name__)
 
     @classmethod
     def inaturalist(cls, **kwargs):

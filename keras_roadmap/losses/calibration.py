@@ -10,6 +10,7 @@ embeddings are L2-normalised first whatever the model outputs.
 import keras
 from keras import ops
 
+from keras_roadmap import validation
 from keras_roadmap.losses.base import RetrievalLoss
 
 NORM_EPSILON = 1e-12
@@ -68,8 +69,7 @@ class CalibrationLoss(RetrievalLoss):
         self, pos_margin=0.9, neg_margin=0.6, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None
     ):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        self.pos_margin = float(pos_margin)
-        self.neg_margin = float(neg_margin)
+        self.pos_margin, self.neg_margin = validation.margins(pos_margin, neg_margin, owner=type(self).__name__)
 
     def _ratio_terms(self, pairs):
         # Cosine from the shared dot-product matrix: one (B, D) x (D, N) product serves both terms.

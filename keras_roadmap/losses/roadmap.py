@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_roadmap import validation
 from keras_roadmap.losses.ap_losses import INATURALIST_SUPAP, SupAPLoss
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.losses.calibration import CalibrationLoss
@@ -58,8 +59,7 @@ class ROADMAPLoss(RetrievalLoss):
             tau, rho, delta, start, offset, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype
         )
         self.calibration = CalibrationLoss(pos_margin, neg_margin, include_self=include_self, dtype=dtype)
-        self.ap_weight = float(ap_weight)
-        self.calibration_weight = float(calibration_weight)
+        self.ap_weight, self.calibration_weight = validation.loss_weights(ap_weight=ap_weight, calibration_weight=calibration_weight, owner=type(self).__name__)
 
     @classmethod
     def inaturalist(cls, **kwargs):
