@@ -22,7 +22,7 @@ class DatasetFormatError(KerasRoadmapError, ValueError):
     what was expected."""
 
 
-class CheckpointError(KerasRoadmapError, RuntimeError):
+class CheckpointError(KerasRoadmapError, ValueError):
     """A saved run state (backup, best embedder) cannot be used; the message names the file and
     what to do (usually: delete it, or the backup folder, to start over)."""
 

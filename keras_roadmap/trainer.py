@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_roadmap import distributed, validation
+from keras_roadmap import distributed, guard, validation
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -93,6 +93,7 @@ class RetrievalTrainer(keras.Model):
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.batch_tracker = keras.metrics.Mean(name="batch_loss")
         self.memory_tracker = keras.metrics.Mean(name="memory_loss")
+        self.degenerate_tracker = keras.metrics.Sum(name=guard.DEGENERATE_KEY)
 
     def call(self, inputs, training=False):
         return self.encoder(inputs, training=training)
@@ -102,6 +103,7 @@ class RetrievalTrainer(keras.Model):
         trackers = [self.total_tracker, self.batch_tracker]
         if self.memory is not None:
             trackers.append(self.memory_tracker)
+        trackers.append(self.degenerate_tracker)
         return trackers
 
     def _retrieval_loss(self):
@@ -150,7 +152,13 @@ class RetrievalTrainer(keras.Model):
             self.memory_tracker.update_state(terms["memory_loss"] * replicas)
         self.total_tracker.update_state(terms["total"] * replicas)
         self.batch_tracker.update_state(terms["batch_loss"] * replicas)
+        self.degenerate_tracker.update_state(guard.degenerate_batch(labels))
         return {m.name: m.result() for m in self.metrics}
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """``keras.Model.fit`` with a :class:`~keras_roadmap.guard.NonFiniteGuard` added: training
+        stops (``NonFiniteError`` naming the step) at the first non-finite loss or embedding."""
+        return super().fit(*args, callbacks=guard.with_guard(callbacks), **kwargs)
 
     def _objective(self, labels, sample_ids, embeddings, context):
         """Loss terms of ``embeddings`` ``(B, D)`` float32 (differentiable), and the new memory.
@@ -261,7 +269,7 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * distributed.num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        return {m.name: m.result() for m in self.metrics if m is not self.memory_tracker}
+        return {m.name: m.result() for m in self.metrics if m not in (self.memory_tracker, self.degenerate_tracker)}
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

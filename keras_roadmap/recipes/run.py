@@ -4,7 +4,7 @@
 does the work for an already resolved `RecipeConfig`.
 
 Outputs in `--out DIR`:
-    backup/                   BackupAndRestore state (weights, optimiser, memory, epoch); a
+    backup/                   crash-safe state (weights, optimiser, memory, epoch, config); a
                               rerun with the same DIR continues from the last completed epoch
     best_embedder.keras       the embedder with the best val_map@r (+ .best.json: value, epoch)
     history.csv, tensorboard/ per-epoch logs (loss, val_recall@K, val_map@r ...)
@@ -25,9 +25,10 @@ import sys
 import time
 import warnings
 
-from keras_roadmap.data.split import DatasetFormatError
-from keras_roadmap.recipes import assembly
-from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
+from keras_roadmap import atomic
+from keras_roadmap.errors import KerasRoadmapError
+from keras_roadmap.recipes import assembly, checkpoints
+from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, HistoryCSV, RunBackup
 from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
@@ -58,6 +59,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="sampler/augmentation/initialisation seed")
     parser.add_argument("--resume", action="store_true", help="require a backup in --out to continue from (a run always continues from one when present)")
     parser.add_argument("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="continue a backup made with another configuration (e.g. a longer schedule); without it such a rerun stops and lists the differences",
+    )
     return parser
 
 
@@ -131,8 +137,9 @@ def _log_start(out: pathlib.Path, config: RecipeConfig, first_epoch: int, policy
         "data_dir": str(data_dir),
         "config": config.to_dict(),
     }
-    with open(out / "run_log.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    path = out / "run_log.jsonl"
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    atomic.write_text(path, previous + json.dumps(entry) + "\n")
 
 
 def _tensorboard(log_dir: pathlib.Path) -> list:
@@ -153,21 +160,46 @@ def _tensorboard(log_dir: pathlib.Path) -> list:
     return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False)]
 
 
-def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2):
-    """Train with checkpoints every epoch; returns `(encoder, splits, history)`.
+def resume_state(config: RecipeConfig, backup_dir, *, allow_config_change: bool = False):
+    """The backup to continue from (None: start at epoch 0), after checking that it was made
+    with the same resolved config; `ConfigError` listing the differences otherwise (unless
+    `allow_config_change`, e.g. for a deliberately longer schedule)."""
+    state = checkpoints.read_backup(backup_dir)
+    if state is None:
+        return None
+    if state.fell_back:
+        print(f"The newest backup in {backup_dir} is damaged; resuming from the previous one (epoch {state.epoch}).", flush=True)
+    if state.config is not None:
+        changes = checkpoints.config_changes(state.config, config.to_dict())
+        if changes and not allow_config_change:
+            raise ConfigError(
+                f"the backup in {backup_dir} was made with another configuration ({'; '.join(changes)}); "
+                "rerun with the same settings, use another --out, or pass --allow-config-change to continue with the new ones."
+            )
+        if changes:
+            print(f"Continuing with a changed configuration: {'; '.join(changes)}.", flush=True)
+    return state
 
-    Resumes from `out/backup` when it holds a BackupAndRestore state (required with
-    `require_backup`). The training stream restarts at the saved epoch (`first_epoch`), the
-    optimiser step (hence the learning-rate schedule) and the memory come back with the weights.
+
+def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False):
+    """Train with crash-safe checkpoints every epoch; returns `(encoder, splits, history)`.
+
+    Resumes from `out/backup` when it holds a backup (required with `require_backup`), made
+    with the same config unless `allow_config_change`. The training stream restarts at the
+    saved epoch (`first_epoch`), the optimiser step (hence the learning-rate schedule) and the
+    memory come back with the weights. Training stops at the first non-finite loss or
+    embedding (`NonFiniteError`), leaving the last good backup in place.
     """
     import keras
 
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from keras_roadmap.guard import NonFiniteGuard
+
+    out = checkpoints.output_dir(out)
     backup_dir = out / "backup"
-    first_epoch = backup_epoch(backup_dir)
-    if require_backup and not (backup_dir / "latest.weights.h5").is_file():
+    state = resume_state(config, backup_dir, allow_config_change=allow_config_change)
+    if require_backup and state is None:
         raise FileNotFoundError(f"--resume: no backup to continue from in {backup_dir}.")
+    first_epoch = 0 if state is None else state.epoch
     keras.utils.set_random_seed(config.seed)
     policy = _setup_precision(config)
     splits = assembly.load_splits(config.dataset, data_dir)
@@ -193,11 +225,13 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
         ),
         BestEmbedderCheckpoint(encoder, str(out / "best_embedder.keras"), monitor=MONITOR),
         *_tensorboard(out / "tensorboard"),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=False),
+        HistoryCSV(out / "history.csv", initial_epoch=first_epoch),
+        RunBackup(backup_dir, config=config.to_dict(), state=state),
     ]
+    # First: a non-finite step stops fit before any later callback saves its state.
+    callbacks.insert(0, NonFiniteGuard())
     history = trainer.fit(
-        train_ds, epochs=config.epochs, steps_per_epoch=len(sampler), callbacks=callbacks, verbose=verbose,
+        train_ds, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=len(sampler), callbacks=callbacks, verbose=verbose,
         shuffle=False,  # the sampler already shuffles; Keras cannot shuffle a tf.data stream
     )
     return encoder, splits, history
@@ -297,7 +331,7 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
     )
 
 
-def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2) -> dict:
+def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False) -> dict:
     """Train, then evaluate the best embedder, draw the grid and export to ONNX.
 
     Returns the dict written to `out/test_metrics.json`.
@@ -307,11 +341,13 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     out = pathlib.Path(out)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        encoder, splits, _ = train(config, data_dir, out, require_backup=require_backup, verbose=verbose)
+        encoder, splits, _ = train(
+            config, data_dir, out, require_backup=require_backup, verbose=verbose, allow_config_change=allow_config_change
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     best_path = out / "best_embedder.keras"
-    best = keras.models.load_model(best_path) if best_path.is_file() else encoder
+    best = checkpoints.load_best_embedder(best_path) if best_path.is_file() else encoder
     best_state = out / "best_embedder.keras.best.json"
     selected = json.loads(best_state.read_text()) if best_state.is_file() else None
     embedder = float32_embedder(config, best)
@@ -321,15 +357,18 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     print(f"\nTest retrieval of the best embedder ({config.dataset}, {config.backbone}; selected on {MONITOR}"
           f"{'' if selected is None else ' at epoch ' + str(selected['epoch'] + 1)}):\n{table}", flush=True)
 
-    retrieval_grid(config, splits, embeddings, out / "retrieval_grid.png")
+    with atomic.atomic_path(out / "retrieval_grid.png", stall="grid_write") as tmp:
+        retrieval_grid(config, splits, embeddings, tmp)
     from keras_roadmap.evaluation import save_recall_curve
 
-    save_recall_curve(out / "recall_curve.png", {f"{config.dataset} {config.backbone}": metrics})
+    with atomic.atomic_path(out / "recall_curve.png") as tmp:
+        save_recall_curve(tmp, {f"{config.dataset} {config.backbone}": metrics})
 
     from keras_roadmap.export import to_onnx
 
-    report = to_onnx(embedder, out / "embedder.onnx", verify=True)
-    print(report.summary(), flush=True)
+    with atomic.atomic_path(out / "embedder.onnx", stall="onnx_write") as tmp:
+        report = to_onnx(embedder, tmp, verify=True)
+    print(report.summary().replace(str(tmp), str(out / "embedder.onnx")), flush=True)
 
     result = {
         "dataset": config.dataset,
@@ -339,9 +378,9 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
         "selected": selected,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "table": table,
-        "onnx": {"path": str(report.path), "max_abs_diff": report.max_abs_diff, "atol": report.atol},
+        "onnx": {"path": str(out / "embedder.onnx"), "max_abs_diff": report.max_abs_diff, "atol": report.atol},
     }
-    (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "test_metrics.json", json.dumps(result, indent=2), stall="metrics_write")
     return result
 
 
@@ -353,7 +392,10 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         config = config_from_args(dataset, args, default_config)
     except (ConfigError, FileNotFoundError) as err:
         parser.error(str(err))
-    out = pathlib.Path(args.out)
+    try:
+        out = checkpoints.output_dir(args.out)
+    except KerasRoadmapError as err:
+        parser.error(str(err))
     data_dir = args.data_dir
     if args.smoke:
         data_dir = out / "smoke_data"
@@ -368,13 +410,13 @@ def main(dataset: str, argv=None, default_config=None) -> int:
         )
     elif not data_dir:
         parser.error("--data-dir is required (or --smoke for a generated tiny dataset).")
-    if args.resume and not (out / "backup" / "latest.weights.h5").is_file():
+    if args.resume and not checkpoints.has_backup(out / "backup"):
         parser.error(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     started = time.perf_counter()
     try:
-        run(config, data_dir, out, require_backup=args.resume)
-    except (DatasetFormatError, FileNotFoundError, ConfigError) as err:
-        # Dataset layout and config problems: the message says what and where; no traceback.
+        run(config, data_dir, out, require_backup=args.resume, allow_config_change=args.allow_config_change)
+    except (KerasRoadmapError, FileNotFoundError) as err:
+        # Dataset layout, config, checkpoint and NaN problems: the message says what and where.
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     print(f"Done in {time.perf_counter() - started:.1f} s; outputs in {out}.", flush=True)
