@@ -140,7 +140,18 @@ def _all_paths(fields: dict, prefix: str = "") -> list:
     return paths
 
 
+# Common names from other frameworks that difflib cannot map (a key -> where it lives here).
+HINTS = {
+    "learning_rate": "backbones.<profile>.optimizer.backbone_lr (and head_lr)",
+    "lr": "backbones.<profile>.optimizer.backbone_lr (and head_lr)",
+    "epochs": "backbones.<profile>.epochs",
+    "batch_size": "sampler.batch_size",
+}
+
+
 def _suggestion(key: str, section: dict) -> str:
+    if key in HINTS and key not in section:
+        return f"did you mean `{HINTS[key]}`?"
     close = difflib.get_close_matches(key, list(section), n=1, cutoff=0.6)
     if close:
         return f"did you mean `{close[0]}`?"
