@@ -5,6 +5,12 @@ memory can be read on its own (peak RSS minus the RSS right before the first los
 
     python benchmarks/loss_speed.py                    # B in 128 256 384 512, D = 512
     python benchmarks/loss_speed.py --sizes 128 384 --dim 512 --repeats 20
+    python benchmarks/loss_speed.py --guard --sizes 384 --repeats 50   # NaN guard cost
+
+`--guard` times the XLA step with the NaN guard (the loss made NaN in-graph when an
+embedding is non-finite, then the host reading the loss and checking it, as
+`keras_roadmap.guard.NonFiniteGuard` does) against the same step without it (`loss.call`,
+no host check), interleaved in one process so that both see the same machine load.
 
 Ratios are "naive dense XLA time / ours", measured in the same run.
 """
@@ -57,6 +63,8 @@ def naive_dense_roadmap(labels, emb):
 
 loss_obj = ROADMAPLoss()
 loss_fn = naive_dense_roadmap if impl == "naive" else (lambda y, e: loss_obj(y, e))
+if impl == "unguarded":  # Loss.call: no non-finite poisoning (what __call__ adds)
+    loss_fn = lambda y, e: loss_obj.call(y, e)
 
 
 def step(labels, emb):
@@ -75,6 +83,32 @@ rng = np.random.default_rng(0)
 labels = tf.constant(np.repeat(np.arange(batch // per_class), per_class).astype("int64"))
 emb = rng.normal(size=(batch, dim)).astype("float32")
 emb = tf.constant((emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype("float16" if "16" in dtype else "float32"))
+
+if impl == "guardpair":
+    import math
+
+    def make(fn):
+        def raw(labels, emb):
+            with tf.GradientTape() as tape:
+                tape.watch(emb)
+                value = fn(labels, emb)
+            return value, tape.gradient(value, emb)
+        return tf.function(raw, jit_compile=True)
+
+    guarded, unguarded = make(lambda y, e: loss_obj(y, e)), make(lambda y, e: loss_obj.call(y, e))
+    for f in (guarded, unguarded):
+        f(labels, emb)[1].numpy()
+    times = {"guarded": [], "unguarded": []}
+    for _ in range(repeats):
+        for name, f in (("unguarded", unguarded), ("guarded", guarded)):
+            t0 = time.perf_counter()
+            value, grad = f(labels, emb)
+            grad.numpy()
+            if name == "guarded" and not math.isfinite(float(value)):  # the host-side check
+                raise FloatingPointError("non-finite loss")
+            times[name].append(time.perf_counter() - t0)
+    print(json.dumps({k: 1000 * float(np.median(v)) for k, v in times.items()}))
+    sys.exit(0)
 
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -123,7 +157,20 @@ def main(argv=None):
     parser.add_argument("--naive-max", type=int, default=512, help="largest B for the naive dense baseline")
     parser.add_argument("--mixed", action="store_true", help="also time XLA under mixed_float16 / mixed_bfloat16")
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--guard", action="store_true", help="only time the NaN guard: guarded vs unguarded XLA step")
     args = parser.parse_args(argv)
+    if args.guard:
+        print(f"NaN guard cost, ROADMAPLoss XLA forward+backward, D={args.dim}, {args.per_class} per class, "
+              f"median of {args.repeats} interleaved runs")
+        print("| B | unguarded ms | guarded ms | overhead |")
+        print("|---|---|---|---|")
+        for b in args.sizes:
+            r = run("guardpair", "xla", b, args.dim, args.repeats, args.per_class)
+            if "error" in r:
+                print(f"| {b} | failed: {r['error']} | | |")
+                continue
+            print(f"| {b} | {r['unguarded']:.2f} | {r['guarded']:.2f} | {100 * (r['guarded'] / r['unguarded'] - 1):+.1f}% |", flush=True)
+        return
 
     header = "| B | ours eager ms | ours XLA ms | ours XLA peak MiB | naive dense XLA ms | naive peak MiB | speed-up (naive / ours XLA) |"
     print(f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median of {args.repeats}")
