@@ -439,3 +439,15 @@ def test_resume_with_another_config_refuses_and_lists_the_differences(tmp_path, 
     state = resume_state(longer, tmp_path / "run" / "backup", allow_config_change=True)
     assert state.epoch == 1 and "Continuing with a changed configuration: epochs: 2 -> 5" in capsys.readouterr().out
     assert resume_state(stored, tmp_path / "run" / "backup").epoch == 1  # same config: no question asked
+
+
+def test_a_recipe_rerun_on_a_damaged_backup_says_what_to_do(tmp_path, capsys):
+    from keras_roadmap.recipes.config import resolve_config
+    from keras_roadmap.recipes.run import main
+
+    stored = resolve_config(_raw(), source="cub.yaml", smoke=True)
+    _fake_backup(tmp_path / "run", stored.to_dict())
+    (tmp_path / "run" / "backup" / "epoch-0001.weights.h5").write_bytes(b"")  # torn, no older generation
+    assert main("cub", ["--smoke", "--out", str(tmp_path / "run")], CONFIGS / "cub.yaml") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epoch-0001.weights.h5 is missing or damaged" in err[0] and "to start over" in err[0]
