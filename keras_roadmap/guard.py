@@ -103,8 +103,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 def with_guard(callbacks):
-    """``callbacks`` (None, a list or a CallbackList-free sequence) with a NonFiniteGuard in
-    front unless one is there."""
+    """``callbacks`` (None or a sequence) with a NonFiniteGuard in front unless one is there.
+    A ``keras.callbacks.CallbackList`` is returned as given (its owner built it on purpose)."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
     callbacks = list(callbacks or [])
     if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
         callbacks.insert(0, NonFiniteGuard())

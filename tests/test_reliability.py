@@ -134,6 +134,11 @@ def test_every_package_error_derives_from_the_base_class():
                 errors.CheckpointError, errors.NonFiniteError, errors.OutputDirError):
         assert issubclass(cls, errors.KerasRoadmapError), cls
     assert issubclass(ConfigError, ValueError) and issubclass(DatasetFormatError, ValueError)
+    import keras_roadmap
+    from keras_roadmap.guard import NonFiniteGuard
+
+    assert keras_roadmap.KerasRoadmapError is errors.KerasRoadmapError and keras_roadmap.ConfigError is ConfigError
+    assert keras_roadmap.NonFiniteGuard is NonFiniteGuard and keras_roadmap.NonFiniteError is errors.NonFiniteError
 
 
 FLOAT_LABELS = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0])
