@@ -15,6 +15,11 @@ to equal the single-device update on the global batch:
    their number), and the counts are piecewise constant (no gradient). Each replica returns
    ``its local sum / max(global count, 1)`` with the counts all-reduced across replicas.
 
+The losses are driven through their public protocol only (``batch_pairs``, ``ratio_terms``,
+``loss_from_pairs``, ``sum_of_ratios``, ``Pairs.against``; see :mod:`keras_roadmap.losses.base`):
+this module imports nothing from ``keras_roadmap.losses``, so any loss implementing
+``ratio_terms`` is reduced across replicas without being known here.
+
 The replicas' values then *sum* to the single-device loss on the global batch, which is the
 convention of Keras' own losses under ``tf.distribute`` (each replica's mean scaled by
 ``1 / num_replicas``): Keras' optimizer sums the replicas' gradients, and Keras' loss tracker
@@ -72,39 +77,31 @@ def global_rows(context, local_size):
 
 
 def ratio_terms(loss, pairs):
-    """``loss._ratio_terms(pairs)``, or a TypeError naming what a custom loss must provide."""
+    """``loss.ratio_terms(pairs)``, or a TypeError naming what a custom loss must provide."""
     try:
-        return loss._ratio_terms(pairs)
+        return loss.ratio_terms(pairs)
     except NotImplementedError:
         raise TypeError(
-            f"{type(loss).__name__} cannot be computed across replicas: give it a `_ratio_terms(pairs)` "
-            "method returning [(weight, numerator, count), ...], or construct it with gather_across_replicas=False."
+            f"{type(loss).__name__} cannot be computed across replicas: give it a `ratio_terms(pairs)` method "
+            "(before keras-roadmap made it public: `_ratio_terms`) returning [(weight, numerator, count), ...], "
+            "or construct it with gather_across_replicas=False."
         ) from None
 
 
-def combine_ratios(terms, context=None):
+def combine_ratios(loss, terms, context=None):
     """``sum(w * n / max(C, 1))`` with each count ``C`` summed over the replicas (if any)."""
-    from keras_roadmap.losses.base import sum_of_ratios
-
     if context is None:
-        return sum_of_ratios(terms)
+        return loss.sum_of_ratios(terms)
     counts = ops.stack([ops.cast(count, terms[0][1].dtype) for _, _, count in terms])
     counts = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.stop_gradient(counts))
-    return sum_of_ratios(terms, counts=[counts[k] for k in range(len(terms))])
+    return loss.sum_of_ratios(terms, counts=[counts[k] for k in range(len(terms))])
 
 
 def gathered_batch_pairs(loss, context, y_true, y_pred):
-    """:class:`~keras_roadmap.losses.base.Pairs` of the local queries against the gathered batch."""
-    from keras_roadmap.losses import _inputs
-    from keras_roadmap.losses.base import Pairs
-
-    labels, embeddings = _inputs.prepare_batch(y_true, y_pred, loss.dtype)
-    rows = global_rows(context, ops.shape(embeddings)[0])
-    pairs = Pairs(labels, embeddings, gather(context, labels), gather(context, embeddings), batch_form=True)
-    pairs.self_columns = rows
-    if not loss.include_self:
-        pairs.excluded = rows
-    return pairs
+    """The local queries of ``loss.batch_pairs`` against the batch gathered from every replica."""
+    local = loss.batch_pairs(y_true, y_pred)
+    rows = global_rows(context, ops.shape(local.embeddings)[0])
+    return local.against(gather(context, local.labels), gather(context, local.embeddings), rows)
 
 
 def batch_loss(loss, context, y_true, y_pred):
@@ -114,12 +111,12 @@ def batch_loss(loss, context, y_true, y_pred):
     the number of replicas.
     """
     if not loss.gather_across_replicas:
-        return loss._loss_from_pairs(loss._batch_pairs(y_true, y_pred)) / context.num_replicas_in_sync
-    return combine_ratios(ratio_terms(loss, gathered_batch_pairs(loss, context, y_true, y_pred)), context)
+        return loss.loss_from_pairs(loss.batch_pairs(y_true, y_pred)) / context.num_replicas_in_sync
+    return combine_ratios(loss, ratio_terms(loss, gathered_batch_pairs(loss, context, y_true, y_pred)), context)
 
 
 def reference_loss(loss, context, pairs):
     """This replica's share of the reference-form loss of every replica's queries."""
     if not loss.gather_across_replicas:
-        return loss._loss_from_pairs(pairs) / context.num_replicas_in_sync
-    return combine_ratios(ratio_terms(loss, pairs), context)
+        return loss.loss_from_pairs(pairs) / context.num_replicas_in_sync
+    return combine_ratios(loss, ratio_terms(loss, pairs), context)

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
+from keras_roadmap import _keras_compat
+
 # The optimiser recognises the projection head of `keras_roadmap.models` embedders by this
 # prefix of `variable.path` (head layers are named "head_*").
 from keras_roadmap.models.head import HEAD_PREFIX
@@ -106,10 +108,10 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
         self._variable_lr_factors = [self.lr_factor_for(v.path) for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = _keras_compat.variable_index(self, variable)
         lr = ops.cast(learning_rate, variable.dtype) * self._variable_lr_factors[index]
         gradient = ops.cast(gradient, variable.dtype)
-        if self.decay_rate > 0 and self._use_weight_decay(variable):
+        if self.decay_rate > 0 and _keras_compat.uses_weight_decay(self, variable):
             if self.decay_style == "coupled":
                 gradient = gradient + self.decay_rate * variable
             else:

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_roadmap import distributed, guard, validation
+from keras_roadmap import _keras_compat, distributed, guard, validation
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
 
@@ -79,7 +79,7 @@ class RetrievalTrainer(keras.Model):
 
     def __init__(self, encoder, memory=None, chunk_size=None, **kwargs):
         super().__init__(**kwargs)
-        validation.trainer_args(encoder, memory, chunk_size)
+        validation.trainer_args(encoder, memory, chunk_size, memory_type=CrossBatchMemory)
         self.encoder = encoder
         self.memory = memory
         self.chunk_size = None if chunk_size is None else int(chunk_size)
@@ -251,10 +251,10 @@ class RetrievalTrainer(keras.Model):
         zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
         _, *gradients = tf.while_loop(lambda i, *_: i < num_chunks, backward, (tf.constant(0),) + zeros)
 
-        regularizers = self._get_regularization_losses()
+        regularizers = _keras_compat.regularization_losses(self)
         if regularizers:
             with tf.GradientTape() as reg_tape:
-                penalty = _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in self._get_regularization_losses()])))
+                penalty = _replica_share(ops.sum(ops.stack([ops.cast(l, "float32") for l in _keras_compat.regularization_losses(self)])))
                 scaled = self.optimizer.scale_loss(penalty) if hasattr(self.optimizer, "scale_loss") else penalty
             reg_grads = reg_tape.gradient(scaled, variables)
             terms["total"] = terms["total"] + penalty

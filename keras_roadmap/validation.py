@@ -108,16 +108,15 @@ def loss_weights(*, owner=None, **weights):
 # ------------------------------------------------------------------ trainer, samplers, export
 
 
-def trainer_args(encoder, memory, chunk_size):
-    """RetrievalTrainer's arguments: a Keras model/layer, an optional CrossBatchMemory and
-    ``chunk_size`` None or an integer >= 1."""
+def trainer_args(encoder, memory, chunk_size, *, memory_type):
+    """RetrievalTrainer's arguments: a Keras model/layer, an optional ``memory_type``
+    (CrossBatchMemory, passed in so this module imports none of ours) and ``chunk_size`` None
+    or an integer >= 1."""
     import keras
-
-    from keras_roadmap.memory import CrossBatchMemory
 
     if not isinstance(encoder, keras.layers.Layer):
         raise TypeError(f"RetrievalTrainer: `encoder` must be a Keras model mapping inputs to (B, D) embeddings, got {type(encoder).__name__}.")
-    if memory is not None and not isinstance(memory, CrossBatchMemory):
+    if memory is not None and not isinstance(memory, memory_type):
         raise TypeError(f"RetrievalTrainer: `memory` must be None or a CrossBatchMemory, got {type(memory).__name__}.")
     integer("chunk_size", chunk_size, owner="RetrievalTrainer", minimum=1, allow_none=True)
 
@@ -128,3 +127,16 @@ def sampler_args(owner, batch_size, samples_per_class, seed):
     integer("batch_size", batch_size, owner=owner, minimum=1)
     integer("samples_per_class", samples_per_class, owner=owner, minimum=1)
     integer("seed", seed, owner=owner, minimum=0)
+
+
+def supap_parameters(*, owner=None, tau, rho, delta, start, offset):
+    """SupAP's five parameters checked: ``tau > 0``, ``rho >= 0``, ``delta >= 0``, finite
+    ``start`` and ``offset``; returned as a dict of floats."""
+    rho, delta = supap_slopes(rho, delta, owner=owner)
+    return {
+        "tau": number("tau", tau, owner=owner, minimum=0, min_open=True),
+        "rho": rho,
+        "delta": delta,
+        "start": number("start", start, owner=owner),
+        "offset": number("offset", offset, owner=owner),
+    }

@@ -4,15 +4,12 @@ import pathlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from keras_roadmap.data import DatasetFormatError, RetrievalSplit, load_cub, load_inaturalist, load_inshop, load_sop
+from keras_roadmap.data import DatasetFormatError, RetrievalSplit, layouts, load_cub, load_inaturalist, load_inshop, load_sop
 
 
-def write_jpeg(path: pathlib.Path, seed: int, size=(24, 18)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
+def noise(seed: int, size=(24, 18)):
+    return np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
 
 
 def assert_contiguous(split: RetrievalSplit):
@@ -28,19 +25,14 @@ def assert_contiguous(split: RetrievalSplit):
 def make_sop(root: pathlib.Path):
     """4 train classes (ids 1..4) and 3 test classes (ids 5..7) over 2 categories, 3 images each."""
     cats = ["bicycle_final", "chair_final"]
-    rows = {"train": [], "test": []}
-    image_id = 1
+    rows = []
     for class_id in range(1, 8):
         split = "train" if class_id <= 4 else "test"
         cat_index = class_id % 2
         for k in range(3):
             rel = f"{cats[cat_index]}/{100000 + class_id}_{k}.JPG"
-            write_jpeg(root / rel, image_id)
-            rows[split].append(f"{image_id} {class_id} {cat_index + 1} {rel}")
-            image_id += 1
-    for split, lines in rows.items():
-        (root / f"Ebay_{split}.txt").write_text("image_id class_id super_class_id path\n" + "\n".join(lines) + "\n")
-    return root
+            rows.append((split, class_id, cat_index + 1, rel, noise(len(rows) + 1)))
+    return layouts.write_sop(root, rows)
 
 
 def test_sop_reads_both_splits(tmp_path):
@@ -99,20 +91,12 @@ def test_split_name_is_validated(tmp_path):
 
 def make_cub(root: pathlib.Path, per_class=2):
     """All 200 classes would be slow; classes 1, 2, 99, 100 (train) and 101, 150, 200 (test)."""
-    base = root / "CUB_200_2011"
-    images, labels = [], []
-    image_id = 1
-    for class_id in (1, 2, 99, 100, 101, 150, 200):
-        folder = f"{class_id:03d}.Bird_{class_id}"
-        for k in range(per_class):
-            rel = f"{folder}/Bird_{class_id}_{k}.jpg"
-            write_jpeg(base / "images" / rel, image_id)
-            images.append(f"{image_id} {rel}")
-            labels.append(f"{image_id} {class_id}")
-            image_id += 1
-    (base / "images.txt").write_text("\n".join(images) + "\n")
-    (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    return root
+    rows = [
+        (class_id, f"{class_id:03d}.Bird_{class_id}/Bird_{class_id}_{k}.jpg", noise(per_class * n + k + 1))
+        for n, class_id in enumerate((1, 2, 99, 100, 101, 150, 200))
+        for k in range(per_class)
+    ]
+    return layouts.write_cub(root, rows)
 
 
 def test_cub_classes_split_at_100(tmp_path):
@@ -158,18 +142,13 @@ def test_cub_duplicate_image_id(tmp_path):
 
 def make_inat(root: pathlib.Path):
     """Train: categories 10, 11 (Plantae), 20 (Aves); test: 12 (Plantae), 21, 22 (Aves); 3 images each."""
-    lists = {"train": [], "test": []}
+    rows = []
     for split, cats in (("train", [(10, "Plantae"), (11, "Plantae"), (20, "Aves")]),
                         ("test", [(12, "Plantae"), (21, "Aves"), (22, "Aves")])):
         for cat, kingdom in cats:
             for k in range(3):
-                rel = f"train_val2018/{kingdom}/{cat}/{cat:04d}{k:028x}.jpg"
-                write_jpeg(root / rel, cat * 10 + k)
-                lists[split].append(rel)
-    (root / "Inat_dataset_splits").mkdir(parents=True)
-    (root / "Inat_dataset_splits/Inaturalist_train_set1.txt").write_text("\n".join(lists["train"]) + "\n")
-    (root / "Inat_dataset_splits/Inaturalist_test_set1.txt").write_text("\n".join(lists["test"]) + "\n")
-    return root
+                rows.append((split, f"train_val2018/{kingdom}/{cat}/{cat:04d}{k:028x}.jpg", noise(cat * 10 + k)))
+    return layouts.write_inaturalist(root, rows)
 
 
 def test_inaturalist_labels_and_kingdoms(tmp_path):
@@ -225,12 +204,7 @@ def make_inshop(root: pathlib.Path, count_override=None):
         rows.append((f"img/{category}/{item}/01_3_back.jpg", item, "gallery"))
     # One gallery-only item: it must still share the query/gallery label space.
     rows.append(("img/WOMEN/Dresses/id_00000006/01_1_front.jpg", "id_00000006", "gallery"))
-    for i, (name, _, _) in enumerate(rows):
-        write_jpeg(root / name, i)
-    count = len(rows) if count_override is None else count_override
-    text = f"{count}\nimage_name item_id evaluation_status\n" + "\n".join(" ".join(r) for r in rows) + "\n"
-    (root / "list_eval_partition.txt").write_text(text)
-    return root
+    return layouts.write_inshop(root, [(*row, noise(i)) for i, row in enumerate(rows)], count=count_override)
 
 
 def test_inshop_query_and_gallery_share_labels(tmp_path):

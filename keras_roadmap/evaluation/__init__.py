@@ -6,6 +6,7 @@ picture helpers (matplotlib, PIL) load their dependencies only when first used.
 """
 
 from keras_roadmap.evaluation.average_precision import average_precision
+from keras_roadmap.evaluation.embed import embed
 from keras_roadmap.evaluation.knn import exact_knn
 from keras_roadmap.evaluation.metrics import DEFAULT_KS, retrieval_metrics
 
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_KS",
     "RetrievalEvaluation",
     "average_precision",
+    "embed",
     "exact_knn",
     "retrieval_metrics",
     "save_recall_curve",

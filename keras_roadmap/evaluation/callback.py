@@ -5,9 +5,9 @@ import sys
 import time
 
 import keras
-import numpy as np
 
 from keras_roadmap.evaluation import checks
+from keras_roadmap.evaluation.embed import embed
 from keras_roadmap.evaluation.metrics import retrieval_metrics
 
 LOGGED_METRICS = ("precision@1", "r_precision", "map@r", "map", "mrr")
@@ -103,10 +103,10 @@ class RetrievalEvaluation(keras.callbacks.Callback):
     def evaluate(self) -> dict:
         """Embed the data with the model and return the full `retrieval_metrics` dict."""
         model = self.embedding_model if self.embedding_model is not None else self.model
-        refs, ref_labels = _embed(model, self.data, self.batch_size, "data")
+        refs, ref_labels = embed(model, self.data, batch_size=self.batch_size, name="data")
         if self.query_data is None:
             return retrieval_metrics(refs, ref_labels, ks=self.ks, metric=self.metric, chunk_size=self.chunk_size)
-        queries, query_labels = _embed(model, self.query_data, self.batch_size, "query_data")
+        queries, query_labels = embed(model, self.query_data, batch_size=self.batch_size, name="query_data")
         return retrieval_metrics(
             refs,
             ref_labels,
@@ -148,9 +148,6 @@ def _print_line(message: str) -> None:
         logging.getLogger("keras_roadmap").info(message)
 
 
-_MULTI_OUTPUT = "The model has several outputs; pass `model=` a model whose single output is the embedding."
-
-
 def _check_data(data, name):
     import tensorflow as tf
 
@@ -164,29 +161,3 @@ def _check_data(data, name):
         n = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
         return x, checks.as_labels(y, n, f"{name} labels")
     raise ValueError(f"`{name}` must be a batched tf.data.Dataset of (x, y) or a tuple (x, y) of arrays; got {type(data).__name__}.")
-
-
-def _embed(model, data, batch_size, name):
-    """(embeddings (N, D) float32, labels (N,) int64) of `data` under `model` (inference mode)."""
-    if isinstance(data, tuple):
-        x, labels = data
-        embeddings = model.predict(x, batch_size=batch_size, verbose=0)
-    else:
-        parts, label_parts = [], []
-        for element in data:
-            x, y = element[0], element[1]
-            y = np.asarray(y)
-            if y.ndim == 0:
-                raise ValueError(f"`{name}` yields single examples; batch it first, e.g. `{name}.batch(256)`.")
-            out = model.predict_on_batch(x)
-            if isinstance(out, (list, tuple, dict)):
-                raise ValueError(_MULTI_OUTPUT)
-            parts.append(np.asarray(out))
-            label_parts.append(y.reshape(len(y), -1)[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y)
-        if not parts:
-            raise ValueError(f"`{name}` is empty: the dataset yielded no batch.")
-        embeddings = np.concatenate(parts)
-        labels = np.concatenate(label_parts)
-    if isinstance(embeddings, (list, tuple, dict)):
-        raise ValueError(_MULTI_OUTPUT)
-    return checks.as_embeddings(embeddings, f"embeddings of {name}"), checks.as_labels(labels, len(embeddings), f"labels of {name}")

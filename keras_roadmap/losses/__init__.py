@@ -1,16 +1,40 @@
-"""The ROADMAP loss family: SupAP, SmoothAP, calibration, their sum, and exact AP."""
+"""The ROADMAP loss family: SupAP, SmoothAP, calibration, their sum, and exact AP.
 
-from keras_roadmap.losses.ap_losses import INATURALIST_SUPAP, SmoothAPLoss, SupAPLoss, heaviside_average_precision
-from keras_roadmap.losses.base import RetrievalLoss
-from keras_roadmap.losses.calibration import CalibrationLoss
-from keras_roadmap.losses.roadmap import ROADMAPLoss
+Each loss comes as a class (``keras.losses.Loss``, serializable, cross-replica aware) and as a
+function of the same name in snake case (``roadmap``, ``supap``, ``smooth_ap``,
+``calibration``), as Keras pairs ``keras.losses.Circle`` with ``keras.losses.circle``. The
+functions take an optional reference set (``ref_y_true``, ``ref_y_pred``): the classes'
+``call_with_reference``.
+"""
+
+from keras_roadmap.losses.ap_losses import (
+    INATURALIST_SUPAP,
+    SmoothAPLoss,
+    SupAPLoss,
+    heaviside_average_precision,
+    smooth_ap,
+    supap,
+)
+from keras_roadmap.losses.base import Pairs, RetrievalLoss, sum_of_ratios
+from keras_roadmap.losses.calibration import CalibrationLoss, calibration
+from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
+from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
 
 __all__ = [
+    "CALIBRATION_DEFAULTS",
     "CalibrationLoss",
     "INATURALIST_SUPAP",
+    "Pairs",
     "ROADMAPLoss",
     "RetrievalLoss",
+    "SUPAP_DEFAULTS",
+    "SUPAP_PRESETS",
     "SmoothAPLoss",
     "SupAPLoss",
+    "calibration",
     "heaviside_average_precision",
+    "roadmap",
+    "smooth_ap",
+    "supap",
+    "sum_of_ratios",
 ]

@@ -1,8 +1,20 @@
-"""Plumbing shared by the ranking losses: Keras calling convention, batch and reference forms."""
+"""Plumbing shared by the ranking losses: Keras calling convention, batch and reference forms.
+
+The public protocol of a loss, what :mod:`keras_roadmap.distributed` and a new loss rely on:
+
+* ``batch_pairs(y_true, y_pred)`` / ``reference_pairs(...)``: the inputs checked and put in a
+  :class:`Pairs` (queries, their retrieval set, the shared score matrix);
+* ``ratio_terms(pairs)``: the loss as ``[(weight, numerator, count), ...]``, its value being
+  ``sum(weight * numerator / max(count, 1))`` (:func:`sum_of_ratios`). **A new loss is one
+  class implementing this method** (see ``docs/custom_loss.md``); counts carry no gradient,
+  which is what lets the replicas of ``tf.distribute`` sum them before dividing;
+* ``loss_from_pairs(pairs)``: the scalar loss (``sum_of_ratios(ratio_terms(pairs))``).
+"""
 
 import keras
 from keras import ops
 
+from keras_roadmap import _keras_compat
 from keras_roadmap import guard as _guard
 from keras_roadmap.losses import _inputs
 
@@ -10,7 +22,7 @@ from keras_roadmap.losses import _inputs
 class RetrievalLoss(keras.losses.Loss):
     """A loss over a whole batch of ``(label, embedding)`` pairs, returning one scalar.
 
-    Subclasses implement ``_loss_from_pairs``. Two forms share it:
+    Subclasses implement ``ratio_terms(pairs)`` (see the module docstring). Two forms share it:
 
     * ``loss(y_true, y_pred)``: the batch is both the queries and the retrieval set.
     * ``loss.call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred)``: the batch is the
@@ -44,6 +56,15 @@ class RetrievalLoss(keras.losses.Loss):
         self.include_self = bool(include_self)
         self.gather_across_replicas = bool(gather_across_replicas)
 
+    # Before the protocol was public, a custom loss overrode these private names; they still work.
+    _LEGACY_NAMES = {"_ratio_terms": "ratio_terms", "_loss_from_pairs": "loss_from_pairs"}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for legacy, public in cls._LEGACY_NAMES.items():
+            if legacy in cls.__dict__ and public not in cls.__dict__:
+                setattr(cls, public, cls.__dict__[legacy])
+
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError(
@@ -52,7 +73,7 @@ class RetrievalLoss(keras.losses.Loss):
                 "faithful meaning. Remove sample_weight (or class_weight) from fit()/the loss call "
                 "and balance classes with a sampler instead."
             )
-        if _in_keras_symbolic_build():
+        if _keras_compat.in_symbolic_scope():
             # Keras builds the compiled loss from output specs only; under tf.distribute it feeds
             # labels averaged over replicas (floats), which the label checks would reject.
             return ops.zeros((), dtype=self.dtype)
@@ -75,7 +96,7 @@ class RetrievalLoss(keras.losses.Loss):
             from keras_roadmap import distributed
 
             return distributed.batch_loss(self, context, y_true, y_pred)
-        return self._loss_from_pairs(self._batch_pairs(y_true, y_pred))
+        return self.loss_from_pairs(self.batch_pairs(y_true, y_pred))
 
     def call_with_reference(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
         """Scalar loss of the queries ``y_pred`` ``(B, D)`` ranked against a reference ``(M, D)``.
@@ -93,41 +114,51 @@ class RetrievalLoss(keras.losses.Loss):
         Queries whose label is absent from the reference have no positive: they are left out of
         the mean (the official code returns NaN for the whole loss).
         """
-        pairs = self._reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+        pairs = self.reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
         context = self._replica_context()
         if context is not None:
             from keras_roadmap import distributed
 
             return distributed.reference_loss(self, context, pairs)
-        return self._loss_from_pairs(pairs)
+        return self.loss_from_pairs(pairs)
 
-    def _batch_pairs(self, y_true, y_pred):
-        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
-        pairs = Pairs(labels, embeddings, labels, embeddings, batch_form=True)
-        if not self.include_self:
-            pairs.excluded = ops.arange(ops.shape(embeddings)[0], dtype="int32")
-        return pairs
+    def batch_pairs(self, y_true, y_pred):
+        """:class:`Pairs` of the batch form: every item queries the batch (see :func:`batch_pairs`)."""
+        return batch_pairs(y_true, y_pred, self.dtype, include_self=self.include_self)
 
-    def _reference_pairs(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
-        labels, embeddings = _inputs.prepare_batch(y_true, y_pred, self.dtype)
-        ref_labels, ref_embeddings = _inputs.prepare_reference(ref_y_true, ref_y_pred, self.dtype, embeddings)
-        pairs = Pairs(labels, embeddings, ref_labels, ref_embeddings, batch_form=False)
-        if not self.include_self and self_index is not None:
-            pairs.excluded = ops.reshape(ops.cast(self_index, "int32"), (-1,))
-        if ref_mask is not None:
-            pairs.ref_valid = ops.reshape(ops.cast(ref_mask, "bool"), (-1,))
-        return pairs
+    def reference_pairs(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
+        """:class:`Pairs` of the queries against a constant reference (see :func:`reference_pairs`)."""
+        return reference_pairs(
+            y_true, y_pred, ref_y_true, ref_y_pred, self.dtype,
+            include_self=self.include_self, self_index=self_index, ref_mask=ref_mask,
+        )
 
-    def _ratio_terms(self, pairs):
-        """The loss as ``[(weight, numerator, count), ...]``: ``sum(w * n / max(count, 1))``.
+    def ratio_terms(self, pairs):
+        """The loss of ``pairs`` as ``[(weight, numerator, count), ...]``: ``sum(w * n / max(count, 1))``.
 
-        Counts carry no gradient. Written this way so that, across replicas, the counts can be
-        summed before dividing (``keras_roadmap.distributed``) while one device divides at once.
+        The one method a new loss implements. ``weight`` is a python float, ``numerator`` and
+        ``count`` scalar tensors; counts carry no gradient. Written this way so that, across
+        replicas, the counts can be summed before dividing (``keras_roadmap.distributed``) while
+        one device divides at once.
         """
         raise NotImplementedError
 
-    def _loss_from_pairs(self, pairs):
-        return sum_of_ratios(self._ratio_terms(pairs))
+    def loss_from_pairs(self, pairs):
+        """The scalar loss of ``pairs``: :func:`sum_of_ratios` of :meth:`ratio_terms`."""
+        return sum_of_ratios(self.ratio_terms(pairs))
+
+    @staticmethod
+    def sum_of_ratios(terms, counts=None):
+        """:func:`sum_of_ratios`, reachable from any loss (the reduction across replicas uses it)."""
+        return sum_of_ratios(terms, counts)
+
+    # The private names of the protocol before it was public, kept for existing callers (an
+    # override of the old `_ratio_terms` / `_loss_from_pairs` is honoured by __init_subclass__).
+    def _batch_pairs(self, y_true, y_pred):
+        return self.batch_pairs(y_true, y_pred)
+
+    def _reference_pairs(self, *args, **kwargs):
+        return self.reference_pairs(*args, **kwargs)
 
     def get_config(self):
         return {
@@ -138,13 +169,49 @@ class RetrievalLoss(keras.losses.Loss):
         }
 
 
-def _in_keras_symbolic_build():
-    """True inside ``keras.SymbolicScope`` (Keras computing output specs, no real data)."""
-    try:
-        from keras.src.backend import in_symbolic_scope
-    except ImportError:  # a Keras without it never builds losses symbolically
-        return False
-    return in_symbolic_scope()
+def batch_pairs(y_true, y_pred, dtype, *, include_self=True):
+    """:class:`Pairs` of a batch that is both the queries and the retrieval set.
+
+    Args:
+        y_true: ``(B,)`` or ``(B, 1)`` int labels. y_pred: ``(B, D)`` float embeddings, cast to
+            ``dtype``. include_self: False takes each query out of its own retrieval set.
+    Raises ValueError (naming the argument) for a bad shape, dtype or non-finite value.
+    """
+    labels, embeddings = _inputs.prepare_batch(y_true, y_pred, dtype)
+    pairs = Pairs(labels, embeddings, labels, embeddings, batch_form=True)
+    if not include_self:
+        pairs.excluded = ops.arange(ops.shape(embeddings)[0], dtype="int32")
+    return pairs
+
+
+def reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_self=True, self_index=None, ref_mask=None):
+    """:class:`Pairs` of the queries ``y_pred`` ``(B, D)`` against a constant reference ``(M, D)``.
+
+    ``self_index`` (``(B,)`` int, -1: none) is the reference row of each query's own copy, left
+    out with ``include_self=False``; ``ref_mask`` (``(M,)`` bool) the rows that hold an item.
+    """
+    labels, embeddings = _inputs.prepare_batch(y_true, y_pred, dtype)
+    ref_labels, ref_embeddings = _inputs.prepare_reference(ref_y_true, ref_y_pred, dtype, embeddings)
+    pairs = Pairs(labels, embeddings, ref_labels, ref_embeddings, batch_form=False)
+    if not include_self and self_index is not None:
+        pairs.excluded = ops.reshape(ops.cast(self_index, "int32"), (-1,))
+    if ref_mask is not None:
+        pairs.ref_valid = ops.reshape(ops.cast(ref_mask, "bool"), (-1,))
+    return pairs
+
+
+def loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask):
+    """The pairs a functional loss ranks: the batch form without a reference, else the reference form."""
+    dtype = dtype or keras.config.floatx()
+    if ref_y_pred is None:
+        if ref_y_true is not None:
+            raise ValueError("ref_y_true was given without ref_y_pred; pass both or neither.")
+        return batch_pairs(y_true, y_pred, dtype, include_self=include_self)
+    if ref_y_true is None:
+        raise ValueError("ref_y_pred was given without ref_y_true; pass both or neither.")
+    return reference_pairs(
+        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
+    )
 
 
 def sum_of_ratios(terms, counts=None):
@@ -180,6 +247,16 @@ class Pairs:
         self.ref_valid = None
         self.self_columns = None
         self._scores = None
+
+    def against(self, ref_labels, ref_embeddings, self_columns):
+        """These queries against another retrieval set in the batch form, e.g. the batch gathered
+        across replicas, where query q's own copy is column ``self_columns[q]`` (``(B,)`` int32).
+        A query kept out of its own retrieval set here is kept out of that one too."""
+        pairs = Pairs(self.labels, self.embeddings, ref_labels, ref_embeddings, batch_form=True)
+        pairs.self_columns = self_columns
+        if self.excluded is not None:
+            pairs.excluded = self_columns
+        return pairs
 
     @property
     def scores(self):

@@ -11,7 +11,8 @@ import keras
 from keras import ops
 
 from keras_roadmap import validation
-from keras_roadmap.losses.base import RetrievalLoss
+from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
+from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, with_parameters
 
 NORM_EPSILON = 1e-12
 
@@ -45,6 +46,21 @@ def calibration_terms(cosine, same_label, pair_mask, pos_margin, neg_margin):
     ]
 
 
+def calibration_pair_terms(pairs, pos_margin, neg_margin):
+    """Calibration loss of ``pairs`` (a :class:`~keras_roadmap.losses.base.Pairs`) as ratio terms.
+
+    Cosine similarities come from the shared dot-product matrix (one ``(B, D) x (D, N)``
+    product serves every term of a combined loss); the batch form leaves out pairs ``(i, i)``.
+    """
+    cosine = (
+        pairs.scores
+        * ops.expand_dims(inverse_norm(pairs.embeddings), 1)
+        * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
+    )
+    pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
+    return calibration_terms(cosine, pairs.same_label(), pair_mask, float(pos_margin), float(neg_margin))
+
+
 @keras.saving.register_keras_serializable(package="keras_roadmap")
 class CalibrationLoss(RetrievalLoss):
     """ROADMAP's calibration loss (contrastive, on cosine similarity).
@@ -65,21 +81,56 @@ class CalibrationLoss(RetrievalLoss):
     0.0
     """
 
-    def __init__(
-        self, pos_margin=0.9, neg_margin=0.6, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None
-    ):
+    # Signature: (pos_margin, neg_margin) from CALIBRATION_DEFAULTS, then the keywords below.
+    @with_parameters(CALIBRATION_DEFAULTS, after="self")
+    def __init__(self, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None, **margins):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        self.pos_margin, self.neg_margin = validation.margins(pos_margin, neg_margin, owner=type(self).__name__)
+        self.pos_margin, self.neg_margin = validation.margins(margins["pos_margin"], margins["neg_margin"], owner=type(self).__name__)
 
-    def _ratio_terms(self, pairs):
-        # Cosine from the shared dot-product matrix: one (B, D) x (D, N) product serves both terms.
-        cosine = (
-            pairs.scores
-            * ops.expand_dims(inverse_norm(pairs.embeddings), 1)
-            * ops.expand_dims(inverse_norm(pairs.ref_embeddings), 0)
-        )
-        pair_mask = pairs.membership(exclude_diagonal=pairs.batch_form)
-        return calibration_terms(cosine, pairs.same_label(), pair_mask, self.pos_margin, self.neg_margin)
+    @property
+    def margins(self):
+        """``{pos_margin, neg_margin}`` of this loss (a new dict)."""
+        return {key: getattr(self, key) for key in CALIBRATION_DEFAULTS}
+
+    def ratio_terms(self, pairs):
+        """``[(1, positive sum, count), (1, negative sum, count)]``, see :func:`calibration_terms`."""
+        return calibration_pair_terms(pairs, **self.margins)
 
     def get_config(self):
-        return {**super().get_config(), "pos_margin": self.pos_margin, "neg_margin": self.neg_margin}
+        return {**super().get_config(), **self.margins}
+
+
+@with_parameters(CALIBRATION_DEFAULTS, after="ref_y_pred")
+def calibration(
+    y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, include_self=True, dtype=None,
+    **margins,
+):
+    """ROADMAP's calibration loss of a batch (or of queries against a reference set).
+
+    Formula:
+
+    ```python
+    cos = cosine similarity of each (query i, item j) pair, i != j in the batch form
+    pos = relu(pos_margin - cos)   over pairs with the same label
+    neg = relu(cos - neg_margin)   over pairs with different labels
+    loss = mean(pos[pos > 0]) + mean(neg[neg > 0])    # an empty mean is 0
+    ```
+
+    Args:
+        y_true: ``(B,)`` or ``(B, 1)`` int class ids. y_pred: ``(B, D)`` float embeddings.
+        ref_y_true, ref_y_pred: optional ``(M,)`` / ``(M, D)`` constant reference set; then
+            only query-to-reference pairs count.
+        pos_margin, neg_margin: margins on cosine similarity (0.9, 0.6).
+        self_index, ref_mask, include_self: as in :class:`CalibrationLoss` (a pair of an item
+            with itself is never counted in the batch form).
+        dtype: computation dtype (default ``keras.config.floatx()``).
+
+    Returns:
+        Scalar loss tensor, equal to ``CalibrationLoss(...)(y_true, y_pred)`` on one device.
+
+    Example:
+    >>> float(calibration([0, 0, 1], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    0.0
+    """
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
+    return sum_of_ratios(calibration_pair_terms(pairs, **margins))

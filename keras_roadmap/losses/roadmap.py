@@ -3,17 +3,29 @@
 import keras
 
 from keras_roadmap import validation
-from keras_roadmap.losses.ap_losses import INATURALIST_SUPAP, SupAPLoss
-from keras_roadmap.losses.base import RetrievalLoss
-from keras_roadmap.losses.calibration import CalibrationLoss
+from keras_roadmap.losses.ap_losses import SupAPLoss, supap_terms
+from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
+from keras_roadmap.losses.calibration import CalibrationLoss, calibration_pair_terms
+from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SupAPPresets, with_parameters
+
+
+def weighted_terms(*weighted):
+    """The ratio terms of ``(weight, terms_fn)`` pairs, each scaled by its weight; a zero weight
+    skips its terms (and their computation)."""
+    terms = []
+    for weight, terms_fn in weighted:
+        if weight != 0.0:
+            terms += [(weight * w, numerator, count) for w, numerator, count in terms_fn()]
+    return terms
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
-class ROADMAPLoss(RetrievalLoss):
+class ROADMAPLoss(SupAPPresets, RetrievalLoss):
     """ROADMAP: SupAP (a smooth upper bound of ``1 - AP``) plus a calibration loss.
 
     Defaults are the paper's SOP / CUB settings; ``ROADMAPLoss.inaturalist()`` (or
-    ``ROADMAPLoss(start=0.0, offset=1.0)``) gives the iNaturalist-2018 ones.
+    ``ROADMAPLoss(start=0.0, offset=1.0)``, or ``ROADMAPLoss.from_preset("inaturalist")``) gives
+    the iNaturalist-2018 ones.
 
     Args:
         tau, rho, delta, start, offset: SupAP parameters (0.01, 100.0, 0.05, 0.5, 1.44), see
@@ -26,9 +38,14 @@ class ROADMAPLoss(RetrievalLoss):
         gather_across_replicas: see :class:`~keras_roadmap.losses.RetrievalLoss` (True).
         name, dtype: as for ``keras.losses.Loss`` (float32 by default).
 
+    The SupAP and calibration parameters come from ``keras_roadmap.losses.parameters`` (the
+    one definition shared with :class:`SupAPLoss`, :class:`CalibrationLoss` and the functional
+    forms); the positional order is the one above.
+
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D) float)`` -> scalar.
     ``call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred)`` ranks the batch against a
-    reference set (e.g. a cross-batch memory) instead.
+    reference set (e.g. a cross-batch memory) instead. :func:`roadmap` is the same loss as a
+    function.
 
     Example:
     >>> import keras
@@ -36,15 +53,9 @@ class ROADMAPLoss(RetrievalLoss):
     >>> model.compile(optimizer="adam", loss=ROADMAPLoss())
     """
 
+    @with_parameters(SUPAP_DEFAULTS, CALIBRATION_DEFAULTS, after="self")
     def __init__(
         self,
-        tau=0.01,
-        rho=100.0,
-        delta=0.05,
-        start=0.5,
-        offset=1.44,
-        pos_margin=0.9,
-        neg_margin=0.6,
         ap_weight=1.0,
         calibration_weight=1.0,
         *,
@@ -53,33 +64,74 @@ class ROADMAPLoss(RetrievalLoss):
         gather_across_replicas=True,
         name="roadmap_loss",
         dtype=None,
+        **parameters,
     ):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        self.supap = SupAPLoss(
-            tau, rho, delta, start, offset, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype
-        )
-        self.calibration = CalibrationLoss(pos_margin, neg_margin, include_self=include_self, dtype=dtype)
+        supap = {key: parameters[key] for key in SUPAP_DEFAULTS}
+        margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
+        self.supap = SupAPLoss(**supap, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype)
+        self.calibration = CalibrationLoss(**margins, include_self=include_self, dtype=dtype)
         self.ap_weight, self.calibration_weight = validation.loss_weights(ap_weight=ap_weight, calibration_weight=calibration_weight, owner=type(self).__name__)
 
-    @classmethod
-    def inaturalist(cls, **kwargs):
-        """ROADMAP with the paper's iNaturalist-2018 settings (SupAP ``start=0.0, offset=1.0``)."""
-        return cls(**{**INATURALIST_SUPAP, **kwargs})
-
-    def _ratio_terms(self, pairs):
-        terms = []
-        for weight, loss in ((self.ap_weight, self.supap), (self.calibration_weight, self.calibration)):
-            if weight != 0.0:
-                terms += [(weight * w, numerator, count) for w, numerator, count in loss._ratio_terms(pairs)]
-        return terms
+    def ratio_terms(self, pairs):
+        """SupAP's and the calibration's ratio terms, scaled by their weights."""
+        return weighted_terms(
+            (self.ap_weight, lambda: self.supap.ratio_terms(pairs)),
+            (self.calibration_weight, lambda: self.calibration.ratio_terms(pairs)),
+        )
 
     def get_config(self):
-        supap, calibration = self.supap.get_config(), self.calibration.get_config()
         return {
             **super().get_config(),
-            **{k: supap[k] for k in ("tau", "rho", "delta", "start", "offset", "pairs_per_chunk")},
-            "pos_margin": calibration["pos_margin"],
-            "neg_margin": calibration["neg_margin"],
+            **self.supap.supap_parameters,
+            "pairs_per_chunk": self.supap.pairs_per_chunk,
+            **self.calibration.margins,
             "ap_weight": self.ap_weight,
             "calibration_weight": self.calibration_weight,
         }
+
+
+@with_parameters(SUPAP_DEFAULTS, CALIBRATION_DEFAULTS, after="ref_y_pred")
+def roadmap(
+    y_true, y_pred, ref_y_true=None, ref_y_pred=None, ap_weight=1.0, calibration_weight=1.0, *, self_index=None,
+    ref_mask=None, include_self=True, pairs_per_chunk=None, dtype=None, **parameters,
+):
+    """ROADMAP loss of a batch (or of queries ranked against a reference set).
+
+    Formula:
+
+    ```python
+    loss = ap_weight * supap(...) + calibration_weight * calibration(...)
+    ```
+
+    where both terms rank the same pairs (one score matrix): see :func:`supap` and
+    :func:`calibration` for each formula.
+
+    Args:
+        y_true: ``(B,)`` or ``(B, 1)`` int class ids. y_pred: ``(B, D)`` float embeddings.
+        ref_y_true, ref_y_pred: optional ``(M,)`` / ``(M, D)`` constant reference set (e.g. a
+            cross-batch memory); default None: the batch is its own retrieval set.
+        tau, rho, delta, start, offset: SupAP parameters (0.01, 100.0, 0.05, 0.5, 1.44).
+        pos_margin, neg_margin: calibration margins (0.9, 0.6).
+        ap_weight, calibration_weight: weights of the two terms (1.0, 1.0).
+        self_index, ref_mask, include_self, pairs_per_chunk: as in :class:`ROADMAPLoss`.
+        dtype: computation dtype (default ``keras.config.floatx()``).
+
+    Returns:
+        Scalar loss tensor: the value of ``ROADMAPLoss(...)`` on one device (the function sees
+        one replica's batch, as :func:`supap` does).
+
+    Example:
+    >>> import numpy as np
+    >>> float(roadmap([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]]))
+    0.0
+    """
+    pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
+    supap = {key: parameters[key] for key in SUPAP_DEFAULTS}
+    margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
+    return sum_of_ratios(
+        weighted_terms(
+            (float(ap_weight), lambda: supap_terms(pairs, pairs_per_chunk=pairs_per_chunk, **supap)),
+            (float(calibration_weight), lambda: calibration_pair_terms(pairs, **margins)),
+        )
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_roadmap import _keras_compat
+
 
 def freeze_batchnorm(model: keras.Model) -> int:
     """Set every ``BatchNormalization`` layer of ``model`` (nested models included) untrainable.
@@ -17,7 +19,7 @@ def freeze_batchnorm(model: keras.Model) -> int:
         to freeze BatchNorm on a model without it is almost certainly a mistake.
     """
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _keras_compat.nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
             count += 1

@@ -88,13 +88,12 @@ def build_encoder(config: RecipeConfig, *, weights="config"):
 
 
 def build_loss(config: RecipeConfig):
-    """`ROADMAPLoss()` (SOP/CUB/In-Shop) or `ROADMAPLoss.inaturalist()`, plus any extra keywords."""
+    """`ROADMAPLoss.from_preset(loss.preset)` ("default": SOP/CUB/In-Shop, "inaturalist"), plus
+    any extra keywords."""
     from keras_roadmap.losses import ROADMAPLoss
 
     kwargs = {k: v for k, v in config.loss.items() if k != "preset"}
-    if config.loss["preset"] == "inaturalist":
-        return ROADMAPLoss.inaturalist(**kwargs)
-    return ROADMAPLoss(**kwargs)
+    return ROADMAPLoss.from_preset(config.loss["preset"], **kwargs)
 
 
 def build_recipe_optimizer(config: RecipeConfig, steps_per_epoch: int):

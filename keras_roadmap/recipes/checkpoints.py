@@ -4,10 +4,10 @@ Every file is written to a temporary name and renamed into place (`keras_roadmap
 a run killed at any moment leaves each file either as it was or complete.
 
 * `RunBackup` replaces `keras.callbacks.BackupAndRestore` (whose weights file is written in
-  place, so a kill during the write left a 0-byte `latest.weights.h5` that no rerun could
-  load). Each epoch writes `backup/epoch-NNNN.weights.h5` (weights, optimiser, memory), then
-  commits it by renaming `training_metadata.json` (epoch, file name, SHA-256, resolved config)
-  into place. The previous generation is kept: a damaged newest file falls back to it.
+  place, so a kill during the write left a 0-byte weights file that no rerun could load).
+  Each epoch writes `backup/epoch-NNNN.weights.h5` (weights, optimiser, memory), then commits
+  it by renaming the metadata file (epoch, file name, SHA-256, resolved config; same name as
+  BackupAndRestore's, so backups of older runs are still read) into place. The previous generation is kept: a damaged newest file falls back to it.
 * `read_backup` / `backup_epoch` give the state a rerun resumes from (the training stream is
   rebuilt from that epoch, `make_train_dataset(first_epoch=...)`, so the resumed run sees the
   batches the unbroken one saw); `config_changes` lists what differs from the stored config.
@@ -29,11 +29,11 @@ import pathlib
 
 import keras
 
-from keras_roadmap import atomic
+from keras_roadmap import _keras_compat, atomic
 from keras_roadmap.errors import CheckpointError, NonFiniteError, OutputDirError
 
-BACKUP_METADATA = "training_metadata.json"
-LEGACY_WEIGHTS = "latest.weights.h5"  # keras.callbacks.BackupAndRestore's file (older runs)
+BACKUP_METADATA = _keras_compat.BACKUP_METADATA_FILE
+LEGACY_WEIGHTS = _keras_compat.BACKUP_WEIGHTS_FILE  # keras.callbacks.BackupAndRestore's file (older runs)
 FORMAT = 2
 
 

@@ -252,13 +252,6 @@ def float32_embedder(config: RecipeConfig, source):
     return copy
 
 
-def embed(model, dataset):
-    """(N, D) float32 embeddings of an eval dataset of `(images, labels)` batches, in order."""
-    import numpy as np
-
-    return np.concatenate([np.asarray(model.predict_on_batch(x), dtype="float32") for x, _ in dataset])
-
-
 def test_table(config: RecipeConfig, embedder, splits):
     """Retrieval metrics of `embedder` on the test split(s).
 
@@ -267,11 +260,11 @@ def test_table(config: RecipeConfig, embedder, splits):
         map@r, ...) and `{"gallery": (N, D), "query": (Nq, D) or None}` float32 embeddings.
     """
     from keras_roadmap.data import make_eval_dataset
-    from keras_roadmap.evaluation import retrieval_metrics
+    from keras_roadmap.evaluation import embed, retrieval_metrics
 
     def embed_split(split):
         ds = make_eval_dataset(split, config.evaluation["batch_size"], image_size=config.image_size, resize_size=config.eval_resize)
-        return embed(embedder, ds)
+        return embed(embedder, ds, name=split.name)[0]
 
     gallery = embed_split(splits.gallery)
     kwargs = {}

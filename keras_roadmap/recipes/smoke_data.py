@@ -5,7 +5,8 @@ the whole recipe (list files, image decoding, samplers, training, evaluation, ex
 end to end in seconds. Each class gets its own colour and a stripe pattern (plus noise), so a
 model can learn something in a couple of epochs; the numbers still mean nothing.
 
-Needs Pillow (imported when a tree is written): `pip install keras-roadmap[viz]`.
+The trees are written by `keras_roadmap.data.layouts` (the one writer of each layout, shared
+with the reader tests). Needs Pillow (imported when a tree is written): `pip install keras-roadmap[viz]`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ import pathlib
 
 import numpy as np
 
+from keras_roadmap.data import layouts
+
 # Per dataset: (super-categories, classes per super-category, images per class) for each split.
 DEFAULT_SHAPE = {"supers": 3, "classes_per_super": 3, "images_per_class": 4}
-
-
-def _import_pil_image():
-    try:
-        from PIL import Image
-    except ImportError as err:
-        raise ImportError("Writing a smoke dataset needs Pillow: pip install 'keras-roadmap[viz]'") from err
-    return Image
 
 
 def _class_image(class_index: int, image_index: int, size=(40, 32)) -> np.ndarray:
@@ -46,12 +41,6 @@ def _class_image(class_index: int, image_index: int, size=(40, 32)) -> np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _write_jpeg(path: pathlib.Path, pixels: np.ndarray) -> None:
-    Image = _import_pil_image()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-
-
 def _shape(shape):
     merged = {**DEFAULT_SHAPE, **(shape or {})}
     for key, value in merged.items():
@@ -62,71 +51,55 @@ def _shape(shape):
 
 def write_sop(root, shape=None) -> pathlib.Path:
     """`Ebay_train.txt` / `Ebay_test.txt` + `<category>_final/<class>_<k>.JPG` (disjoint classes)."""
-    root, s = pathlib.Path(root), _shape(shape)
+    s = _shape(shape)
     cats = [f"smoke{c}_final" for c in range(s["supers"])]
-    image_id, class_id = 1, 1
+    rows, class_id = [], 1
     for split in ("train", "test"):
-        lines = ["image_id class_id super_class_id path"]
         for super_index, cat in enumerate(cats):
             for _ in range(s["classes_per_super"]):
                 for k in range(s["images_per_class"]):
                     rel = f"{cat}/{111000 + class_id}_{k}.JPG"
-                    _write_jpeg(root / rel, _class_image(class_id, k))
-                    lines.append(f"{image_id} {class_id} {super_index + 1} {rel}")
-                    image_id += 1
+                    rows.append((split, class_id, super_index + 1, rel, _class_image(class_id, k)))
                 class_id += 1
-        (root / f"Ebay_{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return layouts.write_sop(root, rows)
 
 
 def write_cub(root, shape=None) -> pathlib.Path:
     """`CUB_200_2011/{images.txt, image_class_labels.txt, images/NNN.Name/*.jpg}`; train classes
     start at 1 and test classes at 101 (the retrieval split)."""
-    root, s = pathlib.Path(root), _shape(shape)
-    base = root / "CUB_200_2011"
+    s = _shape(shape)
     classes = s["supers"] * s["classes_per_super"]
-    images, labels, image_id = [], [], 1
-    for first in (1, 101):
-        for class_id in range(first, first + classes):
-            folder = f"{class_id:03d}.Smoke_Bird_{class_id}"
-            for k in range(s["images_per_class"]):
-                rel = f"{folder}/Smoke_Bird_{class_id}_{k:04d}.jpg"
-                _write_jpeg(base / "images" / rel, _class_image(class_id, k))
-                images.append(f"{image_id} {rel}")
-                labels.append(f"{image_id} {class_id}")
-                image_id += 1
-    (base / "images.txt").write_text("\n".join(images) + "\n")
-    (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    return root
+    rows = [
+        (class_id, f"{class_id:03d}.Smoke_Bird_{class_id}/Smoke_Bird_{class_id}_{k:04d}.jpg", _class_image(class_id, k))
+        for first in (1, 101)
+        for class_id in range(first, first + classes)
+        for k in range(s["images_per_class"])
+    ]
+    return layouts.write_cub(root, rows)
 
 
 def write_inaturalist(root, shape=None) -> pathlib.Path:
     """`Inat_dataset_splits/Inaturalist_{train,test}_set1.txt` listing
     `train_val2018/<Kingdom>/<category id>/<hash>.jpg` (kingdoms = super-categories)."""
-    root, s = pathlib.Path(root), _shape(shape)
+    s = _shape(shape)
     kingdoms = ["Plantae", "Insecta", "Aves", "Fungi", "Mammalia", "Reptilia"]
     if s["supers"] > len(kingdoms):
         kingdoms += [f"Kingdom{i}" for i in range(len(kingdoms), s["supers"])]
-    category = 1000
+    rows, category = [], 1000
     for split in ("train", "test"):
-        lines = []
         for kingdom in kingdoms[: s["supers"]]:
             for _ in range(s["classes_per_super"]):
                 for k in range(s["images_per_class"]):
                     rel = f"train_val2018/{kingdom}/{category}/{category:05d}{k:027x}.jpg"
-                    _write_jpeg(root / rel, _class_image(category, k))
-                    lines.append(rel)
+                    rows.append((split, rel, _class_image(category, k)))
                 category += 1
-        splits = root / "Inat_dataset_splits"
-        splits.mkdir(parents=True, exist_ok=True)
-        (splits / f"Inaturalist_{split}_set1.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return layouts.write_inaturalist(root, rows)
 
 
 def write_inshop(root, shape=None) -> pathlib.Path:
     """`list_eval_partition.txt` + `img/<GENDER>/<Category>/id_XXXXXXXX/NN_k_view.jpg`; train items
     are disjoint from query/gallery items, and each test item has one query image, the rest gallery."""
-    root, s = pathlib.Path(root), _shape(shape)
+    s = _shape(shape)
     if s["images_per_class"] < 2:
         raise ValueError("In-Shop smoke data needs images_per_class >= 2 (one query + gallery images).")
     categories = ["WOMEN/Dresses", "MEN/Shirts_Polos", "WOMEN/Skirts", "MEN/Pants", "WOMEN/Tees_Tanks", "MEN/Denim"]
@@ -140,13 +113,10 @@ def write_inshop(root, shape=None) -> pathlib.Path:
                 item_id = f"id_{item:08d}"
                 for k in range(s["images_per_class"]):
                     rel = f"img/{category}/{item_id}/{k + 1:02d}_{k + 1}_{views[k % len(views)]}.jpg"
-                    _write_jpeg(root / rel, _class_image(item, k))
                     status = "train" if split == "train" else ("query" if k == 0 else "gallery")
-                    rows.append(f"{rel} {item_id} {status}")
+                    rows.append((rel, item_id, status, _class_image(item, k)))
                 item += 1
-    text = f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n"
-    (root / "list_eval_partition.txt").write_text(text)
-    return root
+    return layouts.write_inshop(root, rows)
 
 
 WRITERS = {"sop": write_sop, "cub": write_cub, "inaturalist": write_inaturalist, "inshop": write_inshop}
