@@ -6,6 +6,12 @@ memory can be read on its own (peak RSS minus the RSS right before the first los
     python benchmarks/loss_speed.py                    # B in 128 256 384 512, D = 512
     python benchmarks/loss_speed.py --sizes 128 384 --dim 512 --repeats 20
     python benchmarks/loss_speed.py --backend tensorflow jax torch   # one table per backend
+    python benchmarks/loss_speed.py --guard --sizes 384 --repeats 50   # NaN guard cost
+
+`--guard` times the XLA step with the NaN guard (the loss made NaN in-graph when an
+embedding is non-finite, then the host reading the loss and checking it, as
+`keras_roadmap.guard.NonFiniteGuard` does) against the same step without it (`loss.call`,
+no host check), interleaved in one process so that both see the same machine load.
 
 Ratios are "naive dense XLA time / ours", measured in the same run; with several backends, each
 backend's times are also divided by the TensorFlow run of the same invocation. A backend runs
@@ -61,6 +67,8 @@ def naive_dense_roadmap(labels, emb):
 
 loss_obj = ROADMAPLoss()
 loss_fn = naive_dense_roadmap if impl == "naive" else (lambda y, e: loss_obj(y, e))
+if impl == "unguarded":  # Loss.call: no non-finite poisoning (what __call__ adds)
+    loss_fn = lambda y, e: loss_obj.call(y, e)
 
 
 backend = keras.backend.backend()
@@ -107,6 +115,33 @@ else:
 def to_numpy(x):
     return np.asarray(ops.convert_to_numpy(x))
 
+
+if impl == "guardpair":
+    import math
+
+    def make(fn):
+        def raw(labels, emb):
+            with tf.GradientTape() as tape:
+                tape.watch(emb)
+                value = fn(labels, emb)
+            return value, tape.gradient(value, emb)
+        return tf.function(raw, jit_compile=True)
+
+    guarded, unguarded = make(lambda y, e: loss_obj(y, e)), make(lambda y, e: loss_obj.call(y, e))
+    for f in (guarded, unguarded):
+        f(labels, emb)[1].numpy()
+    times = {"guarded": [], "unguarded": [], "in_graph_only": []}
+    order = [("unguarded", unguarded), ("in_graph_only", guarded), ("guarded", guarded)]
+    for i in range(repeats):
+        for name, f in (order if i % 2 == 0 else order[::-1]):  # alternate the order: no position bias
+            t0 = time.perf_counter()
+            value, grad = f(labels, emb)
+            grad.numpy()
+            if name == "guarded" and not math.isfinite(float(value)):  # the host-side check
+                raise FloatingPointError("non-finite loss")
+            times[name].append(time.perf_counter() - t0)
+    print(json.dumps({k: 1000 * float(np.median(v)) for k, v in times.items()}))
+    sys.exit(0)
 
 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -164,8 +199,22 @@ def main(argv=None):
     parser.add_argument("--naive-max", type=int, default=512, help="largest B for the naive dense baseline")
     parser.add_argument("--mixed", action="store_true", help="also time XLA under mixed_float16 / mixed_bfloat16")
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--guard", action="store_true", help="only time the NaN guard: guarded vs unguarded XLA step")
     parser.add_argument("--backend", nargs="+", default=["tensorflow"], choices=["tensorflow", "jax", "torch"])
     args = parser.parse_args(argv)
+    if args.guard:
+        print(f"NaN guard cost, ROADMAPLoss XLA forward+backward, D={args.dim}, {args.per_class} per class, "
+              f"median of {args.repeats} interleaved runs")
+        print("| B | unguarded ms | in-graph check only ms | guarded (+ host check) ms | overhead |")
+        print("|---|---|---|---|---|")
+        for b in args.sizes:
+            r = run("guardpair", "xla", b, args.dim, args.repeats, args.per_class)
+            if "error" in r:
+                print(f"| {b} | failed: {r['error']} | | |")
+                continue
+            print(f"| {b} | {r['unguarded']:.2f} | {r['in_graph_only']:.2f} | {r['guarded']:.2f} | "
+                  f"{100 * (r['guarded'] / r['unguarded'] - 1):+.1f}% |", flush=True)
+        return
     if len(args.backend) > 1 or args.backend != ["tensorflow"]:
         return compare_backends(args)
 

@@ -68,6 +68,12 @@ _EXPORTS = {
     "mean_pairwise_cosine": "keras_roadmap.collapse",
     "DecomposabilityGap": "keras_roadmap.diagnostics",
     "decomposability_gap": "keras_roadmap.diagnostics",
+    # errors and guarded training (issue 14)
+    "CheckpointError": "keras_roadmap.errors",
+    "ConfigError": "keras_roadmap.errors",
+    "KerasRoadmapError": "keras_roadmap.errors",
+    "NonFiniteError": "keras_roadmap.errors",
+    "NonFiniteGuard": "keras_roadmap.guard",
     # export
     "ExportError": "keras_roadmap.export",
     "ExportReport": "keras_roadmap.export",

@@ -105,6 +105,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true",
         help="require a backup in --out to continue from (a run always continues from one when present)")
     add("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
+    add("--allow-config-change", action="store_true",
+        help="continue a backup made with another configuration (e.g. a longer schedule); without it such a "
+             "rerun stops and lists the differences")
     add("--verbose", choices=("auto", "0", "1", "2"), default="auto",
         help="progress: 1 = per-step bar with ETA, 2 = one line per epoch, 0 = none; "
              "auto (default) = 1 on a terminal, 2 otherwise")

@@ -41,14 +41,14 @@ def _check_inputs(embeddings, labels):
     if emb.ndim != 2 or emb.shape[0] < 2 or emb.shape[1] < 1:
         raise ValueError(f"`embeddings` must be a (N, D) array with N >= 2; got shape {emb.shape}.")
     if not np.issubdtype(emb.dtype, np.floating):
-        raise TypeError(f"`embeddings` must be floating point; got dtype {emb.dtype}.")
+        raise ValueError(f"`embeddings` must be floating point; got dtype {emb.dtype}.")
     if not np.isfinite(emb).all():
         raise ValueError("`embeddings` holds NaN or inf values; check the model (e.g. a diverged training).")
     lab = np.asarray(labels)
     if lab.shape != (emb.shape[0],):
         raise ValueError(f"`labels` must have shape ({emb.shape[0]},) to match the embeddings; got {lab.shape}.")
     if not np.issubdtype(lab.dtype, np.integer):
-        raise TypeError(f"`labels` must hold integer class ids; got dtype {lab.dtype}.")
+        raise ValueError(f"`labels` must hold integer class ids; got dtype {lab.dtype}.")
     return emb.astype(np.float64), lab.astype(np.int64)
 
 
@@ -125,7 +125,7 @@ def decomposability_gap(
         "num_queries"}`` (mAPs over the same query occurrences, so gap = batch_map - full_map).
 
     Raises:
-        ValueError / TypeError: bad shapes or dtypes, non-finite embeddings, samples_per_class
+        ValueError: bad shapes or dtypes (float labels included), non-finite embeddings, samples_per_class
             < 2, or a batch shape the labels cannot fill (see ``MPerClassSampler``).
     """
     emb, lab = _check_inputs(embeddings, labels)

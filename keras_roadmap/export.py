@@ -45,6 +45,8 @@ DEFAULT_PRESET = "sop"
 #: Attribute a model may carry naming the preset it was trained with (set by the recipes and by
 #: ``keras-roadmap export`` from the preset recorded in the ``.keras`` file).
 MODEL_PRESET_ATTR = "_keras_roadmap_transform_preset"
+from keras_roadmap import validation  # noqa: E402
+from keras_roadmap.errors import KerasRoadmapError  # noqa: E402
 #: Key of the JSON serving contract in ONNX ``metadata_props``.
 CONTRACT_KEY = "keras_roadmap.serving_contract"
 #: File holding the same contract inside a SavedModel directory.
@@ -58,7 +60,7 @@ _VERIFY_THREADS = 2
 _EXPORT_EXTRA_HINT = "pip install keras-roadmap[export]"
 
 
-class ExportError(ValueError):
+class ExportError(KerasRoadmapError, ValueError):
     """The model or the arguments cannot be exported as asked (the message says why)."""
 
 
@@ -66,7 +68,7 @@ class NotAnEmbedderError(ExportError):
     """The model does not map one input to one (batch, D) embedding tensor."""
 
 
-class ExportVerificationError(RuntimeError):
+class ExportVerificationError(KerasRoadmapError, RuntimeError):
     """The reloaded artifact's outputs differ from the Keras model's by more than ``atol``.
 
     Attributes:
@@ -463,8 +465,7 @@ def _finish(plan, *, path, fmt, output_dim, diff, atol, started) -> ExportReport
 def _validate_common(path, atol):
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ExportError(f"path must be a file system path, got {path!r}.")
-    if not atol >= 0:
-        raise ExportError(f"atol must be >= 0, got {atol}.")
+    validation.number("atol", atol, owner="export", minimum=0)
 
 
 def _output_dim_of(plan: _ServingPlan) -> int:
@@ -644,6 +645,9 @@ def to_onnx(
     from keras_roadmap import __version__
 
     model_proto.producer_version = __version__
+    # tf2onnx writes "converted from __inference_serve_<N>" with a process-wide counter: a fixed
+    # text keeps the file bitwise reproducible (a resumed recipe run exports the same bytes).
+    model_proto.graph.doc_string = "converted by keras-roadmap with tf2onnx"
     try:
         onnx.checker.check_model(model_proto)
     except onnx.checker.ValidationError as exc:

@@ -14,6 +14,8 @@ updated memory, so each query's own stored copy is one of its positives.
 import keras
 from keras import ops
 
+from keras_roadmap import validation
+
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
 class CrossBatchMemory(keras.layers.Layer):
@@ -40,15 +42,11 @@ class CrossBatchMemory(keras.layers.Layer):
     def __init__(self, size, embedding_dim=None, unique=True, activate_after=0, weight=1.0, **kwargs):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
-        if int(size) < 1:
-            raise ValueError(f"CrossBatchMemory size must be >= 1, got {size!r}.")
-        if int(activate_after) < 0:
-            raise ValueError(f"activate_after must be >= 0 steps, got {activate_after!r}.")
-        self.size = int(size)
-        self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
-        self.unique = bool(unique)
-        self.activate_after = int(activate_after)
-        self.weight = float(weight)
+        self.size = validation.integer("size", size, owner="CrossBatchMemory", minimum=1)
+        self.embedding_dim = validation.integer("embedding_dim", embedding_dim, owner="CrossBatchMemory", minimum=1, allow_none=True)
+        self.unique = validation.boolean("unique", unique, owner="CrossBatchMemory")
+        self.activate_after = validation.integer("activate_after", activate_after, owner="CrossBatchMemory", minimum=0)
+        self.weight = validation.number("weight", weight, owner="CrossBatchMemory", minimum=0)
         if self.embedding_dim is not None:
             self.build_for_dim(self.embedding_dim)
 
@@ -110,6 +108,7 @@ class CrossBatchMemory(keras.layers.Layer):
         """
         self._require_built()
         embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))
+        self._check_width(embeddings)
         batch = ops.shape(embeddings)[0]
         slots = self.slots_for(batch, sample_ids)
         index = ops.expand_dims(slots, 1)
@@ -126,6 +125,17 @@ class CrossBatchMemory(keras.layers.Layer):
             "out_of_range": self.out_of_range + bad,
             "slots": slots,
         }
+
+    def _check_width(self, embeddings):
+        # Static shapes are known at trace time, so this also guards tf.function / XLA steps
+        # (otherwise TensorScatterUpdate fails deep inside TensorFlow).
+        shape = tuple(embeddings.shape)
+        if len(shape) != 2 or (shape[1] is not None and shape[1] != self.embedding_dim):
+            raise ValueError(
+                f"CrossBatchMemory holds embeddings of dimension {self.embedding_dim}; got a batch of "
+                f"shape {shape}. Enqueue (batch, {self.embedding_dim}) embeddings, or build the memory "
+                "for the encoder's output dimension (embedding_dim=None takes it from the trainer)."
+            )
 
     def assign_state(self, state):
         """Write a state returned by :meth:`updated_state` into the variables."""

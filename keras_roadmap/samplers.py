@@ -15,13 +15,15 @@ import warnings
 
 import numpy as np
 
+from keras_roadmap import validation
+
 
 def _as_labels(values, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"`{name}` must be a non-empty 1-D array of integer class ids; got shape {array.shape}.")
     if not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"`{name}` must hold integers (class ids); got dtype {array.dtype}.")
+        raise ValueError(f"`{name}` must hold integers (class ids); got dtype {array.dtype}.")
     return array.astype(np.int64)
 
 
@@ -90,6 +92,7 @@ class MPerClassSampler:
     """
 
     def __init__(self, labels, batch_size: int, samples_per_class: int = 4, seed: int = 0):
+        validation.sampler_args("MPerClassSampler", batch_size, samples_per_class, seed)
         self.labels = _as_labels(labels, "labels")
         self.batch_size = int(batch_size)
         self.samples_per_class = int(samples_per_class)
@@ -162,6 +165,7 @@ class HierarchicalSampler:
         seed: int = 0,
         consecutive: bool = True,
     ):
+        validation.sampler_args("HierarchicalSampler", batch_size, samples_per_class, seed)
         self.labels = _as_labels(labels, "labels")
         self.super_labels = _as_labels(super_labels, "super_labels")
         if self.super_labels.shape != self.labels.shape:
@@ -176,9 +180,7 @@ class HierarchicalSampler:
                 f"batch_size / samples_per_class = {self.classes_per_batch} classes must be even: half of them "
                 f"come from each super-category of the pair."
             )
-        if not isinstance(batches_per_super_pair, (int, np.integer)) or batches_per_super_pair < 1:
-            raise ValueError(f"`batches_per_super_pair` must be a positive integer; got {batches_per_super_pair!r}.")
-        self.batches_per_super_pair = int(batches_per_super_pair)
+        self.batches_per_super_pair = validation.integer("batches_per_super_pair", batches_per_super_pair, owner="HierarchicalSampler", minimum=1)
         self.seed = int(seed)
         self.consecutive = bool(consecutive)
 

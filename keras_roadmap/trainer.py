@@ -18,11 +18,10 @@ than memory allows (embedding-gradient caching); under ``tf.distribute.MirroredS
 same code ranks against the global batch and keeps the memory identical on every replica.
 """
 
-import numbers
 
 import keras
 from keras import ops
-from keras_roadmap import _keras_compat
+from keras_roadmap import _keras_compat, guard, validation
 from keras_roadmap.collapse import LastValue, mean_pairwise_cosine
 from keras_roadmap.losses.base import RetrievalLoss
 from keras_roadmap.memory import CrossBatchMemory
@@ -85,10 +84,7 @@ class RetrievalTrainer(keras.Model):
     def __init__(self, encoder, memory=None, chunk_size=None, **kwargs):
         _check_built_in_strategy_scope(encoder)
         super().__init__(**kwargs)
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be None or an integer >= 1 (inputs embedded per pass), got {chunk_size!r}.")
+        validation.trainer_args(encoder, memory, chunk_size, memory_type=CrossBatchMemory)
         self.encoder = encoder
         self.memory = memory
         self.chunk_size = None if chunk_size is None else int(chunk_size)
@@ -104,6 +100,7 @@ class RetrievalTrainer(keras.Model):
         self.memory_tracker = keras.metrics.Mean(name="memory_loss")
         # Read by CollapseMonitor: this step's value, not an epoch mean.
         self.cosine_tracker = LastValue(name="embedding_cosine")
+        self.degenerate_tracker = keras.metrics.Sum(name=guard.DEGENERATE_KEY)
 
     def call(self, inputs, training=False):
         return self.encoder(inputs, training=training)
@@ -113,6 +110,7 @@ class RetrievalTrainer(keras.Model):
         trackers = [self.total_tracker, self.batch_tracker]
         if self.memory is not None:
             trackers.append(self.memory_tracker)
+        trackers.append(self.degenerate_tracker)
         return trackers + [self.cosine_tracker]
 
     def _retrieval_loss(self):
@@ -164,7 +162,13 @@ class RetrievalTrainer(keras.Model):
         self.total_tracker.update_state(terms["total"] * replicas)
         self.batch_tracker.update_state(terms["batch_loss"] * replicas)
         self.cosine_tracker.update_state(terms["embedding_cosine"])
+        self.degenerate_tracker.update_state(terms["degenerate_batches"])
         return {m.name: m.result() for m in self.metrics}
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """``keras.Model.fit`` with a :class:`~keras_roadmap.guard.NonFiniteGuard` added: training
+        stops (``NonFiniteError`` naming the step) at the first non-finite loss or embedding."""
+        return super().fit(*args, callbacks=guard.with_guard(callbacks), **kwargs)
 
     def _objective(self, labels, sample_ids, embeddings, context):
         """Loss terms of ``embeddings`` ``(B, D)`` float32 (differentiable), and the new memory.
@@ -180,6 +184,7 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(loss_fn(labels, embeddings), "float32")
         terms = {"batch_loss": batch_loss, "total": batch_loss}
         terms["embedding_cosine"] = mean_pairwise_cosine(ops.stop_gradient(embeddings))
+        terms["degenerate_batches"] = guard.degenerate_batch(labels)
         if self.memory is not None:
             state, self_index = self._updated_memory(embeddings, labels, sample_ids, context)
             memory_loss = self._memory_loss(loss_fn, labels, embeddings, state, self_index)
@@ -236,7 +241,7 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * _num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        logs = {m.name: m.result() for m in self.metrics if m is not self.memory_tracker and m is not self.cosine_tracker}
+        logs = {m.name: m.result() for m in self.metrics if m not in (self.memory_tracker, self.cosine_tracker, self.degenerate_tracker)}
         if keras.backend.backend() == "tensorflow":
             from keras_roadmap import _keras_compat
 

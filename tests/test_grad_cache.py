@@ -78,9 +78,15 @@ def test_chunk_as_large_as_the_batch_is_the_plain_step():
     assert max_weight_diff(plain, cached) < 1e-6
 
 
-@pytest.mark.parametrize("chunk_size", [0, -2, 2.5, True, "64"])
-def test_bad_chunk_size_is_a_clear_error(chunk_size):
-    with pytest.raises(ValueError, match="chunk_size must be None or an integer >= 1"):
+@pytest.mark.parametrize(
+    "chunk_size,error,message",
+    [(0, ValueError, "`chunk_size` must be an integer >= 1, got 0"), (-2, ValueError, "must be an integer >= 1, got -2"),
+     (2.5, TypeError, "`chunk_size` must be an integer or None, got 2.5"), (True, TypeError, "or None, got True"),
+     ("64", TypeError, "or None, got '64'")],
+)
+def test_bad_chunk_size_is_a_clear_error(chunk_size, error, message):
+    # TypeError for a wrong type, ValueError for a wrong value (keras_roadmap.validation).
+    with pytest.raises(error, match=message):
         RetrievalTrainer(small_cnn(0), chunk_size=chunk_size)
 
 

@@ -102,9 +102,9 @@ def test_functions_reject_bad_input_clearly():
     labels, emb = batch()
     with pytest.raises(ValueError, match="ref_y_true was given without ref_y_pred"):
         supap(labels, emb, ref_y_true=labels)
-    with pytest.raises(ValueError, match="tau must be > 0"):
+    with pytest.raises(ValueError, match="`tau` must be > 0"):
         smooth_ap(labels, emb, tau=0.0)
-    with pytest.raises(ValueError, match="tau must be > 0"):
+    with pytest.raises(ValueError, match="`tau` must be > 0"):
         roadmap(labels, emb, tau=-1.0)
     with pytest.raises(ValueError, match="integer class ids"):
         calibration(labels.astype("float32"), emb)

@@ -288,7 +288,7 @@ def test_sample_weight_is_rejected_with_explanation():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"pairs_per_chunk": 0}, "pairs_per_chunk must be None or an integer >= 1"), ({"tau": 0.0}, "tau must be > 0")],
+    [({"pairs_per_chunk": 0}, "`pairs_per_chunk` must be an integer >= 1"), ({"tau": 0.0}, "`tau` must be > 0")],
 )
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):

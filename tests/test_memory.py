@@ -52,7 +52,7 @@ def test_keyed_mode_without_ids_is_a_clear_error():
         memory.enqueue(unit_rows(2, 2), [0, 1])
 
 
-@pytest.mark.parametrize("kwargs,message", [({"size": 0}, "size must be >= 1"), ({"size": 4, "activate_after": -1}, "activate_after")])
+@pytest.mark.parametrize("kwargs,message", [({"size": 0}, "`size` must be an integer >= 1"), ({"size": 4, "activate_after": -1}, "activate_after")])
 def test_bad_memory_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CrossBatchMemory(**kwargs)

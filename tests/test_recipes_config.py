@@ -115,9 +115,9 @@ def test_bad_overrides_name_the_problem(overrides, message):
 
 def test_bad_config_files_name_the_problem(tmp_path):
     raw = load_yaml(CONFIGS / "sop.yaml")
-    with pytest.raises(ConfigError, match="dataset must be one of"):
+    with pytest.raises(ConfigError, match="`dataset` must be one of"):
         resolve_config({**raw, "dataset": "mnist"})
-    with pytest.raises(ConfigError, match="sampler.name must be one of"):
+    with pytest.raises(ConfigError, match="`sampler.name` must be one of"):
         resolve_config({**raw, "sampler": {**raw["sampler"], "name": "random"}})
     with pytest.raises(ConfigError, match="missing key `backbones`"):
         resolve_config({k: v for k, v in raw.items() if k != "backbones"}, source="mine.yaml")
@@ -196,6 +196,8 @@ def test_hierarchical_sampler_needs_super_labels(tmp_path):
 
 def test_backup_epoch_reads_the_backup_and_rejects_a_corrupt_one(tmp_path):
     assert backup_epoch(tmp_path / "none") == 0
+    # A backup written by keras.callbacks.BackupAndRestore (older runs) is still read.
+    (tmp_path / "latest.weights.h5").write_bytes(b"weights")
     (tmp_path / "training_metadata.json").write_text(json.dumps({"epoch": 7, "batch": 0}))
     assert backup_epoch(tmp_path) == 7
     (tmp_path / "training_metadata.json").write_text("{not json")

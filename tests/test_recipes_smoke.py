@@ -155,6 +155,7 @@ def test_killed_run_resumes_from_its_backup(tmp_path):
     resumed_epochs = [int(r["epoch"]) for r in history(out)[rows_before:]]
     assert resumed_epochs == list(range(saved, epochs))
     # Optimiser state came back with the weights: the step count is that of one unbroken run.
-    with h5py.File(out / "backup" / "latest.weights.h5", "r") as weights:
+    weights_file = json.loads((out / "backup" / "training_metadata.json").read_text())["weights"]
+    with h5py.File(out / "backup" / weights_file, "r") as weights:
         assert int(weights["optimizer/vars/0"][()]) == epochs * steps_per_epoch
     assert json.loads((out / "test_metrics.json").read_text())["metrics"]["num_queries"] == 24

@@ -72,7 +72,7 @@ class _Source:
                     f"got images {images.shape} and labels {labels.shape}."
                 )
             if not np.issubdtype(labels.dtype, np.integer):
-                raise TypeError(f"labels must be integers; got dtype {labels.dtype}.")
+                raise ValueError(f"labels must be integers; got dtype {labels.dtype}.")
             self.size = len(images)
             self.labels = tf.constant(labels.astype(np.int32))
             self.ids = tf.constant(np.arange(len(images), dtype=np.int64))

@@ -15,8 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
-class DatasetFormatError(ValueError):
-    """A dataset list file is malformed; the message names the file, the line and what was expected."""
+from keras_roadmap.errors import DatasetFormatError, MissingDatasetFileError  # noqa: F401  (one home for errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +111,12 @@ def read_list_file(path: pathlib.Path, what: str, layout_hint: str) -> list:
     """Read a text list file into `[(line_number, stripped_line), ...]`, skipping blank lines.
 
     Raises:
-        FileNotFoundError: naming `path`, what it is and the expected folder layout.
+        DatasetFormatError (`MissingDatasetFileError`, also a FileNotFoundError): naming
+            `path`, what it is and the expected folder layout.
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingDatasetFileError(
             f"{what} not found: {path}. Expected layout:\n{layout_hint}\n"
             "Point the reader's `root` at the folder that holds it."
         )

@@ -5,6 +5,7 @@ import functools
 import keras
 from keras import ops
 
+from keras_roadmap import validation
 from keras_roadmap.losses import _inputs
 
 from keras_roadmap.losses import ranking
@@ -17,9 +18,8 @@ INATURALIST_SUPAP = SUPAP_PRESETS["inaturalist"]
 
 
 def check_tau(tau):
-    """Raise ValueError unless the sigmoid temperature ``tau`` is > 0."""
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau!r}.")
+    """Raise TypeError/ValueError unless the sigmoid temperature ``tau`` is a number > 0."""
+    validation.number("tau", tau, minimum=0, min_open=True)
 
 
 def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_per_chunk):
@@ -83,12 +83,8 @@ class _SmoothRankAPLoss(RetrievalLoss):
         self, tau=None, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None
     ):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        if tau is not None:
-            check_tau(tau)
-        self.tau = None if tau is None else float(tau)
-        if pairs_per_chunk is not None and int(pairs_per_chunk) < 1:
-            raise ValueError(f"pairs_per_chunk must be None or an integer >= 1, got {pairs_per_chunk!r}.")
-        self.pairs_per_chunk = None if pairs_per_chunk is None else int(pairs_per_chunk)
+        self.tau = validation.number("tau", tau, owner=type(self).__name__, minimum=0, min_open=True, allow_none=True)
+        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=type(self).__name__, minimum=1, allow_none=True)
 
     def _steps(self):
         raise NotImplementedError
@@ -169,8 +165,9 @@ class SupAPLoss(SupAPPresets, _SmoothRankAPLoss):
             name=name,
             dtype=dtype,
         )
+        validated = validation.supap_parameters(owner=type(self).__name__, **{key: supap[key] for key in SUPAP_DEFAULTS})
         for key in SUPAP_DEFAULTS:  # tau too: the base class validated it
-            setattr(self, key, float(supap[key]))
+            setattr(self, key, validated[key])
 
     @property
     def supap_parameters(self):

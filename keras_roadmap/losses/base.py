@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from keras_roadmap import _keras_compat
+from keras_roadmap import guard as _guard
 from keras_roadmap.losses import _inputs
 
 
@@ -77,7 +78,8 @@ class RetrievalLoss(keras.losses.Loss):
             # labels averaged over replicas (floats), which the label checks would reject.
             return ops.zeros((), dtype=self.dtype)
         with keras.name_scope(self.name):
-            return self.call(y_true, y_pred)
+            # NaN when y_pred is not finite, also under tf.function / XLA (see keras_roadmap.guard).
+            return _guard.poison_nonfinite(self.call(y_true, y_pred), ops.cast(y_pred, self.dtype))
 
     def _replica_context(self):
         """The current multi-replica ``tf.distribute`` context, or None (single device)."""

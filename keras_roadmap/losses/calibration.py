@@ -10,6 +10,7 @@ embeddings are L2-normalised first whatever the model outputs.
 import keras
 from keras import ops
 
+from keras_roadmap import validation
 from keras_roadmap.losses import _inputs
 from keras_roadmap.losses.average_precision import pairs_per_chunk_for
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
@@ -207,8 +208,7 @@ class CalibrationLoss(RetrievalLoss):
     @with_parameters(CALIBRATION_DEFAULTS, after="self")
     def __init__(self, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None, **margins):
         super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        for key in CALIBRATION_DEFAULTS:
-            setattr(self, key, float(margins[key]))
+        self.pos_margin, self.neg_margin = validation.margins(margins["pos_margin"], margins["neg_margin"], owner=type(self).__name__)
 
     @property
     def margins(self):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_roadmap import validation
 from keras_roadmap.losses.ap_losses import SupAPLoss, supap_terms
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.calibration import CalibrationLoss, calibration_pair_terms
@@ -79,8 +80,7 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
         margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
         self.supap = SupAPLoss(**supap, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype)
         self.calibration = CalibrationLoss(**margins, include_self=include_self, dtype=dtype)
-        self.ap_weight = float(ap_weight)
-        self.calibration_weight = float(calibration_weight)
+        self.ap_weight, self.calibration_weight = validation.loss_weights(ap_weight=ap_weight, calibration_weight=calibration_weight, owner=type(self).__name__)
         if isinstance(calibration_warmup_steps, bool) or int(calibration_warmup_steps) != calibration_warmup_steps or calibration_warmup_steps < 0:
             raise ValueError(f"calibration_warmup_steps must be an integer >= 0 (0 = no warm-up), got {calibration_warmup_steps!r}.")
         self.calibration_warmup_steps = int(calibration_warmup_steps)

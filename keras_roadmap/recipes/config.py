@@ -17,8 +17,8 @@ LOSS_PRESETS = ("default", "inaturalist")
 DATASETS = ("sop", "cub", "inaturalist", "inshop", "glyphs")
 
 
-class ConfigError(ValueError):
-    """A recipe config file or flag is invalid; the message names the key and the fix."""
+from keras_roadmap.errors import ConfigError  # noqa: F401  (re-exported: recipes.config.ConfigError)
+from keras_roadmap.recipes.schema import check_config
 
 
 @dataclasses.dataclass
@@ -116,6 +116,17 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return out
 
 
+def _check_loss_arguments(loss: dict, source: str) -> None:
+    """The loss keywords' ranges, checked by the loss constructor itself (one set of rules)."""
+    from keras_roadmap.losses import ROADMAPLoss
+
+    kwargs = {k: v for k, v in loss.items() if k != "preset"}
+    try:
+        ROADMAPLoss(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: `loss`: {err}") from None
+
+
 def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None = None, smoke: bool = False) -> RecipeConfig:
     """Flatten a raw config mapping into a checked `RecipeConfig`.
 
@@ -131,6 +142,7 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         ConfigError: unknown dataset/backbone/sampler/loss preset, or an invalid value.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw = check_config(raw, source)
     dataset = _require(raw, "dataset", source)
     if dataset not in DATASETS:
         raise ConfigError(f"{source}: dataset must be one of {DATASETS}, got {dataset!r}.")
@@ -183,6 +195,8 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         warmup = loss["calibration_warmup_steps"]
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ConfigError(f"{source}: loss.calibration_warmup_steps must be an integer >= 0 (0 = off), got {warmup!r}.")
+
+    _check_loss_arguments(loss, source)
 
     memory = sections["memory"]
     size = overrides.get("memory", memory.get("size") or 0)

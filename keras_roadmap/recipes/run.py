@@ -4,7 +4,7 @@
 does the work for an already resolved `RecipeConfig`.
 
 Outputs in `--out DIR`:
-    backup/                   BackupAndRestore state (weights, optimiser, memory, epoch); a
+    backup/                   crash-safe state (weights, optimiser, memory, epoch, config); a
                               rerun with the same DIR continues from the last completed epoch
     best_embedder.keras       the embedder with the best val_map@r (+ .best.json: value, epoch)
     history.csv, tensorboard/ per-epoch logs (loss, val_recall@K, val_map@r ...)
@@ -27,10 +27,10 @@ import sys
 import time
 import warnings
 
-from keras_roadmap import _keras_compat
-from keras_roadmap.data.split import DatasetFormatError
-from keras_roadmap.recipes import assembly
-from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
+from keras_roadmap import atomic
+from keras_roadmap.errors import KerasRoadmapError
+from keras_roadmap.recipes import assembly, checkpoints
+from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, HistoryCSV, RunBackup
 from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config, transform_preset
 from keras_roadmap.recipes.pretrained import resolve_pretrained
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
@@ -133,8 +133,9 @@ def _log_start(out: pathlib.Path, config: RecipeConfig, first_epoch: int, policy
         "data_dir": str(data_dir),
         "config": config.to_dict(),
     }
-    with open(out / "run_log.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    path = out / "run_log.jsonl"
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    atomic.write_text(path, previous + json.dumps(entry) + "\n")
 
 
 def _tensorboard(log_dir: pathlib.Path) -> list:
@@ -155,21 +156,46 @@ def _tensorboard(log_dir: pathlib.Path) -> list:
     return [keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False)]
 
 
-def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2):
-    """Train with checkpoints every epoch; returns `(encoder, splits, history)`.
+def resume_state(config: RecipeConfig, backup_dir, *, allow_config_change: bool = False):
+    """The backup to continue from (None: start at epoch 0), after checking that it was made
+    with the same resolved config; `ConfigError` listing the differences otherwise (unless
+    `allow_config_change`, e.g. for a deliberately longer schedule)."""
+    state = checkpoints.read_backup(backup_dir)
+    if state is None:
+        return None
+    if state.fell_back:
+        print(f"The newest backup in {backup_dir} is damaged; resuming from the previous one (epoch {state.epoch}).", flush=True)
+    if state.config is not None:
+        changes = checkpoints.config_changes(state.config, config.to_dict())
+        if changes and not allow_config_change:
+            raise ConfigError(
+                f"the backup in {backup_dir} was made with another configuration ({'; '.join(changes)}); "
+                "rerun with the same settings, use another --out, or pass --allow-config-change to continue with the new ones."
+            )
+        if changes:
+            print(f"Continuing with a changed configuration: {'; '.join(changes)}.", flush=True)
+    return state
 
-    Resumes from `out/backup` when it holds a BackupAndRestore state (required with
-    `require_backup`). The training stream restarts at the saved epoch (`first_epoch`), the
-    optimiser step (hence the learning-rate schedule) and the memory come back with the weights.
+
+def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False):
+    """Train with crash-safe checkpoints every epoch; returns `(encoder, splits, history)`.
+
+    Resumes from `out/backup` when it holds a backup (required with `require_backup`), made
+    with the same config unless `allow_config_change`. The training stream restarts at the
+    saved epoch (`first_epoch`), the optimiser step (hence the learning-rate schedule) and the
+    memory come back with the weights. Training stops at the first non-finite loss or
+    embedding (`NonFiniteError`), leaving the last good backup in place.
     """
     import keras
 
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from keras_roadmap.guard import NonFiniteGuard
+
+    out = checkpoints.output_dir(out)
     backup_dir = out / "backup"
-    first_epoch = backup_epoch(backup_dir)
-    if require_backup and not _keras_compat.backup_weights_path(backup_dir).is_file():
+    state = resume_state(config, backup_dir, allow_config_change=allow_config_change)
+    if require_backup and state is None:
         raise FileNotFoundError(f"--resume: no backup to continue from in {backup_dir}.")
+    first_epoch = 0 if state is None else state.epoch
     keras.utils.set_random_seed(config.seed)
     policy = _setup_precision(config)
     splits = assembly.load_splits(config.dataset, data_dir)
@@ -196,12 +222,14 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
         ),
         BestEmbedderCheckpoint(encoder, str(out / "best_embedder.keras"), monitor=MONITOR),
         *_tensorboard(out / "tensorboard"),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        HistoryCSV(out / "history.csv", initial_epoch=first_epoch),
         CollapseMonitor(),  # warns once if a from-scratch start stays collapsed (see its docstring)
-        keras.callbacks.BackupAndRestore(str(backup_dir), save_freq="epoch", delete_checkpoint=False),
+        RunBackup(backup_dir, config=config.to_dict(), state=state),
     ]
+    # First: a non-finite step stops fit before any later callback saves its state.
+    callbacks.insert(0, NonFiniteGuard())
     history = trainer.fit(
-        train_ds, epochs=config.epochs, steps_per_epoch=len(sampler), callbacks=callbacks, verbose=verbose,
+        train_ds, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=len(sampler), callbacks=callbacks, verbose=verbose,
         shuffle=False,  # the sampler already shuffles; Keras cannot shuffle a tf.data stream
     )
     return encoder, splits, history
@@ -329,7 +357,7 @@ def class_display_names(dataset: str, names) -> list:
     return [str(n) for n in names]
 
 
-def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2) -> dict:
+def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False) -> dict:
     """Train, then evaluate the best embedder, draw the grid and export to ONNX.
 
     Returns the dict written to `out/test_metrics.json`.
@@ -339,11 +367,13 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     out = pathlib.Path(out)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        encoder, splits, _ = train(config, data_dir, out, require_backup=require_backup, verbose=verbose)
+        encoder, splits, _ = train(
+            config, data_dir, out, require_backup=require_backup, verbose=verbose, allow_config_change=allow_config_change
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     best_path = out / "best_embedder.keras"
-    best = keras.models.load_model(best_path) if best_path.is_file() else encoder
+    best = checkpoints.load_best_embedder(best_path) if best_path.is_file() else encoder
     best_state = out / "best_embedder.keras.best.json"
     selected = json.loads(best_state.read_text()) if best_state.is_file() else None
     embedder = float32_embedder(config, best)
@@ -353,23 +383,25 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     print(f"\nTest retrieval of the best embedder ({config.dataset}, {config.backbone}; selected on {MONITOR}"
           f"{'' if selected is None else ' at epoch ' + str(selected['epoch'] + 1)}):\n{table}", flush=True)
 
-    retrieval_grid(config, splits, embeddings, out / "retrieval_grid.png")
+    with atomic.atomic_path(out / "retrieval_grid.png", stall="grid_write") as tmp:
+        retrieval_grid(config, splits, embeddings, tmp)
     from keras_roadmap.evaluation import save_recall_curve
 
-    save_recall_curve(out / "recall_curve.png", {f"{config.dataset} {config.backbone}": metrics})
+    with atomic.atomic_path(out / "recall_curve.png") as tmp:
+        save_recall_curve(tmp, {f"{config.dataset} {config.backbone}": metrics})
 
     from keras_roadmap.data.presets import write_model_preset
     from keras_roadmap.export import to_onnx
 
     # The deployed artifact applies exactly the evaluation transform (and L2), so
     # `keras-roadmap index/search` serve it as is; the .keras file records the preset, so
-    # `keras-roadmap export` defaults to it as well.
+    # `keras-roadmap export` defaults to it as well. Written under a temporary name, then renamed.
     preset = transform_preset(config)
     if best_path.is_file():
         write_model_preset(best_path, preset)
-    report = to_onnx(embedder, out / "embedder.onnx", with_preprocessing=True, preset=preset,
-                     l2_normalize=True, verify=True)
-    print(report.summary(), flush=True)
+    with atomic.atomic_path(out / "embedder.onnx", stall="onnx_write") as tmp:
+        report = to_onnx(embedder, tmp, with_preprocessing=True, preset=preset, l2_normalize=True, verify=True)
+    print(report.summary().replace(str(tmp), str(out / "embedder.onnx")), flush=True)
 
     result = {
         "dataset": config.dataset,
@@ -379,10 +411,10 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
         "selected": selected,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "table": table,
-        "onnx": {"path": str(report.path), "max_abs_diff": report.max_abs_diff, "atol": report.atol,
+        "onnx": {"path": str(out / "embedder.onnx"), "max_abs_diff": report.max_abs_diff, "atol": report.atol,
                  "preset": report.preset},
     }
-    (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "test_metrics.json", json.dumps(result, indent=2), stall="metrics_write")
     return result
 
 
@@ -416,7 +448,10 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
     if missing:
         return fail(preflight.message(missing, dataset))
     verbose = resolve_verbose(getattr(args, "verbose", "auto"))
-    out = pathlib.Path(args.out)
+    try:
+        out = checkpoints.output_dir(args.out)
+    except KerasRoadmapError as err:
+        return fail(err)
     data_dir = args.data_dir
     try:
         if dataset == "glyphs":
@@ -437,7 +472,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
             "the numbers mean nothing.",
             flush=True,
         )
-    if args.resume and not _keras_compat.backup_weights_path(out / "backup").is_file():
+    if args.resume and not checkpoints.has_backup(out / "backup"):
         return fail(f"--resume: no backup to continue from in {out / 'backup'} (run without --resume to start).")
     try:
         # After the cheaper flag checks: the paper's checkpoint, or an explicit --random-init.
@@ -446,9 +481,10 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
         return fail(err)
     started = time.perf_counter()
     try:
-        run(config, data_dir, out, require_backup=args.resume, verbose=verbose)
-    except (DatasetFormatError, FileNotFoundError, ConfigError) as err:
-        # Dataset layout and config problems: the message says what and where; no traceback.
+        run(config, data_dir, out, require_backup=args.resume, verbose=verbose,
+            allow_config_change=getattr(args, "allow_config_change", False))
+    except (KerasRoadmapError, FileNotFoundError) as err:
+        # Dataset layout, config, checkpoint and NaN problems: the message says what and where.
         return fail(err)
     print(f"Done in {time.perf_counter() - started:.1f} s; outputs in {out}.", flush=True)
     return 0
