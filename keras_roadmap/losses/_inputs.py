@@ -132,3 +132,10 @@ def pairwise_dot(a, b):
     if backend.backend() == "torch":
         return ops.einsum("bd,nd->bn", a, b)
     return ops.matmul(a, ops.transpose(b))
+
+
+def matmul(a, b):
+    """``a @ b`` of two 2-D tensors in their dtype (see :func:`pairwise_dot` for why)."""
+    if backend.backend() == "torch":
+        return ops.einsum("ij,jk->ik", a, b)
+    return ops.matmul(a, b)

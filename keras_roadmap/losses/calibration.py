@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_roadmap import validation
 from keras_roadmap.losses import _inputs
-from keras_roadmap.losses.average_precision import pairs_per_chunk_for
+from keras_roadmap.losses.average_precision import _segment_sum, pairs_per_chunk_for
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, with_parameters
 
@@ -142,10 +142,10 @@ def calibration_terms(
                     ops.greater(pos_terms, 0), dtype
                 )
                 dscores = dcos * ops.expand_dims(a_rows, 1) * ops.expand_dims(b, 0)
-                de = de + ops.segment_sum(ops.matmul(dscores, r), rows, num_segments=batch)
-                dr = dr + ops.matmul(ops.transpose(dscores), q)
+                de = de + _segment_sum(_inputs.matmul(dscores, r), rows, batch)
+                dr = dr + _inputs.matmul(ops.transpose(dscores), q)
                 scaled = dcos * scores
-                da = da + ops.segment_sum(ops.sum(scaled * ops.expand_dims(b, 0), axis=1), rows, num_segments=batch)
+                da = da + _segment_sum(ops.sum(scaled * ops.expand_dims(b, 0), axis=1), rows, batch)
                 db = db + ops.sum(scaled * ops.expand_dims(a_rows, 1), axis=0)
                 return i + 1, de, dr, da, db
 

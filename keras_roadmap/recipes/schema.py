@@ -76,6 +76,8 @@ PROFILE = {
     "freeze_batchnorm": Field("bool"),
     "image_size": POSITIVE_INT,
     "eval_resize": Field("int", minimum=1, nullable=True),
+    # Names of keras_roadmap.data.presets.PRESETS; checked there, with the list, when resolved.
+    "transform": Field("str", nullable=True),
     "epochs": POSITIVE_INT,
     "optimizer": Field("section", fields=OPTIMIZER),
 }
@@ -91,6 +93,7 @@ LOSS = {
     **{k: Field("number") for k in ("tau", "rho", "delta", "start", "offset", "pos_margin", "neg_margin", "ap_weight", "calibration_weight")},
     "include_self": Field("bool"),
     "pairs_per_chunk": Field("int", minimum=1, nullable=True),
+    "calibration_warmup_steps": Field("int", minimum=0),
 }
 MEMORY = {
     "size": Field("int", minimum=0),
@@ -107,9 +110,19 @@ EVALUATION = {
     "grid_k": POSITIVE_INT,
 }
 SMOKE_DATA = {"supers": POSITIVE_INT, "classes_per_super": POSITIVE_INT, "images_per_class": POSITIVE_INT}
+# The glyph recipe's rendering (keras_roadmap.recipes.run.prepare_glyphs).
+GLYPHS = {
+    "copies": POSITIVE_INT,
+    "fonts_dir": Field("str", nullable=True),
+    "min_fonts": POSITIVE_INT,
+    "characters": Field("str", nullable=True),
+    "seed": Field("int", minimum=0),
+    "cache_dir": Field("str", nullable=True),
+}
 TOP = {
-    "dataset": Field("str", choices=("sop", "cub", "inaturalist", "inshop")),
+    "dataset": Field("str", choices=("sop", "cub", "inaturalist", "inshop", "glyphs")),
     "backbone": Field("str"),
+    "glyphs": Field("section", fields=GLYPHS),
     "seed": Field("int", minimum=0),
     "mixed_precision": Field("str", choices=("float32", "mixed_float16", "mixed_bfloat16")),
     "sampler": Field("section", fields=SAMPLER),
@@ -119,6 +132,7 @@ TOP = {
     "backbones": Field("profiles", fields=PROFILE),
     "smoke": _section(
         data=Field("section", fields=SMOKE_DATA),
+        glyphs=Field("section", fields=GLYPHS),
         backbone=Field("section", fields=PROFILE),
         sampler=Field("section", fields=SAMPLER),
         loss=Field("section", fields=LOSS),
