@@ -103,7 +103,7 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     images = pathlib.Path(result["onnx"]["path"]).parent / "smoke_data"
     assert cli_main(["index", "--model", str(out / "embedder.onnx"), "--images", str(images),
                      "--index", str(out / "s.faiss"), "--ids", str(out / "s.json")]) == 0
-    query = sorted(images.rglob("*.jpg"))[-1]
+    query = sorted(p for p in images.rglob("*") if p.suffix.lower() == ".jpg")[-1]  # SOP's files are .JPG
     assert cli_main(["search", str(query), "--model", str(out / "embedder.onnx"), "--index", str(out / "s.faiss"),
                      "--ids", str(out / "s.json"), "--k", "3", "--json", str(out / "hits.json")]) == 0
     hits = json.loads((out / "hits.json").read_text())[0]["results"]

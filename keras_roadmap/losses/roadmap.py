@@ -66,8 +66,9 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
         self,
         ap_weight=1.0,
         calibration_weight=1.0,
-        calibration_warmup_steps=0,
         *,
+        # Keyword-only: a training schedule of the class, which the functional form has no step for.
+        calibration_warmup_steps=0,
         include_self=True,
         pairs_per_chunk=None,
         gather_across_replicas=True,
