@@ -206,8 +206,10 @@ class TorchAdam(_GroupedDecayOptimizer):
     def _apply_update(self, gradient, variable, lr, index):
         dtype = variable.dtype
         step = ops.cast(self.iterations + 1, dtype)
-        bias_correction_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
-        bias_correction_2 = 1 - ops.power(ops.cast(self.beta_2, dtype), step)
+        # `ops.cast` of a Python float goes through float32: beta_2 = 0.999 would become
+        # 0.99900001, a 6.7e-6 relative error in the first float64 updates.
+        bias_correction_1 = 1 - ops.power(ops.convert_to_tensor(self.beta_1, dtype), step)
+        bias_correction_2 = 1 - ops.power(ops.convert_to_tensor(self.beta_2, dtype), step)
         m = self._momentums[index]
         v = self._velocities[index]
         self.assign_add(m, (gradient - m) * (1 - self.beta_1))
