@@ -1,4 +1,6 @@
-"""Checks and conversions shared by every loss: clear errors at trace time, exact labels."""
+"""Checks and conversions shared by every loss (clear errors at trace time, exact labels), and
+the few backend ops the loss kernels need with a guarantee Keras' own lacks (dtype kept, loops
+run one step at a time, rows accumulated in place)."""
 
 import numpy as np
 from keras import backend, ops
@@ -139,3 +141,51 @@ def matmul(a, b):
     if backend.backend() == "torch":
         return ops.einsum("ij,jk->ik", a, b)
     return ops.matmul(a, b)
+
+
+def segment_sum(data, segment_ids, num_segments):
+    """``ops.segment_sum`` in ``data``'s dtype on every backend.
+
+    Keras 3.15's torch ``segment_sum`` computes in float32 (``data.float()``), which would make
+    ``dtype="float64"`` silently float32; ``index_add`` keeps the dtype.
+    """
+    if backend.backend() == "torch":
+        import torch
+
+        out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
+        return out.index_add(0, segment_ids.long(), data)
+    return ops.segment_sum(data, segment_ids, num_segments=num_segments)
+
+
+def add_rows(target, rows, updates):
+    """``target`` with ``updates[i]`` added to row ``rows[i]`` (repeated rows add up).
+
+    Unlike ``target + segment_sum(updates, rows, len(target))`` this builds no second
+    ``target``-sized tensor: TensorFlow's and XLA's scatter-add update the buffer in place.
+    """
+    name = backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.tensor_scatter_nd_add(target, ops.expand_dims(rows, 1), updates)
+    if name == "jax":
+        return target.at[rows].add(updates)
+    if name == "torch":
+        return target.index_add(0, rows.long(), updates)
+    return target + segment_sum(updates, rows, ops.shape(target)[0])
+
+
+def sequential_while_loop(cond, body, loop_vars, maximum_iterations=None):
+    """``ops.while_loop`` whose iterations never overlap.
+
+    A chunked kernel bounds memory only if one chunk is alive at a time; TensorFlow's
+    ``tf.while_loop`` runs up to 10 independent iterations at once by default (10x the
+    temporaries: 1.3 GB instead of 0.6 GB for SupAP at B = 4096). JAX and torch loops are
+    sequential already.
+    """
+    if backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.while_loop(cond, lambda *args: tuple(body(*args)), tuple(loop_vars),
+                             maximum_iterations=maximum_iterations, parallel_iterations=1)
+    return ops.while_loop(cond, body, tuple(loop_vars), maximum_iterations=maximum_iterations)

@@ -6,17 +6,23 @@ retrieval set and ``rank+`` the same sum over positives only; ``AP(q)`` is the m
 
 Only positives need ranks, so the work is ``(number of (query, positive) pairs) x N``, not the
 ``B x N x N`` of a dense implementation: 4B x N for the paper's batches of 4 images per class.
-The pairs are enumerated in row-major order and visited ``pairs_per_chunk`` at a time, so every
+The pairs are numbered in row-major order and visited ``pairs_per_chunk`` at a time, so every
 tensor has the static shape ``(pairs_per_chunk, N)`` that XLA needs, whatever the number of
 positives of each query; the loop's trip count, ``ceil(pairs / pairs_per_chunk)``, is the only
-data-dependent quantity.
+data-dependent quantity. A chunk finds its pairs from the per-query positive counts (a search
+in their running sum, then the positive's position in its row), so nothing of size ``B x N``
+exists besides the scores and their gradient.
 
 Automatic differentiation through such a loop would keep every step's intermediates (the dense
 memory cost again), so the gradient with respect to the scores is written by hand: a second loop
-recomputes each chunk. Memory stays ``O(pairs_per_chunk * N)`` in both passes.
+recomputes each chunk and adds its rows into the gradient in place. Loops run one step at a time
+(``_inputs.sequential_while_loop``); memory is ``O(pairs_per_chunk * N)`` besides the two
+``(B, N)`` tensors.
 """
 
 from keras import ops
+
+from keras_roadmap.losses import _inputs
 
 # One loop step holds about this many (pair, item) scores: ~4 MiB per float32 temporary.
 DEFAULT_CHUNK_ELEMENTS = 2**20
@@ -34,44 +40,35 @@ def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELE
     return pairs
 
 
-def _segment_sum(data, segment_ids, num_segments):
-    """``ops.segment_sum`` in ``data``'s dtype on every backend.
-
-    Keras 3.15's torch ``segment_sum`` computes in float32 (``data.float()``), which would make
-    ``dtype="float64"`` silently float32; ``index_add`` keeps the dtype.
-    """
-    from keras import backend
-
-    if backend.backend() == "torch":
-        import torch
-
-        out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
-        return out.index_add(0, segment_ids.long(), data)
-    return ops.segment_sum(data, segment_ids, num_segments=num_segments)
-
-
-def _chunk_ranks(scores, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, first_pair, chunk, pos_step, neg_step):
+def _chunk_ranks(scores, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, first_pair, chunk, pos_step, neg_step):
     """Ranks of the (query, positive) pairs ``first_pair .. first_pair + chunk - 1``.
 
+    Query q's pairs are numbered ``pair_starts[q] .. pair_ends[q] - 1`` (``(B,)`` each), one
+    per positive in column order.
     Returns the query of each pair ``(C,)``, its validity ``(C,)``, the one-hot position of the
     ranked positive ``(C, N)``, ``rank+`` and ``rank`` ``(C,)``, and what the backward pass needs.
     """
     num_items = ops.shape(scores)[1]
     pair = first_pair + ops.arange(chunk, dtype="int32")
     valid = ops.less(pair, total)
-    flat = ops.take(pair_flat_index, ops.minimum(pair, total - 1))
-    query, item = flat // num_items, flat % num_items
+    pair = ops.minimum(pair, total - 1)
+    query = ops.cast(ops.searchsorted(pair_ends, pair, side="right"), "int32")
+    nth = pair - ops.take(pair_starts, query)
     columns = ops.expand_dims(ops.arange(num_items, dtype="int32"), 0)
     same = ops.equal(ops.expand_dims(ref_labels, 0), ops.expand_dims(ops.take(labels, query), 1))
     member = _membership(columns, ops.take(excluded, query) if excluded is not None else None, ref_valid)
+    positive = same if member is None else ops.logical_and(same, member)
+    # The nth positive (0-based) of a row sits after the columns whose running count is <= nth.
+    running = ops.cumsum(ops.cast(positive, "int32"), axis=1)
+    item = ops.sum(ops.cast(ops.less_equal(running, ops.expand_dims(nth, 1)), "int32"), axis=1)
     dtype = scores.dtype
-    row_positive = ops.cast(same if member is None else ops.logical_and(same, member), dtype)
+    row_positive = ops.cast(positive, dtype)
     not_same = ops.logical_not(same)
     row_negative = ops.cast(not_same if member is None else ops.logical_and(not_same, member), dtype)
     onehot = ops.cast(ops.equal(columns, ops.expand_dims(item, 1)), dtype) * ops.cast(ops.expand_dims(valid, 1), dtype)
     row_scores = ops.take(scores, query, axis=0)
-    anchor = ops.take(ops.reshape(scores, (-1,)), flat)
-    t = row_scores - ops.expand_dims(anchor, 1)
+    anchor = ops.take_along_axis(row_scores, ops.expand_dims(ops.minimum(item, num_items - 1), 1), axis=1)
+    t = row_scores - anchor
     other_positives = row_positive - onehot
     pos_value, pos_deriv = pos_step(t)
     neg_value, neg_deriv = neg_step(t)
@@ -92,27 +89,37 @@ def _membership(columns, excluded, ref_valid):
     return member
 
 
-def _enumerate_pairs(positive_flat):
-    """Row-major flat indices of the positives, compacted to the front of a static-size vector.
+def positive_counts(labels, ref_labels, excluded=None, ref_valid=None, rows_per_chunk=None):
+    """``(B,)`` int32: number of positives of each query in its retrieval set.
 
-    A scatter (rather than a sort or a search) keeps this one O(B * N) pass; non-positives all go
-    to a spare last slot with value 0, so no index is out of range on any backend.
+    Counted ``rows_per_chunk`` query rows at a time, so no ``(B, N)`` mask is built.
     """
-    size = ops.shape(positive_flat)[0]
-    position = ops.cumsum(positive_flat) - 1
-    is_positive = ops.greater(positive_flat, 0)
-    destination = ops.where(is_positive, position, size)
-    flat_index = ops.where(is_positive, ops.arange(size, dtype="int32"), 0)
-    compacted = ops.scatter(ops.expand_dims(destination, 1), flat_index, (size + 1,))
-    return compacted, position[-1] + 1
-
-
-def positive_mask(labels, ref_labels, excluded=None, ref_valid=None):
-    """``(B, N)`` bool: item j is a positive of query q and belongs to q's retrieval set."""
-    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(ref_labels, 0))
+    num_queries, num_items = labels.shape[0], ref_labels.shape[0]
+    chunk = int(rows_per_chunk or pairs_per_chunk_for(num_queries, num_items))
+    if num_queries is not None:
+        chunk = min(chunk, int(num_queries))
+    batch = ops.shape(labels)[0]
     columns = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0], dtype="int32"), 0)
-    member = _membership(columns, excluded, ref_valid)
-    return same if member is None else ops.logical_and(same, member)
+    num_chunks = (batch + (chunk - 1)) // chunk
+    max_chunks = None if num_queries is None else -(-int(num_queries) // chunk)
+
+    def body(i, counts):
+        rows = i * chunk + ops.arange(chunk, dtype="int32")
+        valid = ops.less(rows, batch)
+        rows = ops.minimum(rows, batch - 1)
+        same = ops.equal(ops.expand_dims(ops.take(labels, rows), 1), ops.expand_dims(ref_labels, 0))
+        member = _membership(columns, ops.take(excluded, rows) if excluded is not None else None, ref_valid)
+        positive = same if member is None else ops.logical_and(same, member)
+        row_counts = ops.sum(ops.cast(positive, "int32"), axis=1) * ops.cast(valid, "int32")
+        return i + 1, _inputs.add_rows(counts, rows, row_counts)
+
+    _, counts = _inputs.sequential_while_loop(
+        lambda i, counts: ops.less(i, num_chunks),
+        body,
+        (ops.convert_to_tensor(0, "int32"), ops.zeros((batch,), "int32")),
+        maximum_iterations=max_chunks,
+    )
+    return counts
 
 
 def ap_sums(
@@ -150,9 +157,10 @@ def ap_sums(
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"pairs_per_chunk must be a positive integer, got {pairs_per_chunk!r}.")
-    positive = ops.cast(positive_mask(labels, ref_labels, excluded, ref_valid), "int32")
-    num_positives = ops.sum(positive, axis=1)
-    pair_flat_index, total = _enumerate_pairs(ops.reshape(positive, (-1,)))
+    num_positives = positive_counts(labels, ref_labels, excluded, ref_valid)
+    pair_ends = ops.cast(ops.cumsum(num_positives), "int32")
+    pair_starts = pair_ends - num_positives
+    total = pair_ends[-1]
     num_chunks = (total + (chunk - 1)) // chunk
     max_chunks = None
     if num_queries is not None and num_items is not None:
@@ -164,16 +172,16 @@ def ap_sums(
     # leaked tracer: jax.grad raises UnexpectedTracerError).
     def ranks(scores_now, i):
         return _chunk_ranks(
-            scores_now, labels, ref_labels, excluded, ref_valid, pair_flat_index, total, i * chunk, chunk, pos_step, neg_step
+            scores_now, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, i * chunk, chunk, pos_step, neg_step
         )
 
     @ops.custom_gradient
     def _ap_sums(scores_in):
         def forward_body(i, total):
             query, valid, _, rank_plus, rank, *_ = ranks(scores_in, i)
-            return i + 1, total + _segment_sum(valid * rank_plus / rank, query, batch)
+            return i + 1, _inputs.add_rows(total, query, valid * rank_plus / rank)
 
-        _, total = ops.while_loop(
+        _, total = _inputs.sequential_while_loop(
             lambda i, total: ops.less(i, num_chunks),
             forward_body,
             (ops.convert_to_tensor(0, "int32"), ops.zeros_like(scores_in[:, 0])),
@@ -194,9 +202,9 @@ def ap_sums(
                     dt = dt + ops.expand_dims(coef * (1.0 - rank_plus / rank), 1) * pos_deriv * other_pos
                 # t = s_qj - s_qk: +dt to each other item j, -sum_j dt to the ranked positive k.
                 row_grad = dt - onehot * ops.sum(dt, axis=1, keepdims=True)
-                return i + 1, dscores + _segment_sum(row_grad, query, batch)
+                return i + 1, _inputs.add_rows(dscores, query, row_grad)
 
-            _, dscores = ops.while_loop(
+            _, dscores = _inputs.sequential_while_loop(
                 lambda i, d: ops.less(i, num_chunks),
                 backward_body,
                 (ops.convert_to_tensor(0, "int32"), ops.zeros_like(scores_in)),

@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_roadmap import validation
 from keras_roadmap.losses import _inputs
-from keras_roadmap.losses.average_precision import _segment_sum, pairs_per_chunk_for
+from keras_roadmap.losses.average_precision import pairs_per_chunk_for
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, with_parameters
 
@@ -122,7 +122,7 @@ def calibration_terms(
             )
             return i + 1, totals + update
 
-        _, totals = ops.while_loop(
+        _, totals = _inputs.sequential_while_loop(
             lambda i, totals: ops.less(i, num_chunks),
             forward_body,
             (ops.convert_to_tensor(0, "int32"), ops.zeros((4,), e.dtype)),
@@ -142,14 +142,14 @@ def calibration_terms(
                     ops.greater(pos_terms, 0), dtype
                 )
                 dscores = dcos * ops.expand_dims(a_rows, 1) * ops.expand_dims(b, 0)
-                de = de + _segment_sum(_inputs.matmul(dscores, r), rows, batch)
+                de = _inputs.add_rows(de, rows, _inputs.matmul(dscores, r))
                 dr = dr + _inputs.matmul(ops.transpose(dscores), q)
                 scaled = dcos * scores
-                da = da + _segment_sum(ops.sum(scaled * ops.expand_dims(b, 0), axis=1), rows, batch)
+                da = _inputs.add_rows(da, rows, ops.sum(scaled * ops.expand_dims(b, 0), axis=1))
                 db = db + ops.sum(scaled * ops.expand_dims(a_rows, 1), axis=0)
                 return i + 1, de, dr, da, db
 
-            _, de, dr, da, db = ops.while_loop(
+            _, de, dr, da, db = _inputs.sequential_while_loop(
                 lambda i, *_: ops.less(i, num_chunks),
                 backward_body,
                 (ops.convert_to_tensor(0, "int32"), ops.zeros_like(e), ops.zeros_like(r), ops.zeros_like(a), ops.zeros_like(b)),
