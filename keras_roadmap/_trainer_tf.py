@@ -49,6 +49,8 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
         lambda i, _: i < num_chunks,
         embed,
         (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks, infer_shape=True)),
+        # One chunk's activations at a time: tf.while_loop would run 10 iterations at once.
+        parallel_iterations=1,
     )
     stacked = ops.stop_gradient(array.stack())  # (num_chunks, chunk, D)
     dim = stacked.shape[-1] if stacked.shape[-1] is not None else tf.shape(stacked)[-1]
@@ -75,7 +77,9 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
         )
 
     zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
-    _, *gradients = tf.while_loop(lambda i, *_: i < num_chunks, backward, (tf.constant(0),) + zeros)
+    _, *gradients = tf.while_loop(
+        lambda i, *_: i < num_chunks, backward, (tf.constant(0),) + zeros, parallel_iterations=1
+    )
 
     if _keras_compat.regularization_losses(trainer):
         with tf.GradientTape() as reg_tape:

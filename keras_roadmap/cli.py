@@ -151,12 +151,16 @@ def _add_serving(sub) -> None:
         "index",
         help="embed a folder of images with an ONNX embedder into a faiss index + id map",
         description="Embed every image under --images with an ONNX embedder exported by keras-roadmap "
-                    "(onnxruntime, no TensorFlow) and write an exact cosine faiss index and its id map.",
+                    "(onnxruntime, no TensorFlow) and write a cosine faiss index (exact, or approximate "
+                    "for big galleries), its settings (INDEX.json) and its id map.",
     )
     idx.add_argument("--model", required=True, help="ONNX embedder written by `keras-roadmap export` or a recipe")
     idx.add_argument("--images", required=True, help="folder of images (searched recursively)")
     idx.add_argument("--index", required=True, help="output faiss index file")
     idx.add_argument("--ids", required=True, help="output id map (.json or .csv)")
+    idx.add_argument("--index-type", default="flat", metavar="{flat,ivf,hnsw}",
+                     help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
+                          "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py")
     idx.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
     idx.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     idx.set_defaults(handler=_run_index)

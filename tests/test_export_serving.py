@@ -84,7 +84,7 @@ def deployment(tmp_path_factory):
     result = run_script("index", "--model", model_path, "--images", root / "photos",
                         "--index", index, "--ids", ids, "--batch-size", 2)
     assert result.returncode == 0, result.stderr
-    assert "indexed 8 images (dim 16)" in result.stdout
+    assert "indexed 8 images (dim 16, flat index)" in result.stdout
     return {"root": root, "model": model_path, "images": images, "index": index, "ids": ids,
             "keras_model": model}
 
@@ -145,6 +145,35 @@ def test_csv_id_map_and_folder_query(deployment, tmp_path):
     for entry in results:
         assert len(entry["results"]) == 8  # k is capped at the index size
         assert entry["results"][0]["path"] == os.path.abspath(entry["query"])
+
+
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+def test_approximate_index_types_keep_their_settings(deployment, tmp_path, index_type):
+    import faiss
+
+    index, ids = tmp_path / "i.faiss", tmp_path / "ids.json"
+    result = run_script("index", "--model", deployment["model"], "--images", deployment["root"] / "photos",
+                        "--index", index, "--ids", ids, "--index-type", index_type)
+    assert result.returncode == 0, result.stderr
+    assert f"{index_type} index" in result.stdout
+    built = faiss.read_index(str(index))
+    assert (faiss.try_extract_index_ivf(built) is not None) == (index_type == "ivf")
+    assert hasattr(built, "hnsw") == (index_type == "hnsw")
+    settings = json.loads((tmp_path / "i.faiss.json").read_text())
+    assert settings["index_type"] == index_type and settings["ntotal"] == 8
+    query = deployment["images"][3]
+    result = run_script("search", query, "--model", deployment["model"], "--index", index, "--ids", ids,
+                        "--k", 2, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())[0]["results"][0]["path"] == str(query)
+
+
+def test_unknown_index_type_is_one_line(deployment, tmp_path):
+    result = run_script("index", "--model", deployment["model"], "--images", deployment["root"] / "photos",
+                        "--index", tmp_path / "i.faiss", "--ids", tmp_path / "ids.json", "--index-type", "lsh")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("HEAVY_MODULES=")]
+    assert len(lines) == 1 and "flat, ivf, hnsw" in lines[0] and "lsh" in lines[0], result.stderr
 
 
 def test_serving_errors_are_one_line(deployment, tmp_path):

@@ -101,6 +101,28 @@ def test_chunking_changes_nothing(chunk):
     np.testing.assert_allclose(g, base_g, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("cls", [SupAPLoss, SmoothAPLoss, ROADMAPLoss])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_scores_recomputed_per_chunk_equal_the_dense_scores(monkeypatch, cls, include_self):
+    # Above DENSE_SCORES_LIMIT the AP kernel never holds the (B, N) scores: each chunk
+    # recomputes its rows from the embeddings and the gradient goes onto them directly.
+    from keras_roadmap.losses import average_precision
+
+    labels, emb = clustered_batch(num_classes=5, per_class=5)
+    labels[:3] = 99
+    ref_labels, ref_emb = clustered_batch(num_classes=6, per_class=3, seed=1)
+    dense = [value_and_grad(cls(include_self=include_self, pairs_per_chunk=7), labels, emb)]
+    dense.append(cls(pairs_per_chunk=7).call_with_reference(labels, emb, ref_labels, ref_emb).numpy())
+    monkeypatch.setattr(average_precision, "DENSE_SCORES_LIMIT", 10)
+    assert not average_precision.holds_dense_scores(25, 25)
+    v, g = value_and_grad(cls(include_self=include_self, pairs_per_chunk=7), labels, emb)
+    np.testing.assert_allclose(v, dense[0][0], rtol=1e-6)
+    np.testing.assert_allclose(g, dense[0][1], rtol=1e-5, atol=1e-7)
+    assert np.abs(g).max() > 1e-3  # a gradient that could be wrong
+    with_ref = cls(pairs_per_chunk=7).call_with_reference(labels, emb, ref_labels, ref_emb).numpy()
+    np.testing.assert_allclose(with_ref, dense[1], rtol=1e-6)
+
+
 def test_heaviside_ap_is_exact_on_a_hand_case():
     # Query 0 (label 0): scores vs items 1..3 are 0.9 (neg), 0.5 (pos), 0.1 (neg).
     emb = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [0.5, np.sqrt(0.75)], [0.1, -np.sqrt(0.99)]])

@@ -9,7 +9,7 @@ from keras_roadmap import validation
 from keras_roadmap.losses import _inputs
 
 from keras_roadmap.losses import ranking
-from keras_roadmap.losses.average_precision import ap_sums
+from keras_roadmap.losses import average_precision
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import SUPAP_DEFAULTS, SUPAP_PRESETS, SupAPPresets, with_parameters
 
@@ -28,17 +28,20 @@ def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_pe
     Returns:
         ``(ap, has_positive)``: ``(B,)`` float (0 where there is no positive) and ``(B,)`` bool.
     """
-    sums, num_positives = ap_sums(
-        pairs.scores,
-        pairs.labels,
-        pairs.ref_labels,
-        pos_step,
-        neg_step,
+    options = dict(
         excluded=pairs.excluded,
         ref_valid=pairs.ref_valid,
         positive_step_has_gradient=positive_step_has_gradient,
         pairs_per_chunk=pairs_per_chunk,
     )
+    if average_precision.holds_dense_scores(pairs.embeddings.shape[0], pairs.ref_embeddings.shape[0]):
+        sums, num_positives = average_precision.ap_sums(
+            pairs.scores, pairs.labels, pairs.ref_labels, pos_step, neg_step, **options
+        )
+    else:
+        sums, num_positives = average_precision.ap_sums_from_embeddings(
+            pairs.embeddings, pairs.ref_embeddings, pairs.labels, pairs.ref_labels, pos_step, neg_step, **options
+        )
     return sums / _inputs.floor_at(num_positives, 1.0), ops.greater(num_positives, 0)
 
 

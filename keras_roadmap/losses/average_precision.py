@@ -28,6 +28,18 @@ from keras_roadmap.losses import _inputs
 DEFAULT_CHUNK_ELEMENTS = 2**20
 # Used when the number of items is unknown at trace time (dynamic shapes outside XLA).
 FALLBACK_PAIRS_PER_CHUNK = 1024
+# Up to this many query-item scores the kernel holds the (B, N) scores and their gradient (32 MiB
+# each in float32: the fast path, one matrix product); above it (B = N > 2896) it recomputes each
+# chunk's rows from the embeddings, so memory stops growing with B * N.
+DENSE_SCORES_LIMIT = 2**23
+
+
+def holds_dense_scores(num_queries, num_items, limit=None):
+    """Whether :func:`ap_sums` on the dense scores (True) or :func:`ap_sums_from_embeddings`
+    suits a ``(num_queries, num_items)`` problem; unknown sizes take the dense form."""
+    if num_queries is None or num_items is None:
+        return True
+    return int(num_queries) * int(num_items) <= (DENSE_SCORES_LIMIT if limit is None else limit)
 
 
 def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
@@ -40,15 +52,14 @@ def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELE
     return pairs
 
 
-def _chunk_ranks(scores, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, first_pair, chunk, pos_step, neg_step):
+def _chunk_ranks(row_scores_of, num_items, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, first_pair, chunk, pos_step, neg_step):
     """Ranks of the (query, positive) pairs ``first_pair .. first_pair + chunk - 1``.
 
     Query q's pairs are numbered ``pair_starts[q] .. pair_ends[q] - 1`` (``(B,)`` each), one
-    per positive in column order.
+    per positive in column order; ``row_scores_of(query)`` gives the ``(C, N)`` score rows.
     Returns the query of each pair ``(C,)``, its validity ``(C,)``, the one-hot position of the
     ranked positive ``(C, N)``, ``rank+`` and ``rank`` ``(C,)``, and what the backward pass needs.
     """
-    num_items = ops.shape(scores)[1]
     pair = first_pair + ops.arange(chunk, dtype="int32")
     valid = ops.less(pair, total)
     pair = ops.minimum(pair, total - 1)
@@ -61,12 +72,12 @@ def _chunk_ranks(scores, labels, ref_labels, excluded, ref_valid, pair_starts, p
     # The nth positive (0-based) of a row sits after the columns whose running count is <= nth.
     running = ops.cumsum(ops.cast(positive, "int32"), axis=1)
     item = ops.sum(ops.cast(ops.less_equal(running, ops.expand_dims(nth, 1)), "int32"), axis=1)
-    dtype = scores.dtype
+    row_scores = row_scores_of(query)
+    dtype = row_scores.dtype
     row_positive = ops.cast(positive, dtype)
     not_same = ops.logical_not(same)
     row_negative = ops.cast(not_same if member is None else ops.logical_and(not_same, member), dtype)
     onehot = ops.cast(ops.equal(columns, ops.expand_dims(item, 1)), dtype) * ops.cast(ops.expand_dims(valid, 1), dtype)
-    row_scores = ops.take(scores, query, axis=0)
     anchor = ops.take_along_axis(row_scores, ops.expand_dims(ops.minimum(item, num_items - 1), 1), axis=1)
     t = row_scores - anchor
     other_positives = row_positive - onehot
@@ -152,7 +163,66 @@ def ap_sums(
     Returns:
         ``(sums (B,), num_positives (B,))``; AP = sums / num_positives.
     """
-    num_queries, num_items = scores.shape
+
+    def rows_of(operands, query):
+        return ops.take(operands[0], query, axis=0)
+
+    def add_row_grads(operands, grads, query, row_grad):
+        return (_inputs.add_rows(grads[0], query, row_grad),)
+
+    return _chunked_ap_sums(
+        (scores,), scores.shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
+        excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
+    )
+
+
+def ap_sums_from_embeddings(
+    embeddings,
+    ref_embeddings,
+    labels,
+    ref_labels,
+    pos_step,
+    neg_step,
+    *,
+    excluded=None,
+    ref_valid=None,
+    positive_step_has_gradient,
+    pairs_per_chunk=None,
+):
+    """:func:`ap_sums` of the scores ``embeddings @ ref_embeddings.T``, never held whole.
+
+    Each chunk recomputes its score rows (one ``(C, D) x (D, N)`` product) and the gradient goes
+    straight onto ``embeddings (B, D)`` and ``ref_embeddings (N, D)``, so memory is
+    ``O(pairs_per_chunk * N + (B + N) * D)`` at any batch size, for about ``positives per
+    query`` times the matrix-product work of the dense form. Same arguments otherwise.
+    """
+
+    def rows_of(operands, query):
+        queries, items = operands
+        return _inputs.pairwise_dot(ops.take(queries, query, axis=0), items)
+
+    def add_row_grads(operands, grads, query, row_grad):
+        queries, items = operands
+        dq, di = grads
+        dq = _inputs.add_rows(dq, query, _inputs.matmul(row_grad, items))
+        di = di + _inputs.matmul(ops.transpose(row_grad), ops.take(queries, query, axis=0))
+        return dq, di
+
+    shape = (embeddings.shape[0], ref_embeddings.shape[0])
+    return _chunked_ap_sums(
+        (embeddings, ref_embeddings), shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
+        excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
+    )
+
+
+def _chunked_ap_sums(
+    operands, shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
+    excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
+):
+    """The loops of :func:`ap_sums`: ``rows_of(operands, query)`` gives a chunk's ``(C, N)``
+    score rows, ``add_row_grads(operands, grads, query, row_grad)`` adds their gradient into
+    the operands' gradients."""
+    num_queries, num_items = shape
     chunk = pairs_per_chunk or pairs_per_chunk_for(num_queries, num_items)
     chunk = int(chunk)
     if chunk < 1:
@@ -165,36 +235,39 @@ def ap_sums(
     max_chunks = None
     if num_queries is not None and num_items is not None:
         max_chunks = -(-int(num_queries) * int(num_items) // chunk)
-    batch = ops.shape(scores)[0]
+    batch = ops.shape(labels)[0]
+    dynamic_items = ops.shape(ref_labels)[0]
+    dtype = operands[0].dtype
 
-    # The chunk function takes the scores as an argument: inside ops.custom_gradient it must see
-    # the custom-gradient input, never the outer `scores` (under JAX a captured outer tensor is a
-    # leaked tracer: jax.grad raises UnexpectedTracerError).
-    def ranks(scores_now, i):
+    # The chunk function takes the operands as an argument: inside ops.custom_gradient it must
+    # see the custom-gradient inputs, never the outer tensors (under JAX a captured outer tensor
+    # is a leaked tracer: jax.grad raises UnexpectedTracerError).
+    def ranks(operands_now, i):
         return _chunk_ranks(
-            scores_now, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, i * chunk, chunk, pos_step, neg_step
+            lambda query: rows_of(operands_now, query), dynamic_items, labels, ref_labels, excluded, ref_valid,
+            pair_starts, pair_ends, total, i * chunk, chunk, pos_step, neg_step,
         )
 
     @ops.custom_gradient
-    def _ap_sums(scores_in):
-        def forward_body(i, total):
-            query, valid, _, rank_plus, rank, *_ = ranks(scores_in, i)
-            return i + 1, _inputs.add_rows(total, query, valid * rank_plus / rank)
+    def _sums(*operands_in):
+        def forward_body(i, sums):
+            query, valid, _, rank_plus, rank, *_ = ranks(operands_in, i)
+            return i + 1, _inputs.add_rows(sums, query, valid * rank_plus / rank)
 
-        _, total = _inputs.sequential_while_loop(
-            lambda i, total: ops.less(i, num_chunks),
+        _, sums = _inputs.sequential_while_loop(
+            lambda i, sums: ops.less(i, num_chunks),
             forward_body,
-            (ops.convert_to_tensor(0, "int32"), ops.zeros_like(scores_in[:, 0])),
+            (ops.convert_to_tensor(0, "int32"), ops.zeros((batch,), dtype)),
             maximum_iterations=max_chunks,
         )
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            upstream = ops.cast(upstream, scores_in.dtype)
+            upstream = ops.cast(upstream, dtype)
 
-            def backward_body(i, dscores):
-                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(scores_in, i)
+            def backward_body(i, *grads):
+                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(operands_in, i)
                 coef = ops.take(upstream, query) * valid / rank
                 # d(rank+/rank) = d(rank+) (1/rank - rank+/rank^2) - d(rank_negatives) rank+/rank^2
                 dt = ops.expand_dims(-coef * rank_plus / rank, 1) * neg_deriv * negatives
@@ -202,16 +275,16 @@ def ap_sums(
                     dt = dt + ops.expand_dims(coef * (1.0 - rank_plus / rank), 1) * pos_deriv * other_pos
                 # t = s_qj - s_qk: +dt to each other item j, -sum_j dt to the ranked positive k.
                 row_grad = dt - onehot * ops.sum(dt, axis=1, keepdims=True)
-                return i + 1, _inputs.add_rows(dscores, query, row_grad)
+                return (i + 1,) + tuple(add_row_grads(operands_in, grads, query, row_grad))
 
-            _, dscores = _inputs.sequential_while_loop(
-                lambda i, d: ops.less(i, num_chunks),
+            _, *grads = _inputs.sequential_while_loop(
+                lambda i, *_: ops.less(i, num_chunks),
                 backward_body,
-                (ops.convert_to_tensor(0, "int32"), ops.zeros_like(scores_in)),
+                (ops.convert_to_tensor(0, "int32"),) + tuple(ops.zeros_like(x) for x in operands_in),
                 maximum_iterations=max_chunks,
             )
-            return dscores
+            return grads[0] if len(grads) == 1 else tuple(grads)
 
-        return total, grad
+        return sums, grad
 
-    return _ap_sums(scores), ops.cast(num_positives, scores.dtype)
+    return _sums(*operands), ops.cast(num_positives, dtype)

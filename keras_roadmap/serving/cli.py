@@ -21,11 +21,11 @@ def run_index(args) -> int:
     embedder = OnnxEmbedder(args.model, threads=args.threads)
     rel_paths = list_images(args.images)
     embeddings = embedder.embed_files([os.path.join(args.images, p) for p in rel_paths], batch_size=args.batch_size)
-    index = build_index(embeddings)
+    index = build_index(embeddings, args.index_type)
     write_index(index, args.index)
     write_id_map(args.ids, args.images, rel_paths, args.model, embedder.dim)
     print(
-        f"indexed {index.ntotal} images (dim {embedder.dim}) in "
+        f"indexed {index.ntotal} images (dim {embedder.dim}, {args.index_type} index) in "
         f"{time.perf_counter() - started:.1f} s -> {args.index}, {args.ids}"
     )
     return 0

@@ -14,38 +14,47 @@ from keras_roadmap.serving.embedder import ServingError, file_sha256
 METRIC = "cosine (inner product of L2-normalised embeddings)"
 
 
-def build_index(embeddings: np.ndarray):
-    """An exact inner-product faiss index over ``embeddings`` (float32 ``(N, D)``, unit rows).
+def build_index(embeddings: np.ndarray, index_type: str = "flat"):
+    """A faiss inner-product index over ``embeddings`` (float32 ``(N, D)``, unit rows).
 
     The one place the serving index is built: inner product of L2-normalised embeddings is the
-    cosine similarity ROADMAP trains for. Exact (``IndexFlatIP``): linear in N.
+    cosine similarity ROADMAP trains for. ``index_type``: ``"flat"`` (exact, linear in N,
+    default), ``"ivf"`` or ``"hnsw"`` (approximate, for galleries past a million; default
+    settings of :func:`keras_roadmap.indexing.build_index`, IVF cells trained on a sample).
     """
-    import faiss
+    from keras_roadmap import indexing
 
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or not len(embeddings):
         raise ServingError(f"need a non-empty (N, D) array of embeddings, got shape {embeddings.shape}")
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(embeddings)
-    return index
+    if index_type not in indexing.INDEX_TYPES:
+        raise ServingError(f"index type must be one of {', '.join(indexing.INDEX_TYPES)}, got {index_type!r}")
+    try:
+        return indexing.build_index(embeddings, index_type)
+    except ValueError as exc:
+        raise ServingError(str(exc)) from exc
 
 
 def write_index(index, path: str) -> None:
-    import faiss
+    """Write ``index`` and its settings sidecar (``path + ".json"``), each renamed into place."""
+    from keras_roadmap import indexing
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    faiss.write_index(index, path)
+    indexing.save_index(index, path)
 
 
 def read_index(path: str):
-    import faiss
+    """Read an index written by :func:`write_index`, with its search settings (nprobe, ef_search)."""
+    from keras_roadmap import indexing
 
     if not os.path.isfile(path):
         raise ServingError(f"faiss index not found: {path}")
     try:
-        return faiss.read_index(path)
+        return indexing.load_index(path)
     except RuntimeError as exc:
         raise ServingError(f"{path} is not a faiss index ({str(exc).splitlines()[0]})") from exc
+    except ValueError as exc:
+        raise ServingError(str(exc)) from exc
 
 
 def label_of(rel_path: str) -> Optional[str]:
