@@ -55,6 +55,8 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
     stacked = ops.stop_gradient(array.stack())  # (num_chunks, chunk, D)
     dim = stacked.shape[-1] if stacked.shape[-1] is not None else tf.shape(stacked)[-1]
     embeddings = ops.reshape(stacked, (-1, dim))[:batch]
+    # The loss picks its kernel and chunk size from the static batch size: keep it known.
+    embeddings.set_shape([tf.nest.flatten(x)[0].shape[0], stacked.shape[-1]])
 
     # (2) The loss and its gradient with respect to the (B, D) embeddings.
     with tf.GradientTape() as tape:

@@ -108,18 +108,30 @@ def test_embedding_model_argument_evaluates_the_given_model():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(data=[1, 2, 3]), "must be a batched tf.data.Dataset"),
         (dict(data=(np.zeros((4, 16)), np.zeros(4))), "integer dtype"),
         (dict(data=(np.zeros((4, 16)), np.zeros(3, int))), "has 3 entries"),
         (dict(data=tf.data.Dataset.from_tensor_slices(np.zeros((4, 16)))), r"must yield \(x, y\)"),
         (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), every_n_epochs=0), "every_n_epochs"),
         (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), skipped_epochs="zero"), "skipped_epochs"),
         (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), logged=("ndcg",)), "unknown metrics"),
-        (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), ks=(0,)), "positive integer"),
+        (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), ks=(0,)), "must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        RetrievalEvaluation(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(data=[1, 2, 3]), "must be a batched tf.data.Dataset"),
+        (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), every_n_epochs=1.5), "`every_n_epochs` must be an integer"),
+        (dict(data=(np.zeros((4, 16)), np.zeros(4, int)), batch_size="64"), "`batch_size` must be an integer"),
+    ],
+)
+def test_wrong_argument_types_raise_type_errors(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         RetrievalEvaluation(**kwargs)
 
 

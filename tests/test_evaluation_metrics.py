@@ -257,17 +257,15 @@ GOOD_Y = np.array([1, 1, 2, 2])
         (dict(embeddings=np.where(np.eye(4, 2) > 0, np.nan, GOOD_X), labels=GOOD_Y), "NaN or inf"),
         (dict(embeddings=np.where(np.eye(4, 2) > 0, np.inf, GOOD_X), labels=GOOD_Y), "NaN or inf"),
         (dict(embeddings=GOOD_X.astype(np.float64) * 1e39, labels=GOOD_Y), "NaN or inf"),
-        (dict(embeddings=np.array([["a", "b"]] * 4), labels=GOOD_Y), "real numbers"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y.astype(np.float32)), "integer dtype"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y > 1), "integer dtype"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y[:, None, None]), "must be 1-D"),
-        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(0, 1)), "positive integer"),
-        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(-5,)), "positive integer"),
-        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(1.5,)), "positive integer"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(0, 1)), "`ks entries` must be an integer >= 1, got 0"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(-5,)), "must be an integer >= 1, got -5"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=()), "`ks` is empty"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, metric="cosine"), "`metric` must be one of"),
-        (dict(embeddings=GOOD_X, labels=GOOD_Y, chunk_size=0), "`chunk_size` must be a positive integer"),
-        (dict(embeddings=GOOD_X, labels=GOOD_Y, search_k=0), "`search_k` must be a positive integer"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, chunk_size=0), "`chunk_size` must be an integer >= 1"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, search_k=0), "`search_k` must be an integer >= 1"),
         (dict(embeddings=GOOD_X[:1], labels=GOOD_Y[:1]), "at least 2 embeddings"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, query_embeddings=GOOD_X), "needs `query_labels`"),
         (dict(embeddings=GOOD_X, labels=GOOD_Y, query_labels=GOOD_Y), "without `query_embeddings`"),
@@ -283,6 +281,22 @@ GOOD_Y = np.array([1, 1, 2, 2])
 )
 def test_bad_inputs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("`", "`")):
+        retrieval_metrics(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embeddings=np.array([["a", "b"]] * 4), labels=GOOD_Y), "must hold real numbers"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(1.5,)), r"`ks entries` must be an integer, got 1.5 \(float\)"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=(True,)), "must be an integer, got True"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, ks=None), "`ks` must be an int or a sequence"),
+        (dict(embeddings=GOOD_X, labels=GOOD_Y, chunk_size="big"), "`chunk_size` must be an integer, got 'big'"),
+    ],
+)
+def test_wrong_types_raise_type_errors(kwargs, message):
+    # The package's error policy (keras_roadmap.validation): a wrong type is a TypeError.
+    with pytest.raises(TypeError, match=message):
         retrieval_metrics(**kwargs)
 
 

@@ -1,8 +1,14 @@
-"""Input checks shared by the evaluation functions: clear errors instead of deep crashes."""
+"""Input checks shared by the evaluation functions: clear errors instead of deep crashes.
+
+Array checks live here; scalar arguments go through :mod:`keras_roadmap.validation`, the
+package's one rule for them (TypeError for a wrong type, ValueError for a wrong value).
+"""
 
 import numbers
 
 import numpy as np
+
+from keras_roadmap import validation
 
 METRICS = ("inner_product", "l2")
 
@@ -10,14 +16,15 @@ METRICS = ("inner_product", "l2")
 def as_embeddings(x, name: str) -> np.ndarray:
     """Return `x` as a C-contiguous float32 (N, D) array with N, D >= 1 and finite values.
 
-    Raises ValueError naming `name` when `x` is not a non-empty 2-D real array or holds NaN/inf.
+    Raises TypeError naming `name` when `x` is not an array of real numbers, ValueError when it
+    is not a non-empty 2-D array or holds NaN/inf.
     """
     try:
         arr = np.asarray(x)
     except Exception as err:  # e.g. ragged nested lists
         raise ValueError(f"`{name}` must be a 2-D array of shape (N, D); got {type(x).__name__}: {err}")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"`{name}` must hold real numbers (float or int); got dtype {arr.dtype}.")
+        raise TypeError(f"`{name}` must hold real numbers (float or int); got dtype {arr.dtype} ({type(x).__name__}).")
     if arr.ndim != 2:
         raise ValueError(
             f"`{name}` must be 2-D (N, D); got shape {arr.shape}. "
@@ -54,10 +61,8 @@ def as_labels(y, n: int, name: str) -> np.ndarray:
 
 
 def positive_int(value, name: str) -> int:
-    """Return `value` as an int >= 1, or raise ValueError (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-    return int(value)
+    """Return `value` as an int >= 1: TypeError for a non-integer (bools too), ValueError below 1."""
+    return validation.integer(name, value, minimum=1)
 
 
 def as_ks(ks) -> tuple:
@@ -67,7 +72,7 @@ def as_ks(ks) -> tuple:
     try:
         items = list(ks)
     except TypeError:
-        raise ValueError(f"`ks` must be an int or a sequence of positive ints; got {ks!r}.")
+        raise TypeError(f"`ks` must be an int or a sequence of positive ints; got {ks!r} ({type(ks).__name__}).") from None
     if not items:
         raise ValueError("`ks` is empty; give at least one k, e.g. ks=(1, 10).")
     return tuple(sorted({positive_int(k, "ks entries") for k in items}))
