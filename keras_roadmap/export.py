@@ -571,6 +571,70 @@ def _import_export_deps(*names):
     return modules
 
 
+def _canonical_names(graph) -> None:
+    """Rename every node and internal tensor of ``graph`` (an ONNX GraphProto) by its position.
+
+    tf2onnx names constants and nodes after process-wide counters (``const_fold_opt__197``),
+    and orders initializers by those names, so the same model exported in two processes gave
+    different bytes. Names by first use, nodes by position, initializers in first-use order:
+    a resumed recipe run exports the very bytes of an unbroken one. The graph's own inputs and
+    outputs keep their names (the serving contract).
+    """
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    mapping = {}
+
+    def name_of(old):
+        if old not in keep and old not in mapping:
+            mapping[old] = f"t{len(mapping)}"
+        return mapping.get(old, old)
+
+    def subgraphs(node):
+        for attribute in node.attribute:
+            if attribute.type == attribute.GRAPH:
+                yield attribute.g
+            yield from attribute.graphs
+
+    def collect(g):
+        for node in g.node:
+            for sub in subgraphs(node):
+                for value in sub.input:
+                    name_of(value.name)
+                collect(sub)
+            for value in list(node.input) + list(node.output):
+                name_of(value)
+        for value in list(g.initializer) + list(g.value_info):
+            name_of(value.name)
+
+    count = [0]
+    dims = {}
+
+    def rename(g):
+        for node in g.node:
+            node.name = f"{node.op_type}_{count[0]}"
+            count[0] += 1
+            node.input[:] = [name_of(v) for v in node.input]
+            node.output[:] = [name_of(v) for v in node.output]
+            for k, sub in enumerate(subgraphs(node)):
+                sub.name = f"{node.name}_graph{k}"
+                rename(sub)
+        for value in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer):
+            value.name = name_of(value.name)
+        for value in list(g.input) + list(g.output) + list(g.value_info):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param.startswith("unk__"):  # tf2onnx's counter-numbered symbolic sizes
+                    dim.dim_param = dims.setdefault(dim.dim_param, f"size{len(dims)}")
+        ordered = sorted(g.initializer, key=lambda t: int(t.name[1:]) if t.name[1:].isdigit() else -1)
+        copies = [type(t)() for t in ordered]
+        for copy, tensor in zip(copies, ordered):
+            copy.CopyFrom(tensor)
+        del g.initializer[:]
+        g.initializer.extend(copies)
+
+    collect(graph)
+    rename(graph)
+    graph.name = "keras_roadmap"
+
+
 def _name_dynamic_axes(graph_io, names: Sequence[Optional[str]]):
     """Give the symbolic axes readable names (tf2onnx calls them ``unk__N``)."""
     dims = graph_io.type.tensor_type.shape.dim
@@ -648,6 +712,7 @@ def to_onnx(
     # tf2onnx writes "converted from __inference_serve_<N>" with a process-wide counter: a fixed
     # text keeps the file bitwise reproducible (a resumed recipe run exports the same bytes).
     model_proto.graph.doc_string = "converted by keras-roadmap with tf2onnx"
+    _canonical_names(model_proto.graph)
     try:
         onnx.checker.check_model(model_proto)
     except onnx.checker.ValidationError as exc:

@@ -192,6 +192,21 @@ def test_onnx_contract_metadata(cnn_model, tmp_path):
     assert pre["mean"] == list(ex.IMAGENET_MEAN) and pre["std"] == list(ex.IMAGENET_STD)
 
 
+def test_onnx_bytes_do_not_depend_on_what_the_process_traced_before(cnn_model, tmp_path):
+    # tf2onnx numbers constants, nodes and sizes with process-wide counters; the exporter renames
+    # them canonically, so a resumed run's export equals an unbroken run's byte for byte.
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    ex.to_onnx(cnn_model, first, with_preprocessing=True, l2_normalize=True, preset=PRESET)
+    for i in range(3):
+        tf.function(lambda v: v * i)(tf.constant(1.0))  # moves tf's and tf2onnx's counters
+    ex.to_onnx(cnn_model, second, with_preprocessing=True, l2_normalize=True, preset=PRESET)
+    assert first.read_bytes() == second.read_bytes()
+    import onnx
+
+    names = [node.name for node in onnx.load(str(first)).graph.node]
+    assert names[0].endswith("_0") and len(set(names)) == len(names)
+
+
 def test_saved_model_contract_file_and_dynamic_size_model(tmp_path):
     model = _cnn_embedder(dynamic=True)
     report = ex.to_saved_model(model, tmp_path / "sm", with_preprocessing=True, preset="sop", image_size=IMAGE_SIZE)
