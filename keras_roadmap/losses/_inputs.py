@@ -189,3 +189,13 @@ def sequential_while_loop(cond, body, loop_vars, maximum_iterations=None):
         return tf.while_loop(cond, lambda *args: tuple(body(*args)), tuple(loop_vars),
                              maximum_iterations=maximum_iterations, parallel_iterations=1)
     return ops.while_loop(cond, body, tuple(loop_vars), maximum_iterations=maximum_iterations)
+
+
+def stable_argsort(x):
+    """``ops.argsort`` of a 1-D tensor with ties in index order on every backend (torch's
+    default sort is not stable; TensorFlow's and JAX's are)."""
+    if backend.backend() == "torch":
+        import torch
+
+        return torch.argsort(x, stable=True)
+    return ops.argsort(x)

@@ -28,20 +28,21 @@ def per_query_ap(pairs, pos_step, neg_step, positive_step_has_gradient, pairs_pe
     Returns:
         ``(ap, has_positive)``: ``(B,)`` float (0 where there is no positive) and ``(B,)`` bool.
     """
-    options = dict(
+    if average_precision.holds_dense_scores(pairs.embeddings.shape[0], pairs.ref_embeddings.shape[0]):
+        scores = pairs.scores
+    else:
+        scores = (pairs.embeddings, pairs.ref_embeddings)
+    sums, num_positives = average_precision.ap_sums(
+        scores,
+        pairs.labels,
+        pairs.ref_labels,
+        pos_step,
+        neg_step,
         excluded=pairs.excluded,
         ref_valid=pairs.ref_valid,
         positive_step_has_gradient=positive_step_has_gradient,
         pairs_per_chunk=pairs_per_chunk,
     )
-    if average_precision.holds_dense_scores(pairs.embeddings.shape[0], pairs.ref_embeddings.shape[0]):
-        sums, num_positives = average_precision.ap_sums(
-            pairs.scores, pairs.labels, pairs.ref_labels, pos_step, neg_step, **options
-        )
-    else:
-        sums, num_positives = average_precision.ap_sums_from_embeddings(
-            pairs.embeddings, pairs.ref_embeddings, pairs.labels, pairs.ref_labels, pos_step, neg_step, **options
-        )
     return sums / _inputs.floor_at(num_positives, 1.0), ops.greater(num_positives, 0)
 
 

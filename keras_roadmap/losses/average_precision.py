@@ -26,6 +26,8 @@ from keras_roadmap.losses import _inputs
 
 # One loop step holds about this many (pair, item) scores: ~4 MiB per float32 temporary.
 DEFAULT_CHUNK_ELEMENTS = 2**20
+# A chunk holds up to this many pairs per query (the paper's 4 images per class).
+PAIRS_PER_QUERY_PER_CHUNK = 4
 # Used when the number of items is unknown at trace time (dynamic shapes outside XLA).
 FALLBACK_PAIRS_PER_CHUNK = 1024
 # Up to this many query-item scores the kernel holds the (B, N) scores and their gradient (32 MiB
@@ -35,43 +37,52 @@ DENSE_SCORES_LIMIT = 2**23
 
 
 def holds_dense_scores(num_queries, num_items, limit=None):
-    """Whether :func:`ap_sums` on the dense scores (True) or :func:`ap_sums_from_embeddings`
-    suits a ``(num_queries, num_items)`` problem; unknown sizes take the dense form."""
+    """Whether :func:`ap_sums` should get the dense scores (True) or the embeddings pair for a
+    ``(num_queries, num_items)`` problem; unknown sizes take the dense form."""
     if num_queries is None or num_items is None:
         return True
     return int(num_queries) * int(num_items) <= (DENSE_SCORES_LIMIT if limit is None else limit)
 
 
 def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
-    """Static chunk size: about ``chunk_elements`` scores per step, at most every pair."""
+    """Static chunk size: about ``chunk_elements`` scores per step, at most ``4 B`` pairs.
+
+    The paper's batches hold 4 images per class, so the batch form has ``4 B`` (query,
+    positive) pairs: one step ranks them all, and a chunk never computes rows no pair fills
+    (a bound of ``B * N`` pairs made a B = 128 batch rank 8,192 rows for its 512 pairs). More
+    pairs (more images per class, a memory) take more steps of the same size.
+    """
     if num_items is None:
         return FALLBACK_PAIRS_PER_CHUNK
     pairs = max(1, chunk_elements // max(1, int(num_items)))
     if num_queries is not None:
-        pairs = min(pairs, int(num_queries) * int(num_items))
+        pairs = min(pairs, PAIRS_PER_QUERY_PER_CHUNK * int(num_queries))
     return pairs
 
 
-def _chunk_ranks(row_scores_of, num_items, labels, ref_labels, excluded, ref_valid, pair_starts, pair_ends, total, first_pair, chunk, pos_step, neg_step):
+def _chunk_ranks(row_scores_of, num_items, labels, ref_labels, excluded, ref_valid, segments, first_pair, chunk, pos_step, neg_step):
     """Ranks of the (query, positive) pairs ``first_pair .. first_pair + chunk - 1``.
 
-    Query q's pairs are numbered ``pair_starts[q] .. pair_ends[q] - 1`` (``(B,)`` each), one
-    per positive in column order; ``row_scores_of(query)`` gives the ``(C, N)`` score rows.
-    Returns the query of each pair ``(C,)``, its validity ``(C,)``, the one-hot position of the
-    ranked positive ``(C, N)``, ``rank+`` and ``rank`` ``(C,)``, and what the backward pass needs.
+    ``segments``: the :func:`label_segments` of the problem (query q's pairs are its
+    same-label items, in label-index order); ``row_scores_of(query)`` gives the ``(C, N)`` score
+    rows. Returns the query of each pair ``(C,)``, its validity ``(C,)``, the one-hot position of
+    the ranked positive ``(C, N)``, ``rank+`` and ``rank`` ``(C,)``, and what the backward pass
+    needs.
     """
+    order, first, pair_ends, total = segments["order"], segments["first"], segments["pair_ends"], segments["total"]
     pair = first_pair + ops.arange(chunk, dtype="int32")
     valid = ops.less(pair, total)
-    pair = ops.minimum(pair, total - 1)
+    pair = ops.minimum(pair, ops.maximum(total - 1, 0))
     query = ops.cast(ops.searchsorted(pair_ends, pair, side="right"), "int32")
-    nth = pair - ops.take(pair_starts, query)
+    query = ops.minimum(query, ops.shape(pair_ends)[0] - 1)
+    pair_start = ops.take(pair_ends, query) - ops.take(segments["candidates"], query)
+    item = ops.take(order, ops.minimum(ops.take(first, query) + pair - pair_start, num_items - 1))
     columns = ops.expand_dims(ops.arange(num_items, dtype="int32"), 0)
+    if excluded is not None:
+        valid = ops.logical_and(valid, ops.not_equal(item, ops.take(excluded, query)))
     same = ops.equal(ops.expand_dims(ref_labels, 0), ops.expand_dims(ops.take(labels, query), 1))
     member = _membership(columns, ops.take(excluded, query) if excluded is not None else None, ref_valid)
     positive = same if member is None else ops.logical_and(same, member)
-    # The nth positive (0-based) of a row sits after the columns whose running count is <= nth.
-    running = ops.cumsum(ops.cast(positive, "int32"), axis=1)
-    item = ops.sum(ops.cast(ops.less_equal(running, ops.expand_dims(nth, 1)), "int32"), axis=1)
     row_scores = row_scores_of(query)
     dtype = row_scores.dtype
     row_positive = ops.cast(positive, dtype)
@@ -100,37 +111,48 @@ def _membership(columns, excluded, ref_valid):
     return member
 
 
-def positive_counts(labels, ref_labels, excluded=None, ref_valid=None, rows_per_chunk=None):
-    """``(B,)`` int32: number of positives of each query in its retrieval set.
+def label_segments(labels, ref_labels, excluded=None, ref_valid=None):
+    """Where each query's positives are, without any ``(B, N)`` tensor.
 
-    Counted ``rows_per_chunk`` query rows at a time, so no ``(B, N)`` mask is built.
+    The items are sorted once by (validity, label, index): query q's candidates (the valid
+    items of its label) are then ``order[first[q] : first[q] + candidates[q]]``, found by two
+    binary searches; its positives are those candidates but its excluded item. The pairs of all
+    queries are numbered in row-major order, query q's ending at ``pair_ends[q]``.
+
+    Returns a dict of int32 tensors: ``order`` ``(N,)``, ``first``, ``candidates``,
+    ``pair_ends``, ``num_positives`` ``(B,)`` and ``total`` (scalar, the number of pairs).
     """
-    num_queries, num_items = labels.shape[0], ref_labels.shape[0]
-    chunk = int(rows_per_chunk or pairs_per_chunk_for(num_queries, num_items))
-    if num_queries is not None:
-        chunk = min(chunk, int(num_queries))
-    batch = ops.shape(labels)[0]
-    columns = ops.expand_dims(ops.arange(ops.shape(ref_labels)[0], dtype="int32"), 0)
-    num_chunks = (batch + (chunk - 1)) // chunk
-    max_chunks = None if num_queries is None else -(-int(num_queries) // chunk)
-
-    def body(i, counts):
-        rows = i * chunk + ops.arange(chunk, dtype="int32")
-        valid = ops.less(rows, batch)
-        rows = ops.minimum(rows, batch - 1)
-        same = ops.equal(ops.expand_dims(ops.take(labels, rows), 1), ops.expand_dims(ref_labels, 0))
-        member = _membership(columns, ops.take(excluded, rows) if excluded is not None else None, ref_valid)
-        positive = same if member is None else ops.logical_and(same, member)
-        row_counts = ops.sum(ops.cast(positive, "int32"), axis=1) * ops.cast(valid, "int32")
-        return i + 1, _inputs.add_rows(counts, rows, row_counts)
-
-    _, counts = _inputs.sequential_while_loop(
-        lambda i, counts: ops.less(i, num_chunks),
-        body,
-        (ops.convert_to_tensor(0, "int32"), ops.zeros((batch,), "int32")),
-        maximum_iterations=max_chunks,
-    )
-    return counts
+    num_items = ops.shape(ref_labels)[0]
+    order = _inputs.stable_argsort(ref_labels)
+    if ref_valid is not None:
+        invalid = ops.cast(ops.logical_not(ops.take(ref_valid, order)), "int32")
+        order = ops.take(order, _inputs.stable_argsort(invalid))
+        num_valid = ops.sum(ops.cast(ref_valid, "int32"))
+    else:
+        num_valid = num_items
+    sorted_labels = ops.take(ref_labels, order)
+    if ref_valid is not None:
+        # Invalid items (at the end) take the largest label, so the sequence stays sorted; the
+        # searches below are clipped to the valid prefix.
+        top = ops.maximum(ops.max(ref_labels), ops.max(labels))
+        sorted_labels = ops.where(ops.arange(num_items, dtype="int32") < num_valid, sorted_labels, top)
+    first = ops.cast(ops.searchsorted(sorted_labels, labels, side="left"), "int32")
+    last = ops.minimum(ops.cast(ops.searchsorted(sorted_labels, labels, side="right"), "int32"), num_valid)
+    candidates = ops.maximum(last - first, 0)
+    num_positives = candidates
+    if excluded is not None:
+        safe = ops.maximum(excluded, 0)
+        excluded_is_candidate = ops.logical_and(
+            ops.greater_equal(excluded, 0), ops.equal(ops.take(ref_labels, safe), labels)
+        )
+        if ref_valid is not None:
+            excluded_is_candidate = ops.logical_and(excluded_is_candidate, ops.take(ref_valid, safe))
+        num_positives = candidates - ops.cast(excluded_is_candidate, "int32")
+    pair_ends = ops.cast(ops.cumsum(candidates), "int32")
+    return {
+        "order": ops.cast(order, "int32"), "first": first, "candidates": candidates, "pair_ends": pair_ends,
+        "num_positives": num_positives, "total": pair_ends[-1],
+    }
 
 
 def ap_sums(
@@ -150,7 +172,12 @@ def ap_sums(
     Differentiable w.r.t. ``scores`` (only).
 
     Args:
-        scores: ``(B, N)`` float, query-by-item similarities.
+        scores: ``(B, N)`` float, query-by-item similarities; or a pair ``(embeddings (B, D),
+            ref_embeddings (N, D))`` whose product ``embeddings @ ref_embeddings.T`` is never
+            held whole: each chunk recomputes its score rows (one ``(C, D) x (D, N)`` product)
+            and the gradient goes straight onto both, so memory is ``O(pairs_per_chunk * N +
+            (B + N) * D)`` at any batch size, for about ``positives per query`` times the
+            matrix-product work of the dense form (see :func:`holds_dense_scores`).
         labels: ``(B,)`` int query labels; ref_labels: ``(N,)`` int item labels (same dtype).
         pos_step, neg_step: callables ``t -> (H(t), H'(t))`` from ``ranking.py``.
         excluded: optional ``(B,)`` int32, an item left out of each query's retrieval set
@@ -163,54 +190,32 @@ def ap_sums(
     Returns:
         ``(sums (B,), num_positives (B,))``; AP = sums / num_positives.
     """
+    if isinstance(scores, (tuple, list)):
+        operands = tuple(scores)
+        shape = (operands[0].shape[0], operands[1].shape[0])
 
-    def rows_of(operands, query):
-        return ops.take(operands[0], query, axis=0)
+        def rows_of(operands, query):
+            queries, items = operands
+            return _inputs.pairwise_dot(ops.take(queries, query, axis=0), items)
 
-    def add_row_grads(operands, grads, query, row_grad):
-        return (_inputs.add_rows(grads[0], query, row_grad),)
+        def add_row_grads(operands, grads, query, row_grad):
+            queries, items = operands
+            dq, di = grads
+            dq = _inputs.add_rows(dq, query, _inputs.matmul(row_grad, items))
+            di = di + _inputs.matmul(ops.transpose(row_grad), ops.take(queries, query, axis=0))
+            return dq, di
+
+    else:
+        operands, shape = (scores,), scores.shape
+
+        def rows_of(operands, query):
+            return ops.take(operands[0], query, axis=0)
+
+        def add_row_grads(operands, grads, query, row_grad):
+            return (_inputs.add_rows(grads[0], query, row_grad),)
 
     return _chunked_ap_sums(
-        (scores,), scores.shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
-        excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
-    )
-
-
-def ap_sums_from_embeddings(
-    embeddings,
-    ref_embeddings,
-    labels,
-    ref_labels,
-    pos_step,
-    neg_step,
-    *,
-    excluded=None,
-    ref_valid=None,
-    positive_step_has_gradient,
-    pairs_per_chunk=None,
-):
-    """:func:`ap_sums` of the scores ``embeddings @ ref_embeddings.T``, never held whole.
-
-    Each chunk recomputes its score rows (one ``(C, D) x (D, N)`` product) and the gradient goes
-    straight onto ``embeddings (B, D)`` and ``ref_embeddings (N, D)``, so memory is
-    ``O(pairs_per_chunk * N + (B + N) * D)`` at any batch size, for about ``positives per
-    query`` times the matrix-product work of the dense form. Same arguments otherwise.
-    """
-
-    def rows_of(operands, query):
-        queries, items = operands
-        return _inputs.pairwise_dot(ops.take(queries, query, axis=0), items)
-
-    def add_row_grads(operands, grads, query, row_grad):
-        queries, items = operands
-        dq, di = grads
-        dq = _inputs.add_rows(dq, query, _inputs.matmul(row_grad, items))
-        di = di + _inputs.matmul(ops.transpose(row_grad), ops.take(queries, query, axis=0))
-        return dq, di
-
-    shape = (embeddings.shape[0], ref_embeddings.shape[0])
-    return _chunked_ap_sums(
-        (embeddings, ref_embeddings), shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
+        operands, shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
         excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
     )
 
@@ -227,10 +232,8 @@ def _chunked_ap_sums(
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"pairs_per_chunk must be a positive integer, got {pairs_per_chunk!r}.")
-    num_positives = positive_counts(labels, ref_labels, excluded, ref_valid)
-    pair_ends = ops.cast(ops.cumsum(num_positives), "int32")
-    pair_starts = pair_ends - num_positives
-    total = pair_ends[-1]
+    segments = label_segments(labels, ref_labels, excluded, ref_valid)
+    num_positives, total = segments["num_positives"], segments["total"]
     num_chunks = (total + (chunk - 1)) // chunk
     max_chunks = None
     if num_queries is not None and num_items is not None:
@@ -245,7 +248,7 @@ def _chunked_ap_sums(
     def ranks(operands_now, i):
         return _chunk_ranks(
             lambda query: rows_of(operands_now, query), dynamic_items, labels, ref_labels, excluded, ref_valid,
-            pair_starts, pair_ends, total, i * chunk, chunk, pos_step, neg_step,
+            segments, i * chunk, chunk, pos_step, neg_step,
         )
 
     @ops.custom_gradient
