@@ -571,15 +571,90 @@ def _import_export_deps(*names):
     return modules
 
 
+def _subgraphs(node):
+    for attribute in node.attribute:
+        if attribute.type == attribute.GRAPH:
+            yield attribute.g
+        yield from attribute.graphs
+
+
+def _canonical_order(graph, outer=None) -> str:
+    """Sort ``graph.node`` (and its subgraphs') by structure, not by name; return its hash.
+
+    Each tensor gets a hash of what computes it (graph inputs by name, initializers by content,
+    node outputs by op type, attributes and input hashes), and the nodes are put in topological
+    order with ties broken by hash, so two conversions of one model order their nodes alike
+    whatever tf2onnx named them.
+    """
+    import hashlib
+    import heapq
+
+    def digest(*parts):
+        h = hashlib.sha1()
+        for part in parts:
+            h.update(part if isinstance(part, bytes) else str(part).encode())
+            h.update(b"|")
+        return h.hexdigest()
+
+    values = dict(outer or {})
+    for value in graph.input:
+        values[value.name] = digest("input", value.name)
+    for tensor in graph.initializer:
+        copy = type(tensor)()
+        copy.CopyFrom(tensor)
+        copy.name = ""
+        values[tensor.name] = digest("initializer", copy.SerializeToString(deterministic=True))
+    hashes = []
+    for node in graph.node:  # ONNX keeps nodes topologically sorted: inputs are known here
+        parts = [node.op_type, node.domain]
+        for attribute in node.attribute:
+            if attribute.type in (attribute.GRAPH, attribute.GRAPHS):
+                subs = [attribute.g] if attribute.type == attribute.GRAPH else list(attribute.graphs)
+                parts.append(digest(attribute.name, *(_canonical_order(sub, values) for sub in subs)))
+            else:
+                parts.append(attribute.SerializeToString(deterministic=True))
+        parts += [values.get(name, digest("outer", name)) for name in node.input]
+        node_hash = digest(*parts)
+        hashes.append(node_hash)
+        for k, name in enumerate(node.output):
+            values[name] = digest(node_hash, k)
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    waiting = [0] * len(graph.node)
+    users = [[] for _ in graph.node]
+    for i, node in enumerate(graph.node):
+        for name in set(node.input) | {n for sub in _subgraphs(node) for sn in sub.node for n in sn.input}:
+            if name in producer and producer[name] != i:
+                waiting[i] += 1
+                users[producer[name]].append(i)
+    ready = [(hashes[i], i) for i in range(len(graph.node)) if waiting[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for j in users[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, (hashes[j], j))
+    nodes = [type(graph.node[i])() for i in order]
+    for copy, i in zip(nodes, order):
+        copy.CopyFrom(graph.node[i])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return digest(*sorted(hashes), *(values.get(v.name, "") for v in graph.output))
+
+
 def _canonical_names(graph) -> None:
-    """Rename every node and internal tensor of ``graph`` (an ONNX GraphProto) by its position.
+    """Put ``graph``'s nodes in a structural order and rename every node and internal tensor
+    by position.
 
     tf2onnx names constants and nodes after process-wide counters (``const_fold_opt__197``),
-    and orders initializers by those names, so the same model exported in two processes gave
-    different bytes. Names by first use, nodes by position, initializers in first-use order:
-    a resumed recipe run exports the very bytes of an unbroken one. The graph's own inputs and
-    outputs keep their names (the serving contract).
+    and orders nodes and initializers by those names, so the same model exported twice gave
+    different bytes. Nodes in structural order (:func:`_canonical_order`), names by first use,
+    initializers in first-use order: a resumed recipe run exports the very bytes of an unbroken
+    one. The graph's own inputs and outputs keep their names (the serving contract).
     """
+    _canonical_order(graph)
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
     mapping = {}
 
@@ -588,15 +663,9 @@ def _canonical_names(graph) -> None:
             mapping[old] = f"t{len(mapping)}"
         return mapping.get(old, old)
 
-    def subgraphs(node):
-        for attribute in node.attribute:
-            if attribute.type == attribute.GRAPH:
-                yield attribute.g
-            yield from attribute.graphs
-
     def collect(g):
         for node in g.node:
-            for sub in subgraphs(node):
+            for sub in _subgraphs(node):
                 for value in sub.input:
                     name_of(value.name)
                 collect(sub)
@@ -614,7 +683,7 @@ def _canonical_names(graph) -> None:
             count[0] += 1
             node.input[:] = [name_of(v) for v in node.input]
             node.output[:] = [name_of(v) for v in node.output]
-            for k, sub in enumerate(subgraphs(node)):
+            for k, sub in enumerate(_subgraphs(node)):
                 sub.name = f"{node.name}_graph{k}"
                 rename(sub)
         for value in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer):
