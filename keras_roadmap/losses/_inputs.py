@@ -143,25 +143,12 @@ def matmul(a, b):
     return ops.matmul(a, b)
 
 
-def segment_sum(data, segment_ids, num_segments):
-    """``ops.segment_sum`` in ``data``'s dtype on every backend.
-
-    Keras 3.15's torch ``segment_sum`` computes in float32 (``data.float()``), which would make
-    ``dtype="float64"`` silently float32; ``index_add`` keeps the dtype.
-    """
-    if backend.backend() == "torch":
-        import torch
-
-        out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
-        return out.index_add(0, segment_ids.long(), data)
-    return ops.segment_sum(data, segment_ids, num_segments=num_segments)
-
-
 def add_rows(target, rows, updates):
     """``target`` with ``updates[i]`` added to row ``rows[i]`` (repeated rows add up).
 
-    Unlike ``target + segment_sum(updates, rows, len(target))`` this builds no second
-    ``target``-sized tensor: TensorFlow's and XLA's scatter-add update the buffer in place.
+    Unlike ``target + ops.segment_sum(updates, rows, len(target))`` this builds no second
+    ``target``-sized tensor (TensorFlow's and XLA's scatter-add update the buffer in place) and
+    keeps ``target``'s dtype (Keras 3.15's torch ``segment_sum`` computes in float32).
     """
     name = backend.backend()
     if name == "tensorflow":
@@ -172,7 +159,7 @@ def add_rows(target, rows, updates):
         return target.at[rows].add(updates)
     if name == "torch":
         return target.index_add(0, rows.long(), updates)
-    return target + segment_sum(updates, rows, ops.shape(target)[0])
+    return target + ops.segment_sum(updates, rows, num_segments=ops.shape(target)[0])
 
 
 def sequential_while_loop(cond, body, loop_vars, maximum_iterations=None):

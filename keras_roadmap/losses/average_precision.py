@@ -9,9 +9,10 @@ Only positives need ranks, so the work is ``(number of (query, positive) pairs) 
 The pairs are numbered in row-major order and visited ``pairs_per_chunk`` at a time, so every
 tensor has the static shape ``(pairs_per_chunk, N)`` that XLA needs, whatever the number of
 positives of each query; the loop's trip count, ``ceil(pairs / pairs_per_chunk)``, is the only
-data-dependent quantity. A chunk finds its pairs from the per-query positive counts (a search
-in their running sum, then the positive's position in its row), so nothing of size ``B x N``
-exists besides the scores and their gradient.
+data-dependent quantity. A chunk finds its pairs through a label index (the items sorted once
+by label, :func:`label_segments`), so nothing of size ``B x N`` exists besides the scores and
+their gradient, and above ``DENSE_SCORES_LIMIT`` not even those (:func:`ap_sums` then takes the
+embeddings and recomputes each chunk's score rows).
 
 Automatic differentiation through such a loop would keep every step's intermediates (the dense
 memory cost again), so the gradient with respect to the scores is written by hand: a second loop
