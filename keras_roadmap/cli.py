@@ -146,6 +146,14 @@ def _add_export(sub) -> None:
     exp.set_defaults(handler=_run_export)
 
 
+def _add_collection_arguments(parser, model_help, index_help, ids_help) -> None:
+    """--model, --index, --ids and --threads: what `index` writes and `search` reads."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--index", required=True, help=index_help)
+    parser.add_argument("--ids", required=True, help=ids_help)
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+
+
 def _add_serving(sub) -> None:
     idx = sub.add_parser(
         "index",
@@ -154,15 +162,13 @@ def _add_serving(sub) -> None:
                     "(onnxruntime, no TensorFlow) and write a cosine faiss index (exact, or approximate "
                     "for big galleries), its settings (INDEX.json) and its id map.",
     )
-    idx.add_argument("--model", required=True, help="ONNX embedder written by `keras-roadmap export` or a recipe")
+    _add_collection_arguments(idx, "ONNX embedder written by `keras-roadmap export` or a recipe",
+                              "output faiss index file", "output id map (.json or .csv)")
     idx.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    idx.add_argument("--index", required=True, help="output faiss index file")
-    idx.add_argument("--ids", required=True, help="output id map (.json or .csv)")
     idx.add_argument("--index-type", default="flat", metavar="{flat,ivf,hnsw}",
                      help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
                           "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py")
     idx.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
-    idx.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     idx.set_defaults(handler=_run_index)
 
     sea = sub.add_parser(
@@ -172,12 +178,10 @@ def _add_serving(sub) -> None:
                     "(rank, cosine score, id, path, and the class when the path has one).",
     )
     sea.add_argument("queries", nargs="+", help="query image files or folders")
-    sea.add_argument("--model", required=True, help="the ONNX embedder the index was built with")
-    sea.add_argument("--index", required=True, help="faiss index from `keras-roadmap index`")
-    sea.add_argument("--ids", required=True, help="id map from `keras-roadmap index`")
+    _add_collection_arguments(sea, "the ONNX embedder the index was built with",
+                              "faiss index from `keras-roadmap index`", "id map from `keras-roadmap index`")
     sea.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     sea.add_argument("--json", default=None, help="also write the results to this JSON file")
-    sea.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     sea.set_defaults(handler=_run_search)
 
 

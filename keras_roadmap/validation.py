@@ -26,15 +26,20 @@ def _range_text(minimum, maximum, min_open, max_open) -> str:
     return " and ".join(parts)
 
 
+def _require_type(name, value, owner, accepted, expected, allow_none):
+    """TypeError unless ``value`` is an instance of ``accepted`` (a bool never counts)."""
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        expected += " or None" if allow_none else ""
+        raise TypeError(f"{_where(owner, name)} must be {expected}, got {value!r} ({type(value).__name__}).")
+
+
 def number(name, value, *, owner=None, minimum=None, maximum=None, min_open=False, max_open=False, allow_none=False):
     """A finite real number in the given range, as a python float (None passes with
     ``allow_none``). Bools, strings and other non-numbers raise TypeError; NaN, Inf and values
     out of range raise ValueError."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        expected = "a real number" + (" or None" if allow_none else "")
-        raise TypeError(f"{_where(owner, name)} must be {expected}, got {value!r} ({type(value).__name__}).")
+    _require_type(name, value, owner, numbers.Real, "a real number", allow_none)
     value = float(value)
     bounds = _range_text(minimum, maximum, min_open, max_open)
     if not math.isfinite(value):
@@ -50,9 +55,7 @@ def integer(name, value, *, owner=None, minimum=None, maximum=None, allow_none=F
     """An integer (python or numpy; not bool, not 2.0) in ``[minimum, maximum]``, as an int."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        expected = "an integer" + (" or None" if allow_none else "")
-        raise TypeError(f"{_where(owner, name)} must be {expected}, got {value!r} ({type(value).__name__}).")
+    _require_type(name, value, owner, numbers.Integral, "an integer", allow_none)
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{_where(owner, name)} must be an integer {_range_text(minimum, maximum, False, False)}, got {value!r}.")

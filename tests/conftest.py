@@ -32,3 +32,13 @@ def load_fixture(name: str) -> dict:
 @pytest.fixture
 def fixture_loader():
     return load_fixture
+
+
+def tfsim_toy_data(seed=0):
+    """200 float32 vectors of 16 dims around 20 class centres (10 each) and their int labels:
+    the small clustered set of the tensorflow-similarity tests."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, 16))
+    y = np.repeat(np.arange(20), 10)
+    x = (centres[y] + 0.8 * rng.normal(size=(200, 16))).astype("float32")
+    return x, y

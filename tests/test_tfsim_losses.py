@@ -10,14 +10,7 @@ import tensorflow_similarity as tfsim  # the [tfsim] extra is part of the test i
 
 from keras_roadmap import RetrievalTrainer
 from keras_roadmap.tfsim import TFSimilarityLoss
-
-
-def toy_data(seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, 16))
-    y = np.repeat(np.arange(20), 10)
-    x = (centres[y] + 0.8 * rng.normal(size=(200, 16))).astype("float32")
-    return x, y
+from conftest import tfsim_toy_data as toy_data
 
 
 def balanced_batches(y, steps, seed=0):
