@@ -149,8 +149,8 @@ def main(argv=None) -> int:
             for batch in (1, 32):
                 x = rng.standard_normal((batch, *shape)).astype("float32")
                 keras_ms, ort_ms = time_pair(
-                    lambda: model.predict_on_batch(x),
-                    lambda: session.run(None, {report.input_name: x}),
+                    lambda model=model, x=x: model.predict_on_batch(x),
+                    lambda session=session, report=report, x=x: session.run(None, {report.input_name: x}),
                     reps, warmup,
                 )
                 rows.append((name, batch, reps, keras_ms, ort_ms))

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from eval_speed import clustered  # noqa: E402
+
 from keras_roadmap.indexing import build_index, default_nlist, index_params  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def main():
             if exact is None:
                 exact = found
             r1 = float(np.mean(found[:, 0] == exact[:, 0]))
-            r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]))
+            r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
             p = index_params(index)
             shown = ", ".join(f"{k}={p[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search") if k in p)
             rows.append((kind, shown or "-", build_s, qps, r1, r10))

@@ -15,10 +15,10 @@ from keras_roadmap import _keras_compat
 
 def _run_stateless(variables, values, fn, collect_losses=False):
     """``(fn(), new values of variables, scope.losses)`` with ``variables`` bound to ``values``."""
-    with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=collect_losses) as scope:
+    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True)), collect_losses=collect_losses) as scope:
         out = fn()
     new = []
-    for variable, value in zip(variables, values):
+    for variable, value in zip(variables, values, strict=True):
         current = scope.get_current_value(variable)
         new.append(value if current is None else current)
     return out, new, list(scope.losses)
@@ -71,11 +71,11 @@ def _stateless_forward(trainer, variables, values, inputs):
 
     def forward():
         embeddings = ops.cast(trainer.encoder(inputs, training=True), "float32")
-        penalties = [ops.cast(l, "float32") for l in _keras_compat.regularization_losses(trainer)]
+        penalties = [ops.cast(term, "float32") for term in _keras_compat.regularization_losses(trainer)]
         return embeddings, penalties
 
     (embeddings, penalties), new, losses = _run_stateless(variables, values, forward, collect_losses=True)
-    penalties = penalties + [ops.cast(l, "float32") for l in losses]
+    penalties = penalties + [ops.cast(term, "float32") for term in losses]
     penalty = ops.sum(ops.stack(penalties)) if penalties else ops.zeros((), "float32")
     return (embeddings, penalty), new
 
@@ -125,7 +125,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trai
 
         _, vjp, (non_trainable_values, penalty) = jax.vjp(chunk_forward, list(trainable_values), has_aux=True)
         (chunk_grads,) = vjp(embedding_grads[start : start + trainer.chunk_size])
-        grads = [g + c for g, c in zip(grads, chunk_grads)]
+        grads = [g + c for g, c in zip(grads, chunk_grads, strict=True)]
 
     # Weight penalties once (not once per chunk).
     if _keras_compat.regularization_losses(trainer):
@@ -137,7 +137,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trai
             return scaled(out), out
 
         reg_grads, value = jax.grad(penalty_of, has_aux=True)(list(trainable_values))
-        grads = [g + r for g, r in zip(grads, reg_grads)]
+        grads = [g + r for g, r in zip(grads, reg_grads, strict=True)]
         terms["total"] = terms["total"] + value
     return grads, terms, non_trainable_values
 

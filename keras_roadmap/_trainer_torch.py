@@ -15,7 +15,7 @@ def train_step(trainer, data):
         embeddings = ops.cast(trainer.encoder(x, training=True), "float32")
         terms = trainer._objective(labels, sample_ids, embeddings, None)
         if trainer.losses:
-            terms["total"] = terms["total"] + ops.sum(ops.stack([ops.cast(l, "float32") for l in trainer.losses]))
+            terms["total"] = terms["total"] + ops.sum(ops.stack([ops.cast(term, "float32") for term in trainer.losses]))
         trainer._scale_loss(terms["total"]).backward()
     else:
         terms = _cached_backward(trainer, x, labels, sample_ids)

@@ -27,7 +27,7 @@ import os
 import pathlib
 import re
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 PROG = "keras-roadmap"
 EXPORT_FORMATS = ("onnx", "saved_model")
@@ -329,7 +329,6 @@ def _run_export(args: argparse.Namespace) -> int:
 
     model = load_embedder(args.model)
     from keras_roadmap import export as export_lib
-
     from keras_roadmap.data.presets import read_model_preset
 
     # --preset, else the preset the recipe recorded in the .keras file (None: export's default).
@@ -392,7 +391,7 @@ def _run_train(args: argparse.Namespace) -> int:
     return recipe_run.main_from_args(args.name, args, prog=f"{PROG} train {args.name}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
     Argument-syntax errors (missing required flags) exit through argparse with code 2, as one line.

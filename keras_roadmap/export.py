@@ -32,7 +32,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ DEFAULT_PRESET = "sop"
 MODEL_PRESET_ATTR = "_keras_roadmap_transform_preset"
 from keras_roadmap import validation  # noqa: E402
 from keras_roadmap.errors import KerasRoadmapError  # noqa: E402
+
 #: Key of the JSON serving contract in ONNX ``metadata_props``.
 CONTRACT_KEY = "keras_roadmap.serving_contract"
 #: File holding the same contract inside a SavedModel directory.
@@ -75,7 +77,7 @@ class ExportVerificationError(KerasRoadmapError, RuntimeError):
         report: the :class:`ExportReport` of the failed check (``max_abs_diff`` included).
     """
 
-    def __init__(self, message: str, report: "ExportReport"):
+    def __init__(self, message: str, report: ExportReport):
         super().__init__(message)
         self.report = report
 
@@ -107,12 +109,12 @@ class ExportReport:
     output_name: str
     output_dim: int
     with_preprocessing: bool
-    image_size: Optional[int]
+    image_size: int | None
     l2_normalize: bool
     max_abs_diff: float
     atol: float
     seconds: float
-    preset: Optional[str] = None
+    preset: str | None = None
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -129,7 +131,7 @@ class ExportReport:
         )
 
 
-def imagenet_eval_preprocess(images, image_size: Optional[int] = None, preset=DEFAULT_PRESET):
+def imagenet_eval_preprocess(images, image_size: int | None = None, preset=DEFAULT_PRESET):
     """The evaluation transform baked into exported artifacts (TensorFlow ops, graph-safe).
 
     Exactly ``keras_roadmap.data.eval_transform_batch(images, preset, image_size=image_size)``:
@@ -163,14 +165,14 @@ class _ServingPlan:
     input_name: str
     input_shape: tuple
     input_dtype: str
-    image_size: Optional[int]
+    image_size: int | None
     probe: np.ndarray
     with_preprocessing: bool
     l2_normalize: bool
-    preset: Optional[TransformPreset] = None
+    preset: TransformPreset | None = None
 
 
-def _model_input_shape(model) -> Optional[tuple]:
+def _model_input_shape(model) -> tuple | None:
     inputs = getattr(model, "inputs", None)
     if not inputs:
         return None
@@ -236,7 +238,7 @@ def _resolve_preset(model, input_shape, preset, image_size):
     return resolved.resized(image_size), image_size
 
 
-def _resolve_image_size(input_shape: Optional[tuple], image_size: Optional[int]) -> int:
+def _resolve_image_size(input_shape: tuple | None, image_size: int | None) -> int:
     if input_shape is not None:
         if len(input_shape) != 4 or input_shape[-1] != 3:
             raise ExportError(
@@ -326,7 +328,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0,
         if input_shape is not None:
             expected = tuple(input_shape[1:])
             ok = probe.ndim == len(input_shape) and all(
-                e is None or e == g for e, g in zip(expected, probe.shape[1:])
+                e is None or e == g for e, g in zip(expected, probe.shape[1:], strict=True)
             )
             if not ok:
                 raise ExportError(f"probe has shape {probe.shape}; the model takes {input_shape}.")
@@ -482,11 +484,11 @@ def to_saved_model(
     *,
     with_preprocessing: bool = False,
     preset=None,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
     l2_normalize: bool = False,
     verify: bool = True,
     atol: float = 1e-4,
-    probe: Optional[np.ndarray] = None,
+    probe: np.ndarray | None = None,
 ) -> ExportReport:
     """Export an embedder as a TensorFlow SavedModel directory and check it.
 
@@ -522,8 +524,8 @@ def to_saved_model(
         ExportError: other invalid arguments (message says which).
         ExportVerificationError: the reloaded SavedModel differs by more than ``atol``.
     """
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     _validate_common(path, atol)
     started = time.perf_counter()
@@ -637,7 +639,7 @@ def _canonical_order(graph, outer=None) -> str:
             if waiting[j] == 0:
                 heapq.heappush(ready, (hashes[j], j))
     nodes = [type(graph.node[i])() for i in order]
-    for copy, i in zip(nodes, order):
+    for copy, i in zip(nodes, order, strict=True):
         copy.CopyFrom(graph.node[i])
     del graph.node[:]
     graph.node.extend(nodes)
@@ -694,7 +696,7 @@ def _canonical_names(graph) -> None:
                     dim.dim_param = dims.setdefault(dim.dim_param, f"size{len(dims)}")
         ordered = sorted(g.initializer, key=lambda t: int(t.name[1:]) if t.name[1:].isdigit() else -1)
         copies = [type(t)() for t in ordered]
-        for copy, tensor in zip(copies, ordered):
+        for copy, tensor in zip(copies, ordered, strict=True):
             copy.CopyFrom(tensor)
         del g.initializer[:]
         g.initializer.extend(copies)
@@ -704,10 +706,10 @@ def _canonical_names(graph) -> None:
     graph.name = "keras_roadmap"
 
 
-def _name_dynamic_axes(graph_io, names: Sequence[Optional[str]]):
+def _name_dynamic_axes(graph_io, names: Sequence[str | None]):
     """Give the symbolic axes readable names (tf2onnx calls them ``unk__N``)."""
     dims = graph_io.type.tensor_type.shape.dim
-    for dim, name in zip(dims, names):
+    for dim, name in zip(dims, names, strict=True):
         if name is not None and not dim.HasField("dim_value"):
             dim.dim_param = name
 
@@ -719,11 +721,11 @@ def to_onnx(
     opset: int = 17,
     with_preprocessing: bool = False,
     preset=None,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
     l2_normalize: bool = False,
     verify: bool = True,
     atol: float = 1e-4,
-    probe: Optional[np.ndarray] = None,
+    probe: np.ndarray | None = None,
 ) -> ExportReport:
     """Export an embedder as one ONNX file (via tf2onnx) and check it with onnxruntime.
 

@@ -299,7 +299,7 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, milestones, steps_per_epoch, gamma=0.3, name=None):
         milestones = [int(m) for m in milestones]
-        increasing = all(b > a for a, b in zip(milestones, milestones[1:]))
+        increasing = all(b > a for a, b in zip(milestones, milestones[1:], strict=False))
         if any(m < 1 for m in milestones) or not increasing:
             raise ValueError(
                 f"milestones must be strictly increasing epoch numbers >= 1, got {milestones}."

@@ -21,6 +21,7 @@ same code ranks against the global batch and keeps the memory identical on every
 
 import keras
 from keras import ops
+
 from keras_roadmap import _keras_compat, guard, validation
 from keras_roadmap.collapse import LastValue, mean_pairwise_cosine
 from keras_roadmap.losses.base import RetrievalLoss
@@ -152,7 +153,7 @@ class RetrievalTrainer(keras.Model):
 
     def _weight_penalty(self):
         """Sum of the weight regularizers (float32 scalar), this replica's share."""
-        penalties = [ops.cast(l, "float32") for l in _keras_compat.regularization_losses(self)]
+        penalties = [ops.cast(term, "float32") for term in _keras_compat.regularization_losses(self)]
         return self._replica_share(ops.sum(ops.stack(penalties)))
 
     def _update_trackers(self, terms, replicas=1):

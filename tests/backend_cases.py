@@ -69,11 +69,11 @@ def loss_cases(out):
         x = emb.astype(dtype)
         for case in LOSSES:
             loss = make_loss(case, dtype)
-            value, grad = value_and_grad(lambda e: loss(LABELS, e), x)
+            value, grad = value_and_grad(lambda e, loss=loss: loss(LABELS, e), x)
             out[f"loss/{case}/{dtype}/batch/value"], out[f"loss/{case}/{dtype}/batch/grad"] = value, grad
             mask = np.arange(len(REF_LABELS)) < len(REF_LABELS) - 2  # the last two rows are empty slots
             value, grad = value_and_grad(
-                lambda e: loss.call_with_reference(
+                lambda e, loss=loss, dtype=dtype, mask=mask: loss.call_with_reference(
                     LABELS, e, REF_LABELS, ref.astype(dtype), self_index=np.arange(len(LABELS)) % 3 - 1, ref_mask=mask
                 ),
                 x,
@@ -174,7 +174,7 @@ def data_parallel_cases(out):
     y_sharded = jax.device_put(y, distribution.get_data_layout(y.shape).backend_layout)
     out["dp/num_shards"] = np.asarray(len(emb_sharded.addressable_shards), "float64")
     out["dp/loss_single"] = np.asarray(single, "float64")
-    out["dp/loss_sharded"] = np.asarray(float(jax.jit(lambda l, e: loss(l, e))(y_sharded, emb_sharded)), "float64")
+    out["dp/loss_sharded"] = np.asarray(float(jax.jit(lambda labels, e: loss(labels, e))(y_sharded, emb_sharded)), "float64")
 
     def fitted(dist):
         if dist is not None:
@@ -188,9 +188,9 @@ def data_parallel_cases(out):
             keras.distribution.set_distribution(None)
 
     single_w, dp_w = fitted(None), fitted(distribution)
-    out["dp/fit_weight_diff"] = np.asarray(max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w)), "float64")
+    out["dp/fit_weight_diff"] = np.asarray(max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w, strict=True)), "float64")
     out["dp/fit_update"] = np.asarray(
-        max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, encoder().get_weights())), "float64"
+        max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, encoder().get_weights(), strict=True)), "float64"
     )
 
 

@@ -6,7 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_roadmap import CalibrationLoss, CollapseMonitor, ROADMAPLoss, RetrievalTrainer, SupAPLoss, mean_pairwise_cosine
+from keras_roadmap import (
+    CalibrationLoss,
+    CollapseMonitor,
+    RetrievalTrainer,
+    ROADMAPLoss,
+    SupAPLoss,
+    mean_pairwise_cosine,
+)
 
 
 def brute_force_cosine(x):
@@ -28,7 +35,7 @@ def feed(monitor, cosines, losses):
     monitor.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))  # no optimizer: steps counted
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for step, (cosine, loss) in enumerate(zip(cosines, losses)):
+        for step, (cosine, loss) in enumerate(zip(cosines, losses, strict=True)):
             monitor.on_train_batch_end(step, {"embedding_cosine": cosine, "loss": loss})
     return [w for w in caught if issubclass(w.category, RuntimeWarning)]
 

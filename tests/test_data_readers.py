@@ -5,7 +5,15 @@ import pathlib
 import numpy as np
 import pytest
 
-from keras_roadmap.data import DatasetFormatError, RetrievalSplit, layouts, load_cub, load_inaturalist, load_inshop, load_sop
+from keras_roadmap.data import (
+    DatasetFormatError,
+    RetrievalSplit,
+    layouts,
+    load_cub,
+    load_inaturalist,
+    load_inshop,
+    load_sop,
+)
 
 
 def noise(seed: int, size=(24, 18)):

@@ -68,11 +68,7 @@ def _loss_gradients(strategy, results):
             single = loss(LABELS, single_emb)
         single_grad = tape.gradient(single, single_emb).numpy()
 
-        def step(local_emb, local_labels):
-            with tf.GradientTape() as tape:
-                tape.watch(local_emb)
-                value = loss(local_labels, local_emb)
-            return value, tape.gradient(value, local_emb)
+        step = _value_and_grad_step(loss)
 
         def shard(ctx, array=None):
             start = ctx.replica_id_in_sync_group * half
@@ -90,6 +86,19 @@ def _loss_gradients(strategy, results):
             "grad_diff": float(np.max(np.abs(grads - single_grad))),
             "grad_scale": float(np.max(np.abs(single_grad))),
         }
+
+
+def _value_and_grad_step(loss):
+    """A replica step: the loss of the local batch and its gradient w.r.t. the local embeddings."""
+    import tensorflow as tf
+
+    def step(local_emb, local_labels):
+        with tf.GradientTape() as tape:
+            tape.watch(local_emb)
+            value = loss(local_labels, local_emb)
+        return value, tape.gradient(value, local_emb)
+
+    return step
 
 
 def _fit_one_step(strategy, build, x, y):
@@ -125,8 +134,8 @@ def _keras_and_trainer_steps(strategy, results):
         _, single, single_loss = _fit_one_step(None, plain_model(include_self), x, labels)
         _, mirrored, mirrored_loss = _fit_one_step(strategy, plain_model(include_self), x, labels)
         results[f"keras_fit_include_self_{include_self}"] = {
-            "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored)),
-            "update_size": max(float(np.max(np.abs(a - b))) for a, b in zip(single, _encoder(1).get_weights())),
+            "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored, strict=True)),
+            "update_size": max(float(np.max(np.abs(a - b))) for a, b in zip(single, _encoder(1).get_weights(), strict=True)),
             "single_loss": single_loss,
             "mirrored_loss": mirrored_loss,
         }
@@ -137,7 +146,7 @@ def _keras_and_trainer_steps(strategy, results):
     single_model, _, _ = _fit_one_step(None, plain_model(False), x15, labels15)
     mirrored_model, _, _ = _fit_one_step(strategy, plain_model(False), x15, labels15)
     results["keras_fit_uneven_last_batch"] = {
-        "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_model.get_weights(), mirrored_model.get_weights())),
+        "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_model.get_weights(), mirrored_model.get_weights(), strict=True)),
     }
 
     # Trainer with a keyed memory, three steps (memory terms from the first step), plain and
@@ -176,7 +185,7 @@ def _keras_and_trainer_steps(strategy, results):
             "memory_vs_single": max(float(np.max(np.abs(c[0].astype("float64") - single_memory[k]))) for k, c in copies.items()),
             "filled": int(copies["filled"][0].sum()),
             "steps": int(copies["steps"][0]),
-            "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_weights, model.encoder.get_weights())),
+            "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_weights, model.encoder.get_weights(), strict=True)),
             "loss_diff": abs(single_history["loss"][-1] - history["loss"][-1]),
             "memory_loss_diff": abs(single_history["memory_loss"][-1] - history["memory_loss"][-1]),
             "memory_loss": history["memory_loss"][-1],

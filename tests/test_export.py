@@ -198,7 +198,7 @@ def test_onnx_bytes_do_not_depend_on_what_the_process_traced_before(cnn_model, t
     first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
     ex.to_onnx(cnn_model, first, with_preprocessing=True, l2_normalize=True, preset=PRESET)
     for i in range(3):
-        tf.function(lambda v: v * i)(tf.constant(1.0))  # moves tf's and tf2onnx's counters
+        tf.function(lambda v, i=i: v * i)(tf.constant(1.0))  # moves tf's and tf2onnx's counters
     ex.to_onnx(cnn_model, second, with_preprocessing=True, l2_normalize=True, preset=PRESET)
     assert first.read_bytes() == second.read_bytes()
     import onnx

@@ -61,7 +61,6 @@ def test_arguments(recipe):
 
 def test_tfsim_adapter_matches_tfsim_and_compiles(recipe):
     import tensorflow as tf
-
     import tensorflow_similarity as tfsim
     inner = tfsim.losses.MultiSimilarityLoss(reduction="sum_over_batch_size")
     adapter = recipe.TFSimilarityLossAdapter(inner)

@@ -1,20 +1,19 @@
 """Embedders: registry, shapes, unit norms, float32 output, frozen BatchNorm, weights, errors."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from keras_roadmap.losses import ROADMAPLoss
 from keras_roadmap.models import (
     HEAD_PREFIX,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FrozenStatsBatchNormalization,
     ImageNetToCaffe,
+    RandomWeightsWarning,
     TokenPooling,
     build_embedder,
-    FrozenStatsBatchNormalization,
-    RandomWeightsWarning,
     freeze_batchnorm,
     list_embedders,
     register_embedder,
@@ -63,7 +62,7 @@ def _check_embedder_step(model, images, dim):
     before = [v.numpy().copy() for v in model.trainable_variables]
     loss = _train_one_step(model, images)
     assert np.isfinite(loss)
-    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables, strict=True)]
     assert all(changed), "every trainable variable should move after one Adam step"
     for path, value in _batchnorm_stats(model).items():
         np.testing.assert_array_equal(value, before_bn[path], err_msg=path)
@@ -160,10 +159,10 @@ def test_saved_embedder_reloads_with_frozen_batchnorm(tmp_path):
     loaded = keras.models.load_model(tmp_path / "tiny.keras")
     x = _images(3, SMALL)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    bns = [l for l in loaded.get_layer("backbone").layers
-           if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in loaded.get_layer("backbone").layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
     # The paper's frozen BatchNorm comes back: fixed statistics, trainable gamma/beta.
-    assert len(bns) == 3 and all(isinstance(l, FrozenStatsBatchNormalization) and l.trainable for l in bns)
+    assert len(bns) == 3 and all(isinstance(bn, FrozenStatsBatchNormalization) and bn.trainable for bn in bns)
     np.testing.assert_array_equal(np.asarray(loaded(x, training=True)), np.asarray(loaded(x)))
     assert loaded.inputs[0].name == "images"
 
@@ -239,9 +238,9 @@ def test_imagenet_to_caffe_matches_keras_caffe_preprocessing():
 def test_resnet_embedders_train_one_step_with_frozen_batchnorm(name):
     model = build_embedder(name, input_shape=(64, 64, 3), weights="random")
     backbone = model.get_layer("backbone")
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     # The paper's freeze: statistics fixed, gamma/beta trained (checked by _check_embedder_step).
-    assert len(bns) == 53 and all(isinstance(l, FrozenStatsBatchNormalization) and l.trainable for l in bns)
+    assert len(bns) == 53 and all(isinstance(bn, FrozenStatsBatchNormalization) and bn.trainable for bn in bns)
     if name == "resnet50_max_ln":
         model.get_layer("head_max_pool"), model.get_layer("head_layer_norm")
     else:
@@ -271,7 +270,7 @@ def test_resnet_backbone_from_a_preset_directory(tmp_path):
     model = build_embedder("resnet50", input_shape=SMALL, variant="keras_hub")
     model.get_layer("backbone").save_to_preset(str(tmp_path / "preset"))
     loaded = build_embedder("resnet50", input_shape=SMALL, weights=tmp_path / "preset")
-    for a, b in zip(model.get_layer("backbone").weights, loaded.get_layer("backbone").weights):
+    for a, b in zip(model.get_layer("backbone").weights, loaded.get_layer("backbone").weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="holds a ResNetBackbone"):
         build_embedder("deit_small", input_shape=SMALL, weights=tmp_path / "preset")
@@ -343,24 +342,24 @@ def test_real_backbones_output_float32_under_mixed_precision(mixed_precision):
 
 def test_frozen_statistics_batchnorm_trains_gamma_beta_but_not_the_statistics():
     model = build_embedder("tiny_cnn", input_shape=SMALL)  # default: the paper's freeze
-    bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert all(isinstance(l, FrozenStatsBatchNormalization) for l in bns)
+    bns = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(isinstance(bn, FrozenStatsBatchNormalization) for bn in bns)
     x = _images(8, SMALL)
     # Normalisation uses the moving statistics even in training mode.
     np.testing.assert_array_equal(np.asarray(model(x, training=True)), np.asarray(model(x)))
-    gammas = {l.name: l.gamma.numpy().copy() for l in bns}
+    gammas = {bn.name: bn.gamma.numpy().copy() for bn in bns}
     trainable = {v.path for v in model.trainable_variables}
-    assert all(l.gamma.path in trainable and l.beta.path in trainable for l in bns)
+    assert all(bn.gamma.path in trainable and bn.beta.path in trainable for bn in bns)
     _check_embedder_step(model, x, 64)  # statistics unchanged, every trainable variable moved
-    assert all(not np.array_equal(l.gamma.numpy(), gammas[l.name]) for l in bns)
+    assert all(not np.array_equal(bn.gamma.numpy(), gammas[bn.name]) for bn in bns)
 
 
 def test_freeze_all_also_freezes_gamma_and_beta():
     model = build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm="all")
-    bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert len(bns) == 3 and not any(l.trainable for l in bns)
+    bns = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 3 and not any(bn.trainable for bn in bns)
     trainable = {v.path for v in model.trainable_variables}
-    assert not any(l.gamma.path in trainable for l in bns)
+    assert not any(bn.gamma.path in trainable for bn in bns)
     with pytest.raises(ValueError, match="freeze_batchnorm must be"):
         build_embedder("tiny_cnn", input_shape=SMALL, freeze_batchnorm="stats")
 

@@ -126,7 +126,6 @@ def _reference(case):
 
 def _unpatched_keras(strategy):
     """What Keras does on its own: a plain ``loss="mse"`` fit, then with only the build fixed."""
-    import keras
 
     from keras_roadmap import _keras_compat
 
@@ -142,8 +141,8 @@ def _unpatched_keras(strategy):
             object.__setattr__(
                 model,
                 "_maybe_symbolic_build",
-                lambda iterator=None, data_batch=None: _keras_compat.symbolic_build_from_local_batch(
-                    model, iterator, data_batch, fallback=keras_build
+                lambda iterator=None, data_batch=None, model=model, keras_build=keras_build: (
+                    _keras_compat.symbolic_build_from_local_batch(model, iterator, data_batch, fallback=keras_build)
                 ),
             )
         try:
@@ -246,7 +245,7 @@ def workers(tmp_path_factory):
 
 
 def _max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b))
+    return max(float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b, strict=True))
 
 
 def test_two_workers_form_one_strategy(workers):

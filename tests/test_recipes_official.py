@@ -206,7 +206,7 @@ def settings_table() -> str:
     for dataset, profile in profiles():
         entry = OFFICIAL["recipes"][dataset][profile]
         ours = our_settings(dataset, profile)
-        for key, (value, source) in official_settings(dataset, profile).items():
+        for key, (_value, source) in official_settings(dataset, profile).items():
             lines.append(f"| {dataset} / {profile} | {key} | {_fmt(ours[key])} | {source} |")
         for key in entry.get("unchecked", []):
             shown = _fmt(ours[key]) if key in ours else "see config"

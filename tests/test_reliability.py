@@ -240,7 +240,7 @@ def test_model_fit_with_our_loss_stops_at_the_first_nonfinite_step(jit_compile):
 
 
 def test_retrieval_trainer_stops_at_a_nan_embedding_under_xla():
-    from keras_roadmap import CrossBatchMemory, ROADMAPLoss, RetrievalTrainer
+    from keras_roadmap import CrossBatchMemory, RetrievalTrainer, ROADMAPLoss
     from keras_roadmap.errors import NonFiniteError
 
     trainer = RetrievalTrainer(_embedder(), memory=CrossBatchMemory(size=16, unique=False))
@@ -251,7 +251,7 @@ def test_retrieval_trainer_stops_at_a_nan_embedding_under_xla():
 
 
 def test_degenerate_batches_warn_once_per_run():
-    from keras_roadmap import ROADMAPLoss, RetrievalTrainer
+    from keras_roadmap import RetrievalTrainer, ROADMAPLoss
 
     trainer = RetrievalTrainer(_embedder())
     trainer.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=True)
@@ -272,7 +272,7 @@ def test_degenerate_batches_warn_once_per_run():
 def test_a_nan_epoch_keeps_the_last_good_backup(tmp_path):
     """The recipes' callback order (guard first, backup last): a NaN in epoch 3 stops fit
     before the backup of epoch 3 is written; epoch 2's stays, loadable."""
-    from keras_roadmap import ROADMAPLoss, RetrievalTrainer
+    from keras_roadmap import RetrievalTrainer, ROADMAPLoss
     from keras_roadmap.errors import NonFiniteError
     from keras_roadmap.recipes.checkpoints import RunBackup, read_backup
 
@@ -295,7 +295,7 @@ def test_a_nan_epoch_keeps_the_last_good_backup(tmp_path):
 
 
 def _backup_two_epochs(tmp_path):
-    from keras_roadmap import ROADMAPLoss, RetrievalTrainer
+    from keras_roadmap import RetrievalTrainer, ROADMAPLoss
     from keras_roadmap.recipes.checkpoints import RunBackup
 
     trainer = RetrievalTrainer(_embedder())
@@ -348,7 +348,7 @@ def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
 
 
 def test_a_backup_of_another_network_gives_one_line(tmp_path):
-    from keras_roadmap import ROADMAPLoss, RetrievalTrainer
+    from keras_roadmap import RetrievalTrainer, ROADMAPLoss
     from keras_roadmap.errors import CheckpointError
     from keras_roadmap.recipes.checkpoints import RunBackup, read_backup
 
@@ -428,9 +428,8 @@ def _fake_backup(out, config):
 
 def test_resume_with_another_config_refuses_and_lists_the_differences(tmp_path, capsys):
     from keras_roadmap.recipes.config import ConfigError, resolve_config
-    from keras_roadmap.recipes.run import main, resume_state
-
     from keras_roadmap.recipes.pretrained import resolve_pretrained
+    from keras_roadmap.recipes.run import main, resume_state
 
     stored = resolve_config(_raw(), source="cub.yaml", smoke=True)
     resolve_pretrained(stored)  # as a run does before it stores its config (smoke: random weights)
@@ -452,9 +451,8 @@ def test_resume_with_another_config_refuses_and_lists_the_differences(tmp_path, 
 
 def test_a_recipe_rerun_on_a_damaged_backup_says_what_to_do(tmp_path, capsys):
     from keras_roadmap.recipes.config import resolve_config
-    from keras_roadmap.recipes.run import main
-
     from keras_roadmap.recipes.pretrained import resolve_pretrained
+    from keras_roadmap.recipes.run import main
 
     stored = resolve_config(_raw(), source="cub.yaml", smoke=True)
     resolve_pretrained(stored)  # as a run does before it stores its config (smoke: random weights)

@@ -3,12 +3,11 @@
 import keras
 import numpy as np
 import pytest
-
 import tensorflow_similarity as tfsim  # the [tfsim] extra is part of the test install
+from conftest import tfsim_toy_data as toy_data
 
 from keras_roadmap import ROADMAPLoss
 from keras_roadmap.tfsim import load_similarity_model, save_similarity_model
-from conftest import tfsim_toy_data as toy_data
 
 
 @pytest.fixture(scope="module")

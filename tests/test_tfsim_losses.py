@@ -5,12 +5,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tensorflow_similarity as tfsim  # the [tfsim] extra is part of the test install
+from conftest import tfsim_toy_data as toy_data
 
 from keras_roadmap import RetrievalTrainer
 from keras_roadmap.tfsim import TFSimilarityLoss
-from conftest import tfsim_toy_data as toy_data
 
 
 def balanced_batches(y, steps, seed=0):

@@ -74,8 +74,8 @@ def test_resnet50_trunk_equals_torchvision(torchvision_resnet, filename):
     assert features.shape == reference.shape == (2, 2, 2, 2048)
     assert _relative_error(features, reference) <= RTOL
     # The recipes' models freeze BatchNorm the official way after loading.
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert len(bns) == 53 and all(isinstance(l, FrozenStatsBatchNormalization) and l.trainable for l in bns)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 53 and all(isinstance(bn, FrozenStatsBatchNormalization) and bn.trainable for bn in bns)
     assert _relative_error(backbone(x, training=True), reference) <= RTOL
 
 
@@ -138,7 +138,7 @@ def test_distilled_deit_loads_with_the_official_token_removal(tmp_path):
     plain = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
     state = distilled.state_dict()
     state["pos_embed"] = torch.cat((state["pos_embed"][:, :1], state["pos_embed"][:, 2:]), dim=1)
-    plain.load_state_dict(state, strict=False)
+    plain.load_state_dict(state, strict=True)
     x = _deit_input()
     with torch.no_grad():
         reference = plain.forward_features(_nchw(x)).numpy()

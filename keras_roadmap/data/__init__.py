@@ -42,9 +42,8 @@ _LAZY = {
     "train_transform_from_box": "transforms",
 }
 
-__all__ = sorted(
-    ["DatasetFormatError", "GlyphDataset", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
-)
+__all__ = ["DatasetFormatError", "GlyphDataset", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop"]
+__all__ += sorted(_LAZY)
 
 
 def __getattr__(name):

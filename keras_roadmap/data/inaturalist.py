@@ -62,7 +62,7 @@ def load_inaturalist(root, split: str = "train", check_files: bool = True, split
     train_classes = {}
     for ln, _, category, _ in parsed["train"]:
         train_classes.setdefault(category, ln)
-    for ln, text, category, _ in parsed["test"]:
+    for ln, _text, category, _ in parsed["test"]:
         if category in train_classes:
             raise DatasetFormatError(
                 f"{splits_dir / _FILES['test']}:{ln}: category {category} also appears in "

@@ -24,8 +24,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_roadmap.data.split import RetrievalSplit
 from keras_roadmap.data.presets import get_preset
+from keras_roadmap.data.split import RetrievalSplit
 from keras_roadmap.data.transforms import decode_image, eval_transform, resolve_backend, to_rgb, train_transform
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
-from typing import Optional, Union
 
 #: ImageNet channel statistics (RGB, on pixel values scaled to [0, 1]): what every preset
 #: normalises with and what torchvision / timm ResNet and DeiT weights expect.
@@ -61,7 +60,7 @@ class TransformPreset:
 
     name: str
     crop_size: int
-    train_resize: Optional[int]
+    train_resize: int | None
     eval_resize: int
     eval_square: bool
     scale: tuple = CROP_SCALE
@@ -86,7 +85,7 @@ class TransformPreset:
         if not (0 < self.scale[0] <= self.scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
             raise ValueError(f"TransformPreset: invalid scale {self.scale} or ratio {self.ratio}.")
 
-    def resized(self, crop_size: int) -> "TransformPreset":
+    def resized(self, crop_size: int) -> TransformPreset:
         """The same transform for another crop side: every size scaled by `crop_size / crop_size`
         (rounded), e.g. `get_preset("sop").resized(32)` for a smoke run at 32 px."""
         crop_size = int(crop_size)
@@ -118,7 +117,7 @@ class TransformPreset:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TransformPreset":
+    def from_dict(cls, data: dict) -> TransformPreset:
         """Inverse of `to_dict`."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - fields
@@ -162,10 +161,10 @@ PAPER_PRESETS = {
     ("inaturalist", "resnet50"): "inaturalist",
 }
 
-PresetLike = Union[str, TransformPreset, dict]
+PresetLike = str | TransformPreset | dict
 
 
-def get_preset(preset: PresetLike = "sop", image_size: Optional[int] = None) -> TransformPreset:
+def get_preset(preset: PresetLike = "sop", image_size: int | None = None) -> TransformPreset:
     """Resolve a preset name (see `PRESETS`), a `TransformPreset` or its `to_dict()` form.
 
     Args:
@@ -224,7 +223,7 @@ def write_model_preset(model_path, preset: PresetLike) -> None:
         archive.writestr(MODEL_PRESET_ENTRY, payload)
 
 
-def read_model_preset(model_path) -> Optional[TransformPreset]:
+def read_model_preset(model_path) -> TransformPreset | None:
     """The preset recorded by `write_model_preset`, or None (not recorded / not a .keras zip)."""
     try:
         with zipfile.ZipFile(model_path) as archive:

@@ -22,7 +22,7 @@ def as_embeddings(x, name: str) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except Exception as err:  # e.g. ragged nested lists
-        raise ValueError(f"`{name}` must be a 2-D array of shape (N, D); got {type(x).__name__}: {err}")
+        raise ValueError(f"`{name}` must be a 2-D array of shape (N, D); got {type(x).__name__}: {err}") from err
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"`{name}` must hold real numbers (float or int); got dtype {arr.dtype} ({type(x).__name__}).")
     if arr.ndim != 2:

@@ -53,9 +53,9 @@ def _font(size: int):
     from PIL import ImageFont
 
     try:
-        import matplotlib
-
         import os
+
+        import matplotlib
 
         return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
     except (ImportError, OSError):
@@ -267,7 +267,7 @@ def save_recall_curve(path, runs, *, title: str = "Recall@K", figsize=(6.0, 4.0)
         points = sorted((_recall_k(key), float(value)) for key, value in metrics.items() if _recall_k(key))
         if not points:
             raise ValueError(f"run {name!r} has no 'recall@K' entries.")
-        ks, values = zip(*points)
+        ks, values = zip(*points, strict=True)
         all_ks.update(ks)
         axes.plot(ks, values, marker="o", label=name or None)
     axes.set_xscale("log", base=2)

@@ -6,10 +6,7 @@ import keras
 from keras import ops
 
 from keras_roadmap import validation
-from keras_roadmap.losses import _inputs
-
-from keras_roadmap.losses import ranking
-from keras_roadmap.losses import average_precision
+from keras_roadmap.losses import _inputs, average_precision, ranking
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import SUPAP_DEFAULTS, SUPAP_PRESETS, SupAPPresets, with_parameters
 

@@ -7,6 +7,7 @@ from keras import ops
 
 # ImageNet statistics of [0, 1] RGB images, defined once with the transforms (TensorFlow-free).
 from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
+
 # keras.applications ResNet50 ("caffe" mode): BGR, 0-255, minus these per-channel means.
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 

@@ -12,13 +12,12 @@ import copy
 import dataclasses
 import pathlib
 
+from keras_roadmap.errors import ConfigError  # noqa: F401  (re-exported: recipes.config.ConfigError)
+from keras_roadmap.recipes.schema import check_config
+
 SAMPLERS = ("m_per_class", "hierarchical")
 LOSS_PRESETS = ("default", "inaturalist")
 DATASETS = ("sop", "cub", "inaturalist", "inshop", "glyphs")
-
-
-from keras_roadmap.errors import ConfigError  # noqa: F401  (re-exported: recipes.config.ConfigError)
-from keras_roadmap.recipes.schema import check_config
 
 
 @dataclasses.dataclass

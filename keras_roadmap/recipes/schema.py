@@ -33,7 +33,7 @@ class Field:
     min_open: bool = False
     choices: tuple | None = None
     nullable: bool = False
-    item: "Field | None" = None
+    item: Field | None = None
     fields: dict | None = None
 
     def expected(self) -> str:

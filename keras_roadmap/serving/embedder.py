@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def list_images(root: str) -> List[str]:
+def list_images(root: str) -> list[str]:
     """Image files under ``root`` (recursive), sorted, as paths relative to ``root``."""
     if not os.path.isdir(root):
         raise ServingError(f"image folder not found: {root}")
@@ -109,7 +109,7 @@ class OnnxEmbedder:
         Images of equal size are batched together (one ONNX call needs one H, W); the order of
         the output rows is the order of ``images``.
         """
-        groups: Dict[Tuple[int, int], List[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape[:2], []).append(index)
         out = np.empty((len(images), self.dim), dtype=np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def read_index(path: str):
         raise ServingError(str(exc)) from exc
 
 
-def label_of(rel_path: str) -> Optional[str]:
+def label_of(rel_path: str) -> str | None:
     """The class of an image in a class-folder layout: its parent folder's name (None at the root)."""
     parent = os.path.basename(os.path.dirname(rel_path))
     return parent or None
@@ -87,7 +86,7 @@ def write_id_map(path: str, image_root: str, rel_paths, model_path: str, dim: in
         json.dump(payload, handle, indent=1)
 
 
-def read_id_map(path: str) -> Tuple[List[str], Optional[str], Optional[str]]:
+def read_id_map(path: str) -> tuple[list[str], str | None, str | None]:
     """``(absolute image paths by id, image root or None, model sha256 or None)``."""
     if not os.path.isfile(path):
         raise ServingError(f"id map not found: {path}")

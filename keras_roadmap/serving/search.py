@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from keras_roadmap.serving.embedder import OnnxEmbedder, ServingError, file_sha2
 from keras_roadmap.serving.index import label_of, read_id_map, read_index
 
 
-def expand_queries(queries) -> List[str]:
+def expand_queries(queries) -> list[str]:
     """Query files, with each folder replaced by the images under it (sorted)."""
     paths = []
     for query in queries:
@@ -55,23 +54,23 @@ class Collection:
         rel = os.path.relpath(path, self.root) if self.root else path
         return label_of(rel)
 
-    def search_embeddings(self, queries: np.ndarray, k: int) -> List[List[dict]]:
+    def search_embeddings(self, queries: np.ndarray, k: int) -> list[list[dict]]:
         """Top-``k`` hits per query row: ``[{"rank", "id", "path", "label", "score"}, ...]``."""
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, self.index.ntotal))
         return [
             [
                 {"rank": r + 1, "id": int(i), "path": self.paths[i], "label": self.label(self.paths[i]),
                  "score": float(s)}
-                for r, (i, s) in enumerate(zip(row_ids, row_scores))
+                for r, (i, s) in enumerate(zip(row_ids, row_scores, strict=True))
                 if i >= 0
             ]
-            for row_ids, row_scores in zip(ids, scores)
+            for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
-    def search_files(self, query_paths, k: int = 5) -> List[dict]:
+    def search_files(self, query_paths, k: int = 5) -> list[dict]:
         """``[{"query": path, "results": [...]}]`` for image files (see :meth:`search_embeddings`)."""
         hits = self.search_embeddings(self.embedder.embed_files(query_paths), k)
-        return [{"query": q, "results": h} for q, h in zip(query_paths, hits)]
+        return [{"query": q, "results": h} for q, h in zip(query_paths, hits, strict=True)]
 
 
 def format_results(results) -> str:
