@@ -1,10 +1,14 @@
 """keras-roadmap: the ROADMAP loss (Ramzi et al., NeurIPS 2021) for Keras 3 / TensorFlow."""
 
 import pathlib
+import re
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+# The version is written once, in keras_roadmap/_version.py (read, not imported: importing the
+# package at build time would need its dependencies).
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_roadmap" / "_version.py").read_text()).group(1)
 
 # Ranges are the versions this package was tested with (see README, "Tested versions").
 # TensorFlow is an extra: the backend is the user's choice (KERAS_BACKEND=jax or torch works
@@ -38,18 +42,22 @@ EXTRAS = {
         "matplotlib>=3.10,<3.12",
         "pillow>=11,<14",
     ],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12"],
+    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12",
+             # tests/test_wheel.py: build the sdist + wheel, check them (tested: build 1.6.1, twine 7.0.0)
+             "build>=1.6,<2", "twine>=7,<8"],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax") for dep in deps})
 
 setup(
     name="keras-roadmap",
-    version="0.1.0",
+    version=VERSION,
     description="ROADMAP: robust and decomposable average precision for image retrieval, in Keras 3",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_roadmap", "keras_roadmap.*"]),
+    # What `keras-roadmap train NAME` reads at run time, and the PEP 561 marker (typed package).
+    package_data={"keras_roadmap": ["py.typed"], "keras_roadmap.recipes": ["configs/*.yaml"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -8,7 +8,7 @@ pytorch-metric-learning (its CalibrationLoss) and omegaconf (``roadmap.utils``);
 anywhere on ``PYTHONPATH``, e.g. ``pip install --target /tmp/offdeps --no-deps
 pytorch-metric-learning==0.9.99 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3``.
 
-What it does (the SOP recipe's settings, ``recipes/configs/sop.yaml``):
+What it does (the SOP recipe's settings, ``keras_roadmap/recipes/configs/sop.yaml``):
 
 1. Builds the official ``RetrievalNet`` (``--backbone resnet50``: resnet50, embed_dim 512;
    ``deit_small``: vit_deit_distilled, no projection, as the official ``model/deit.yaml``),
@@ -17,7 +17,7 @@ What it does (the SOP recipe's settings, ``recipes/configs/sop.yaml``):
    their flips (with default statistics a random ResNet-50 maps every image to the same
    embedding), then freezes BatchNorm with the official ``freeze_batch_norm`` (running
    statistics fixed, gamma/beta still trained). Converts the net to float64 (``.double()``).
-2. Saves its state dict and loads it into our SOP recipe's embedder (``recipes/configs/sop.yaml``
+2. Saves its state dict and loads it into our SOP recipe's embedder (``keras_roadmap/recipes/configs/sop.yaml``
    profile, ``keras_roadmap.recipes.assembly.build_encoder`` -> ``build_embedder(weights=.pth)``,
    which maps ``backbone.*`` to the trunk and ``fc`` to ``head_projection``), built under
    ``keras.config.set_floatx("float64")``.
@@ -195,9 +195,10 @@ class Ours:
 
         keras.config.set_floatx("float64")
         from keras_roadmap.recipes import assembly
+        from keras_roadmap.recipes.catalog import config_path
         from keras_roadmap.recipes.config import load_yaml, resolve_config
 
-        raw = load_yaml(REPO / "recipes" / "configs" / "sop.yaml")
+        raw = load_yaml(config_path("sop"))
         config = resolve_config(raw, source="sop.yaml", overrides={"backbone": args.backbone})
         config.image_size = IMAGE_SIZE
         config.loss["dtype"] = "float64"

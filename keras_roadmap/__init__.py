@@ -16,7 +16,7 @@ say so when it is missing.
 import importlib
 import sys
 
-__version__ = "0.1.0"
+from keras_roadmap._version import __version__  # noqa: F401
 
 # Modules whose import registers Keras serializables (they import Keras / TensorFlow).
 _REGISTERING = ("losses", "memory", "models", "optim", "trainer")

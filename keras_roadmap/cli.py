@@ -3,7 +3,8 @@
 Subcommands:
 
 * ``train NAME``: one recipe run (sop, cub, inaturalist, inshop, glyphs), see
-  :mod:`keras_roadmap.recipes.run`;
+  :mod:`keras_roadmap.recipes.run`; ``train NAME --print-config`` prints its YAML config;
+* ``recipes``: the recipe names with one line each (:mod:`keras_roadmap.recipes.catalog`);
 * ``export``: a ``.keras`` embedder -> a verified ONNX file or SavedModel
   (:mod:`keras_roadmap.export`);
 * ``index`` / ``search``: embed a folder of images with an exported ONNX embedder into a faiss
@@ -29,11 +30,16 @@ import re
 import sys
 from collections.abc import Sequence
 
+# Standard library only, like this module: the recipe table and flags build the parser.
+from keras_roadmap.recipes.arguments import add_train_arguments
+from keras_roadmap.recipes.catalog import RECIPES as RECIPE_TABLE
+from keras_roadmap.recipes.catalog import listing as recipe_listing
+
 PROG = "keras-roadmap"
 EXPORT_FORMATS = ("onnx", "saved_model")
 # Accepted spellings of each format (lower case, "-" read as "_").
 FORMAT_ALIASES = {"onnx": "onnx", "saved_model": "saved_model", "savedmodel": "saved_model"}
-RECIPES = ("sop", "cub", "inaturalist", "inshop", "glyphs")
+RECIPES = tuple(RECIPE_TABLE)
 # Modules that register keras-roadmap layers/losses as Keras serializables; importing them lets
 # load_model resolve our classes without custom_objects.
 _REGISTERING_MODULES = ("keras_roadmap.losses", "keras_roadmap.models", "keras_roadmap.memory")
@@ -83,34 +89,6 @@ def version() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Parsers
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The recipe flags (the same for every dataset; also used by ``recipes/<name>.py``)."""
-    add = parser.add_argument
-    add("--data-dir", help="dataset root, in the layout the keras_roadmap.data reader documents "
-                           "(glyphs: where the rendered images are written; default a cache folder)")
-    add("--out", required=True, help="output directory (checkpoints, logs, metrics, ONNX)")
-    add("--config", help="YAML config replacing the recipe's default one")
-    add("--backbone", help="backbone profile of the config (e.g. resnet50, deit_small)")
-    add("--weights", help="torchvision/timm checkpoint (.pth, .safetensors), .weights.h5 file or keras-hub preset name/dir")
-    add("--random-init", action="store_true", help="train from random weights although the paper started from ImageNet ones")
-    add("--epochs", type=int, help="total number of epochs")
-    add("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
-    add("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
-    add("--eval-every", type=int, help="evaluate (and select the best model) every N epochs")
-    add("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), default="auto",
-        help="Keras dtype policy; auto (default) = the config's mixed_precision on a GPU, float32 otherwise")
-    add("--seed", type=int, help="sampler/augmentation/initialisation seed")
-    add("--resume", action="store_true",
-        help="require a backup in --out to continue from (a run always continues from one when present)")
-    add("--smoke", action="store_true", help="generate a tiny dataset in --out and run 1-2 epochs end to end")
-    add("--allow-config-change", action="store_true",
-        help="continue a backup made with another configuration (e.g. a longer schedule); without it such a "
-             "rerun stops and lists the differences")
-    add("--verbose", choices=("auto", "0", "1", "2"), default="auto",
-        help="progress: 1 = per-step bar with ETA, 2 = one line per epoch, 0 = none; "
-             "auto (default) = 1 on a terminal, 2 otherwise")
 
 
 def _add_export(sub) -> None:
@@ -188,14 +166,20 @@ def _add_serving(sub) -> None:
 def _add_train(sub) -> None:
     tr = sub.add_parser(
         "train",
-        help="train a recipe (sop, cub, inaturalist, inshop, glyphs) end to end",
-        description="Train ROADMAP with a recipe's settings (recipes/configs/NAME.yaml), then evaluate the "
-                    "best embedder, draw the retrieval grid and recall curve, and export it to ONNX. "
-                    "Checks every needed package before it starts.",
+        help=f"train a recipe ({', '.join(RECIPES)}) end to end",
+        description="Train ROADMAP with a recipe's settings (its YAML config: --print-config prints it), then "
+                    "evaluate the best embedder, draw the retrieval grid and recall curve, and export it to "
+                    "ONNX. Checks every needed package before it starts. `keras-roadmap recipes` lists the recipes.",
     )
     tr.add_argument("name", metavar="NAME", help=f"recipe: {', '.join(RECIPES)}")
     add_train_arguments(tr)
     tr.set_defaults(handler=_run_train)
+
+
+def _add_recipes(sub) -> None:
+    rec = sub.add_parser("recipes", help="list the recipes of `keras-roadmap train NAME`, one line each",
+                         description="List the recipes of `keras-roadmap train NAME` with a one-line description.")
+    rec.set_defaults(handler=_run_recipes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train(sub)
+    _add_recipes(sub)
     _add_export(sub)
     _add_serving(sub)
     _add_convert_weights(sub)
@@ -379,15 +364,23 @@ def _run_search(args: argparse.Namespace) -> int:
     return _serving_call(serving_cli.run_search, args)
 
 
+def _run_recipes(args: argparse.Namespace) -> int:
+    print(recipe_listing())
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     if args.name not in RECIPES:
-        raise CLIError(f"unknown recipe {args.name!r}; choose one of: {', '.join(RECIPES)}")
-    check_output_path(os.path.join(args.out, "x"), "--out")
+        raise CLIError(f"unknown recipe {args.name!r}; choose one of: {', '.join(RECIPES)} (see {PROG} recipes)")
+    if args.out:
+        check_output_path(os.path.join(args.out, "x"), "--out")
     from keras_roadmap._quiet import import_tensorflow
 
+    # Without TensorFlow's start-up lines (resolving a config checks the loss keywords with
+    # the loss class, so --print-config imports Keras too).
     import_tensorflow()
-    # The module (keras_roadmap.recipes re-exports its `run` function under the same name).
-    recipe_run = importlib.import_module("keras_roadmap.recipes.run")
+    from keras_roadmap.recipes import run as recipe_run
+
     return recipe_run.main_from_args(args.name, args, prog=f"{PROG} train {args.name}")
 
 

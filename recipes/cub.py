@@ -1,4 +1,4 @@
-"""ROADMAP on CUB-200-2011 with the paper's settings (recipes/configs/cub.yaml).
+"""ROADMAP on CUB-200-2011 with the paper's settings (keras_roadmap/recipes/configs/cub.yaml).
 
     python recipes/cub.py --data-dir PATH --out runs/cub [--backbone ...] [--smoke] [--verbose 1]
 

@@ -17,7 +17,7 @@ Keras 3 by ``keras_roadmap.tfsim.TFSimilarityLoss`` (three small fixes; see its 
 Without tensorflow-similarity installed that row is skipped.
 
 Without ``--compare`` (or ``--replot``) this script is the glyph *recipe*: the same as
-``keras-roadmap train glyphs ARGS`` (recipes/configs/glyphs.yaml: the images are written as
+``keras-roadmap train glyphs ARGS`` (keras_roadmap/recipes/configs/glyphs.yaml: the images are written as
 files and read by the same pipeline as SOP/CUB; ONNX export, retrieval grid, served search).
 """
 

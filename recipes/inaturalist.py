@@ -1,4 +1,4 @@
-"""ROADMAP on iNaturalist-2018 with the paper's settings (recipes/configs/inaturalist.yaml).
+"""ROADMAP on iNaturalist-2018 with the paper's settings (keras_roadmap/recipes/configs/inaturalist.yaml).
 
     python recipes/inaturalist.py --data-dir PATH --out runs/inaturalist [--backbone ...] [--smoke] [--verbose 1]
 

@@ -1,4 +1,4 @@
-"""ROADMAP on In-Shop Clothes Retrieval with the paper's settings (recipes/configs/inshop.yaml).
+"""ROADMAP on In-Shop Clothes Retrieval with the paper's settings (keras_roadmap/recipes/configs/inshop.yaml).
 
     python recipes/inshop.py --data-dir PATH --out runs/inshop [--backbone ...] [--smoke] [--verbose 1]
 

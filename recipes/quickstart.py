@@ -8,7 +8,7 @@ served search (onnxruntime + faiss, no TensorFlow) of a held-out glyph among the
 
     python recipes/quickstart.py [--epochs 10] [--out runs/quickstart]
 
-The same recipe system as `keras-roadmap train glyphs` (recipes/configs/glyphs.yaml), with one
+The same recipe system as `keras-roadmap train glyphs` (keras_roadmap/recipes/configs/glyphs.yaml), with one
 image per (character, font) instead of two and fewer epochs.
 """
 
@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 def quickstart_config(args):
     """The glyph recipe's config with the quickstart schedule."""
+    from keras_roadmap.recipes.catalog import config_path
     from keras_roadmap.recipes.config import load_yaml, resolve_config
     from keras_roadmap.recipes.run import glyph_settings
 
-    raw = load_yaml(ROOT / "recipes" / "configs" / "glyphs.yaml")
-    config = resolve_config(raw, source="recipes/configs/glyphs.yaml", overrides={"epochs": args.epochs, "seed": args.seed})
+    raw = load_yaml(config_path("glyphs"))
+    config = resolve_config(raw, source=str(config_path("glyphs")), overrides={"epochs": args.epochs, "seed": args.seed})
     config.glyphs = {**glyph_settings(raw, False), "copies": 1}
     if args.characters:
         config.glyphs["characters"] = args.characters

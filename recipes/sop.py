@@ -1,4 +1,4 @@
-"""ROADMAP on Stanford Online Products with the paper's settings (recipes/configs/sop.yaml).
+"""ROADMAP on Stanford Online Products with the paper's settings (keras_roadmap/recipes/configs/sop.yaml).
 
     python recipes/sop.py --data-dir PATH --out runs/sop [--backbone ...] [--smoke] [--verbose 1]
 

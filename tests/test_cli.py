@@ -11,7 +11,7 @@ from keras_roadmap import __version__
 from keras_roadmap.cli import RECIPES, cli_spelling, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBCOMMANDS = ("train", "export", "index", "search")
+SUBCOMMANDS = ("train", "recipes", "export", "index", "search")
 
 # Runs the CLI in this interpreter, then prints whether TensorFlow or Keras got imported.
 _PROBE = """
@@ -52,6 +52,29 @@ def test_help_is_fast_and_imports_no_tensorflow(argv):
 def test_train_help_lists_every_recipe_and_the_verbose_flag():
     out = probe("train", "--help")
     assert all(name in out for name in RECIPES) and "--verbose" in out and "--smoke" in out
+    assert "--print-config" in out
+
+
+def test_recipes_lists_every_recipe_with_its_line_without_tensorflow():
+    from keras_roadmap.recipes.catalog import RECIPES as TABLE, config_path
+
+    out = probe("recipes")
+    assert "HEAVY=\n" in out, out
+    for name, line in TABLE.items():
+        assert f"  {name} " in out and line in out, out
+        assert config_path(name).is_file()  # every listed recipe has its config in the package
+
+
+def test_the_library_does_not_import_the_cli():
+    """No import circle: keras_roadmap.recipes (the library) never imports keras_roadmap.cli."""
+    import ast
+    import pathlib
+
+    for path in (pathlib.Path(REPO) / "keras_roadmap" / "recipes").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [n for n in names if n == "keras_roadmap.cli" or n.startswith("keras_roadmap.cli.")], path
 
 
 def _one_line(capsys, rc, *fragments, code=2):

@@ -155,12 +155,11 @@ def test_trainer_connects_the_optimizer_step_and_resumes_it(tmp_path):
 
 
 def test_recipe_config_key_reaches_the_loss():
-    import pathlib
-
     from keras_roadmap.recipes import assembly
+    from keras_roadmap.recipes.catalog import config_path
     from keras_roadmap.recipes.config import ConfigError, load_yaml, resolve_config
 
-    raw = load_yaml(pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs" / "sop.yaml")
+    raw = load_yaml(config_path("sop"))
     assert assembly.build_loss(resolve_config(raw)).calibration_warmup_steps == 0  # the paper by default
     raw["loss"] = {**(raw.get("loss") or {}), "calibration_warmup_steps": 500}
     assert assembly.build_loss(resolve_config(raw)).calibration_warmup_steps == 500

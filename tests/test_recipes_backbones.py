@@ -6,15 +6,15 @@ of the paper configurations (the head learning rate, decay style, loss preset, m
 embedding size that each config asks for) trains.
 """
 
-import pathlib
 
 import numpy as np
 import pytest
 
 from keras_roadmap.recipes import assembly
+from keras_roadmap.recipes.catalog import CONFIG_DIR
 from keras_roadmap.recipes.config import load_yaml, resolve_config
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 EXPECTED_DIM = {"resnet50": 512, "resnet50_max_ln": 512, "deit_small_distilled": 384, "deit_base": 768, "tiny_cnn": 64}
 
 

@@ -1,19 +1,19 @@
 """Recipe configs, flags, smoke datasets and checkpoint helpers (fast, no training)."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
 from keras_roadmap import data
 from keras_roadmap.recipes import assembly
+from keras_roadmap.recipes.catalog import CONFIG_DIR
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, backup_epoch
 from keras_roadmap.recipes.config import ConfigError, load_yaml, resolve_config
 from keras_roadmap.recipes.run import build_parser, config_from_args, format_table, main
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 DATASETS = ("sop", "cub", "inaturalist", "inshop")
 
 

@@ -16,11 +16,12 @@ import pytest
 
 from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
 from keras_roadmap.recipes.assembly import build_loss
+from keras_roadmap.recipes.catalog import CONFIG_DIR
 from keras_roadmap.recipes.config import load_yaml, resolve_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REPO / "tests" / "data" / "official_configs" / "official_values.json").read_text())
-CONFIGS = REPO / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 SAMPLERS = {"HierarchicalSampler": "hierarchical", "MPerClassSampler": "m_per_class"}
 MODELS = {"resnet": "resnet50", "resnet_max_ln": "resnet50_max_ln", "deit": "deit_small_distilled"}
 TABLE_START, TABLE_END = "<!-- official-settings-table:start -->", "<!-- official-settings-table:end -->"

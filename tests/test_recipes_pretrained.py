@@ -1,15 +1,15 @@
 """The recipes start from the paper's ImageNet checkpoint, or refuse to start without
 --random-init and say which file to get (smoke runs exempt)."""
 
-import pathlib
 
 import pytest
 
 from keras_roadmap.recipes import main
+from keras_roadmap.recipes.catalog import CONFIG_DIR
 from keras_roadmap.recipes.config import ConfigError, load_yaml, resolve_config
 from keras_roadmap.recipes.pretrained import find_checkpoint, resolve_pretrained
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 
 
 @pytest.fixture

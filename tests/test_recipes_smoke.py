@@ -13,10 +13,11 @@ import time
 import numpy as np
 import pytest
 
+from keras_roadmap.recipes.catalog import CONFIG_DIR
 from keras_roadmap.recipes.run import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 # Smoke trees (see the `smoke.data` section of each config): test queries and gallery sizes.
 SMOKE_QUERIES = {"sop": 36, "cub": 24, "inaturalist": 24, "inshop": 9}
 # Flags that route some runs through the other code paths: mixed precision (forced on the CPU)

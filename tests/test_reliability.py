@@ -10,8 +10,10 @@ import warnings
 import numpy as np
 import pytest
 
+from keras_roadmap.recipes.catalog import CONFIG_DIR
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "recipes" / "configs"
+CONFIGS = CONFIG_DIR
 
 
 # --------------------------------------------------------------------- the one validation module

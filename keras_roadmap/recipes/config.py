@@ -1,6 +1,6 @@
 """Recipe configuration: one YAML file per dataset, a backbone profile, command-line overrides.
 
-A config file (see `recipes/configs/*.yaml`) holds the dataset-wide settings (sampler, loss,
+A config file (see `keras_roadmap/recipes/configs/*.yaml`) holds the dataset-wide settings (sampler, loss,
 memory, evaluation) and, under `backbones:`, one profile per backbone with the settings that
 change with it (model, input size, epochs, optimiser). `resolve_config` picks the profile and
 applies the command-line overrides, giving one flat `RecipeConfig`.
@@ -130,7 +130,7 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
     """Flatten a raw config mapping into a checked `RecipeConfig`.
 
     Args:
-        raw: the YAML mapping (see `recipes/configs/sop.yaml` for the keys).
+        raw: the YAML mapping (see `keras_roadmap/recipes/configs/sop.yaml` for the keys).
         source: where `raw` came from (named in errors).
         overrides: flag values; keys backbone, weights, epochs, batch_size, memory, seed
             (None values are ignored). `memory` is an int size (0 = off) or "official" (the
@@ -256,6 +256,44 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         smoke=smoke,
         transform=transform,
     )
+
+
+def with_overrides(raw: dict, overrides: dict | None = None, *, smoke: bool = False) -> dict:
+    """A copy of the config mapping `raw` with the flag values written where `resolve_config`
+    reads them, so that the copy, resolved without flags (and with the same `smoke`), gives the
+    same run: what `keras-roadmap train NAME --print-config` prints.
+
+    `overrides` has the keys of `resolve_config`'s, plus `eval_every`. In a smoke run the
+    sampler, memory, evaluation and profile values go into the `smoke:` section (which the
+    smoke run lays over the others); a `backbone` chosen for a smoke run becomes the
+    `smoke.backbone` profile. Call it on a config `resolve_config` accepted: values are
+    written, not checked.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    out = copy.deepcopy(raw)
+    smoke_section = out.setdefault("smoke", {}) if smoke else None
+    if "backbone" in overrides:
+        out["backbone"] = overrides["backbone"]
+        if smoke:
+            smoke_section["backbone"] = copy.deepcopy(out["backbones"][overrides["backbone"]])
+    profile = smoke_section["backbone"] if smoke else out["backbones"][out["backbone"]]
+    for key in ("epochs", "weights"):
+        if key in overrides:
+            profile[key] = overrides[key]
+    sections = smoke_section if smoke else out
+    if "batch_size" in overrides:
+        sections.setdefault("sampler", {})["batch_size"] = overrides["batch_size"]
+    if "memory" in overrides:
+        size = overrides["memory"]
+        if size == "official":
+            size = _deep_update(raw.get("memory") or {}, (raw.get("smoke") or {}).get("memory") if smoke else {})[
+                "official_size"]
+        sections.setdefault("memory", {})["size"] = int(size)
+    if "eval_every" in overrides:
+        sections.setdefault("evaluation", {})["every_n_epochs"] = overrides["eval_every"]
+    if "seed" in overrides:
+        out["seed"] = overrides["seed"]
+    return out
 
 
 # --- Transform presets (issue 12): each profile names the official transform it trains and

@@ -1,7 +1,9 @@
 """One recipe run: train -> pick the best embedder -> test table -> retrieval grid -> ONNX.
 
-`main(dataset, argv, default_config)` is what `recipes/<dataset>.py` calls; `run(config, ...)`
-does the work for an already resolved `RecipeConfig`.
+`main(dataset, argv, default_config)` is what `recipes/<dataset>.py` calls and
+`main_from_args` what `keras-roadmap train NAME` calls; `run(config, ...)` does the work for an
+already resolved `RecipeConfig`. With `--print-config` they print the config instead (see
+`print_config`).
 
 Outputs in `--out DIR`:
     backup/                   crash-safe state (weights, optimiser, memory, epoch, config); a
@@ -29,9 +31,17 @@ import warnings
 
 from keras_roadmap import atomic
 from keras_roadmap.errors import KerasRoadmapError
-from keras_roadmap.recipes import assembly, checkpoints
+from keras_roadmap.recipes import assembly, catalog, checkpoints
+from keras_roadmap.recipes.arguments import add_train_arguments
 from keras_roadmap.recipes.checkpoints import BestEmbedderCheckpoint, HistoryCSV, RunBackup
-from keras_roadmap.recipes.config import ConfigError, RecipeConfig, load_yaml, resolve_config, transform_preset
+from keras_roadmap.recipes.config import (
+    ConfigError,
+    RecipeConfig,
+    load_yaml,
+    resolve_config,
+    transform_preset,
+    with_overrides,
+)
 from keras_roadmap.recipes.pretrained import resolve_pretrained
 from keras_roadmap.recipes.smoke_data import write_smoke_dataset
 
@@ -39,21 +49,19 @@ MONITOR = "val_map@r"
 
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
-    """The recipe command line (the same flags for every dataset; defined in keras_roadmap.cli)."""
-    from keras_roadmap.cli import add_train_arguments
-
+    """The recipe command line (the same flags for every dataset: `keras_roadmap.recipes.arguments`)."""
     parser = argparse.ArgumentParser(
         prog=f"recipes/{dataset}.py",
-        description=f"Train ROADMAP on {dataset} with the recipe's settings (recipes/configs/{dataset}.yaml); "
-                    f"the same as `keras-roadmap train {dataset}`.",
+        description=f"Train ROADMAP on {dataset} with the recipe's settings (`keras-roadmap train {dataset} "
+                    f"--print-config` prints them); the same as `keras-roadmap train {dataset}`.",
     )
     add_train_arguments(parser)
     return parser
 
 
 def default_config(dataset: str) -> pathlib.Path:
-    """``recipes/configs/<dataset>.yaml`` of the source tree this package runs from."""
-    return pathlib.Path(__file__).resolve().parents[2] / "recipes" / "configs" / f"{dataset}.yaml"
+    """The recipe's YAML config, ``keras_roadmap/recipes/configs/<dataset>.yaml`` (package data)."""
+    return catalog.config_path(dataset)
 
 
 def resolve_verbose(verbose) -> int:
@@ -65,19 +73,8 @@ def resolve_verbose(verbose) -> int:
 
 def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
     """Resolve the config file (or `--config`) with the flags."""
-    path = pathlib.Path(args.config or default_config)
-    raw = load_yaml(path)
-    if raw.get("dataset") != dataset:
-        raise ConfigError(f"{path} is a config for {raw.get('dataset')!r}, not {dataset!r}.")
-    overrides = {
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "memory": args.memory,
-        "seed": args.seed,
-    }
-    config = resolve_config(raw, source=str(path), overrides=overrides, smoke=args.smoke)
+    path, raw = _read_config(dataset, args, default_config)
+    config = resolve_config(raw, source=str(path), overrides=_overrides(args), smoke=args.smoke)
     config.glyphs = glyph_settings(raw, args.smoke) if dataset == "glyphs" else None
     if args.precision != "auto":
         config.mixed_precision = args.precision
@@ -87,6 +84,50 @@ def config_from_args(dataset: str, args, default_config) -> RecipeConfig:
             raise ConfigError(f"--eval-every must be >= 1, got {args.eval_every}.")
         config.evaluation["every_n_epochs"] = args.eval_every
     return config
+
+
+def _read_config(dataset: str, args, default_config):
+    """`(path, mapping)` of `--config` (else `default_config`), checked to be `dataset`'s."""
+    path = pathlib.Path(args.config or default_config)
+    raw = load_yaml(path)
+    if raw.get("dataset") != dataset:
+        raise ConfigError(f"{path} is a config for {raw.get('dataset')!r}, not {dataset!r}.")
+    return path, raw
+
+
+def _overrides(args) -> dict:
+    """The flags that change config values (`resolve_config`'s overrides)."""
+    return {
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "memory": args.memory,
+        "seed": args.seed,
+    }
+
+
+def print_config(dataset: str, args, default_config, *, prog: str) -> None:
+    """`--print-config`: print the config file with the flags applied (checked by resolving it
+    first, so a bad flag fails as it would in training), for `--config FILE` after an edit.
+
+    With no flag that changes a value, the file is printed as it is (comments included);
+    otherwise the mapping of `config.with_overrides`, as YAML. Raises what `config_from_args`
+    raises.
+    """
+    import yaml
+
+    config_from_args(dataset, args, default_config)  # the same checks as a training run
+    path, raw = _read_config(dataset, args, default_config)
+    overrides = {k: v for k, v in {**_overrides(args), "eval_every": args.eval_every}.items() if v is not None}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+    smoke = " --smoke" if args.smoke else ""
+    print(f"# {prog} --print-config: {path}" + (f", with {flags}{smoke} applied" if overrides else ""))
+    print(f"# Save, edit, then train with: keras-roadmap train {dataset} --config FILE{smoke} --out DIR")
+    if overrides:
+        print(yaml.safe_dump(with_overrides(raw, overrides, smoke=args.smoke), sort_keys=False, default_flow_style=None), end="")
+    else:
+        print(path.read_text(encoding="utf-8"), end="")
 
 
 def _setup_precision(config: RecipeConfig) -> str:
@@ -440,6 +481,14 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
     if not preflight.importable("yaml"):
         return fail(preflight.message(preflight.missing_packages(dataset), dataset))
     default_config = default_config or default_config_path(dataset)
+    if getattr(args, "print_config", False):
+        try:
+            print_config(dataset, args, default_config, prog=prog)
+        except (ConfigError, FileNotFoundError) as err:
+            return fail(err)
+        return 0
+    if not args.out:
+        return fail("--out DIR is required: the output directory of the run (or --print-config to only print the config).")
     try:
         config = config_from_args(dataset, args, default_config)
     except (ConfigError, FileNotFoundError) as err:

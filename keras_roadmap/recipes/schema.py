@@ -1,4 +1,4 @@
-"""The recipe config schema: ONE declarative table of every key a `recipes/configs/*.yaml`
+"""The recipe config schema: ONE declarative table of every key a `keras_roadmap/recipes/configs/*.yaml`
 file may hold, its type and its valid range.
 
 To add a key, add one `Field` line to the section it belongs to (e.g.
