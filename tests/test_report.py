@@ -200,3 +200,15 @@ def test_report_missing_pieces_say_so(tmp_path):
         write_report(tmp_path / "blocker" / "r.html", metrics={"trained": trained})
     with pytest.raises(ValueError, match="trained"):
         write_report(tmp_path / "r3.html", metrics={"recall@1": 0.5})
+
+
+def test_docs_example_runs_as_written(tmp_path, monkeypatch):
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "report.md").read_text(encoding="utf-8")
+    (snippet,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "docs/report.md", "exec"), {})
+    page, text = parse(tmp_path / "report.html")
+    assert len(page.strips) == 10 and sorted(page.category_rows) == ["round", "square"]
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
