@@ -312,7 +312,8 @@ def load_embedder(path: str):
         damage = keras_file_damage(path)
         if damage:
             raise CLIError(
-                f"{path} is damaged: {damage}; save the model again (model.save) or point --model at an intact copy"
+                f"could not load a Keras model from {path}: the file is damaged ({damage}); save the model "
+                "again (model.save) or point --model at an intact copy"
             ) from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"could not load a Keras model from {path}: {first_line}") from exc

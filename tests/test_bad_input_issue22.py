@@ -68,7 +68,7 @@ def test_export_cli_of_a_truncated_keras_file_names_the_damage(tmp_path, capsys)
     rc = main(["export", "--model", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("keras-roadmap: error:"), err
-    assert f"{path} is damaged" in err and "truncated or corrupt" in err and "File not found" not in err
+    assert f"{path}: the file is damaged" in err and "truncated or corrupt" in err and "File not found" not in err
     path.write_bytes(b"")
     assert main(["export", "--model", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "is empty (0 bytes)" in capsys.readouterr().err
