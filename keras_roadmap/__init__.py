@@ -81,6 +81,8 @@ _EXPORTS = {
     "NotAnEmbedderError": "keras_roadmap.export",
     "to_onnx": "keras_roadmap.export",
     "to_saved_model": "keras_roadmap.export",
+    # run report (issue 22)
+    "write_report": "keras_roadmap.report",
 }
 
 __all__ = sorted(_EXPORTS)

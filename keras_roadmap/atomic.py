@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import time
 
 STALL_ENV = "KERAS_ROADMAP_TEST_STALL_IN"
@@ -92,10 +93,15 @@ def write_text(path, text: str, stall: str | None = None) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+# `partial_name`'s pattern: only our own temporary files are ever removed.
+_PARTIAL = re.compile(r"\.partial-\d+-.+")
+
+
 def remove_partials(folder) -> None:
-    """Delete temporary files left in ``folder`` by writers killed mid-write."""
+    """Delete temporary files left in ``folder`` (not its subfolders) by writers killed
+    mid-write: the ``.partial-<pid>-<name>`` files of ``partial_name``, nothing else."""
     folder = pathlib.Path(folder)
     if folder.is_dir():
         for stale in folder.glob(".partial-*"):
-            if stale.is_file():
+            if _PARTIAL.fullmatch(stale.name) and stale.is_file():
                 stale.unlink()

@@ -292,6 +292,14 @@ def load_embedder(path: str):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one readable line
+        from keras_roadmap.model_files import keras_file_damage
+
+        damage = keras_file_damage(path)
+        if damage:
+            raise CLIError(
+                f"could not load a Keras model from {path}: the file is damaged ({damage}); save the model "
+                "again (model.save) or point --model at an intact copy"
+            ) from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"could not load a Keras model from {path}: {first_line}") from exc
 

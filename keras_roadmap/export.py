@@ -468,6 +468,20 @@ def _validate_common(path, atol):
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ExportError(f"path must be a file system path, got {path!r}.")
     validation.number("atol", atol, owner="export", minimum=0)
+    _make_parent(path)
+
+
+def _make_parent(path) -> None:
+    """Create the folder that will hold `path`; an ExportError naming the blocking file when a
+    parent of `path` is a regular file (checked before any conversion work)."""
+    parent = pathlib.Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
+        raise ExportError(f"cannot write {path}: {blocker} is a file, not a folder; choose another output path.") from err
+    except OSError as err:
+        raise ExportError(f"cannot create the folder {parent} for {path}: {err.strerror or err}.") from err
 
 
 def _output_dim_of(plan: _ServingPlan) -> int:
@@ -757,7 +771,6 @@ def to_onnx(
     path = pathlib.Path(path)
     if path.is_dir():
         raise ExportError(f"{path} is a directory; ONNX export writes one file (e.g. model.onnx).")
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     try:
         model_proto, _ = tf2onnx.convert.from_function(

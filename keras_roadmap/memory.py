@@ -12,9 +12,52 @@ updated memory, so each query's own stored copy is one of its positives.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_roadmap import validation
+
+_STRING_IDS_HELP = (
+    "a keyed CrossBatchMemory stores image i in slot sample_id[i], so sample ids must be integers in "
+    "[0, size) (e.g. the row index of each image). Numpy string ids given to RetrievalTrainer.fit "
+    "directly are mapped to integers for you; a tf.data pipeline must map them itself "
+    "(e.g. yield the row index instead of the file name)."
+)
+
+
+def _dtype_name(values) -> str:
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(values).dtype
+    return str(getattr(dtype, "name", dtype))
+
+
+def is_integer_ids(values) -> bool:
+    """Whether ``values`` (a numpy / backend tensor, a tf spec or a sequence) holds integers."""
+    name = _dtype_name(values)
+    return "int" in name and "bool" not in name
+
+
+def integer_sample_ids(ids, size):
+    """``ids`` as int64 slots: integers unchanged, strings (file names, product codes) mapped to
+    their index among the sorted distinct ids, so that the same set of ids always gets the same
+    slots (a resumed ``fit`` on the same data writes the same rows).
+
+    Raises:
+        ValueError: more distinct string ids than the memory's ``size`` slots.
+    """
+    if is_integer_ids(ids):
+        return ids
+    array = np.asarray(ids)
+    if array.dtype.kind not in "USO":
+        raise ValueError(f"sample ids must be integers or strings; got dtype {array.dtype}: {_STRING_IDS_HELP}")
+    distinct, slots = np.unique(array.astype(str).reshape(-1), return_inverse=True)
+    if len(distinct) > size:
+        raise ValueError(
+            f"{len(distinct)} distinct sample ids but CrossBatchMemory(size={size}) has only {size} slots; "
+            f"use size >= {len(distinct)} (the number of training images)."
+        )
+    return slots.astype(np.int64).reshape(array.shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
@@ -89,6 +132,8 @@ class CrossBatchMemory(keras.layers.Layer):
                     "CrossBatchMemory(unique=True) needs sample ids: make the dataset yield "
                     "(images, {'label': labels, 'sample_id': ids}) or use unique=False (FIFO)."
                 )
+            if not is_integer_ids(sample_ids):
+                raise ValueError(f"CrossBatchMemory got sample ids of dtype {_dtype_name(sample_ids)}: {_STRING_IDS_HELP}")
             ids = ops.reshape(ops.convert_to_tensor(sample_ids), (-1,))
             in_range = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, self.size))
             return ops.cast(ops.where(in_range, ids, self.size), "int32")

@@ -25,7 +25,7 @@ from keras import ops
 from keras_roadmap import _keras_compat, guard, validation
 from keras_roadmap.collapse import LastValue, mean_pairwise_cosine
 from keras_roadmap.losses.base import RetrievalLoss
-from keras_roadmap.memory import CrossBatchMemory
+from keras_roadmap.memory import CrossBatchMemory, integer_sample_ids, is_integer_ids
 
 
 def split_targets(y):
@@ -168,8 +168,38 @@ class RetrievalTrainer(keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         """``keras.Model.fit`` with a :class:`~keras_roadmap.guard.NonFiniteGuard` added: training
-        stops (``NonFiniteError`` naming the step) at the first non-finite loss or embedding."""
+        stops (``NonFiniteError`` naming the step) at the first non-finite loss or embedding.
+
+        With a keyed memory, in-memory string sample ids (``y={"label": ..., "sample_id":
+        np.array(["a.jpg", ...])}``) are mapped to integer slots (see
+        :func:`~keras_roadmap.memory.integer_sample_ids`); a dataset yielding string ids is
+        refused here with what to do."""
+        args, kwargs = self._with_integer_ids(args, kwargs)
         return super().fit(*args, callbacks=guard.with_guard(callbacks), **kwargs)
+
+    def _with_integer_ids(self, args, kwargs):
+        if self.memory is None or not self.memory.unique:
+            return args, kwargs
+        x = args[0] if args else kwargs.get("x")
+        spec = getattr(x, "element_spec", None)
+        if isinstance(spec, tuple) and len(spec) >= 2 and isinstance(spec[1], dict):
+            _, id_spec = split_targets(spec[1])
+            if id_spec is not None and not is_integer_ids(id_spec):
+                raise ValueError(
+                    f"the dataset yields sample ids of dtype {id_spec.dtype.name}: a keyed CrossBatchMemory needs integer "
+                    f"ids in [0, {self.memory.size}) (e.g. each image's row index); map them in the dataset."
+                )
+        in_args = len(args) >= 2
+        y = args[1] if in_args else kwargs.get("y")
+        if not isinstance(y, dict):
+            return args, kwargs
+        id_key = next((k for k in ("sample_id", "sample_ids") if k in y), None)
+        if id_key is None or is_integer_ids(y[id_key]):
+            return args, kwargs
+        y = {**y, id_key: integer_sample_ids(y[id_key], self.memory.size)}
+        if in_args:
+            return (args[0], y, *args[2:]), kwargs
+        return args, {**kwargs, "y": y}
 
     def _objective(self, labels, sample_ids, embeddings, context):
         """Loss terms of ``embeddings`` ``(B, D)`` float32 (differentiable), and the new memory.

@@ -133,8 +133,25 @@ def retrieval_metrics(
         _listed_per_query(index, queries, q_labels, ref_labels, k, metric, same_source, chunk_size, per_query, bar)
     bar.close()
 
-    first_pos = per_query["first_pos_rank"]
-    lone = num_relevant == 0
+    results = summarise_per_query(per_query, ks, exclude_lone_from_recall=exclude_lone_from_recall)
+    results["num_references"] = int(references.shape[0])
+    if not return_per_query:
+        return results
+    return results, per_query
+
+
+def summarise_per_query(per_query: dict, ks=DEFAULT_KS, *, rows=None, exclude_lone_from_recall: bool = False) -> dict:
+    """The metrics of `retrieval_metrics` (without `num_references`) from its per-query arrays,
+    over all queries or only `rows` (an int or bool index into them, e.g. one category's queries).
+
+    Averaging the per-query values of a subset gives exactly what `retrieval_metrics` returns
+    for those queries against the same references (and, in same-source mode, the same
+    leave-one-out rankings)."""
+    ks = checks.as_ks(ks)
+    picked = {name: np.asarray(values) if rows is None else np.asarray(values)[rows] for name, values in per_query.items()}
+    first_pos = picked["first_pos_rank"]
+    n_q = first_pos.shape[0]
+    lone = picked["num_relevant"] == 0
     counted = ~lone
     results = {}
     recall_pool = counted if exclude_lone_from_recall else np.ones(n_q, bool)
@@ -142,17 +159,14 @@ def retrieval_metrics(
         hit = (first_pos >= 1) & (first_pos <= kk)
         results[f"recall@{kk}"] = _mean(hit[recall_pool])
     results["precision@1"] = _mean(first_pos[counted] == 1)
-    results["r_precision"] = _mean(per_query["r_precision"][counted])
-    results["map@r"] = _mean(per_query["ap_at_r"][counted])
-    results["map"] = _mean(per_query["ap"][counted])
+    results["r_precision"] = _mean(picked["r_precision"][counted])
+    results["map@r"] = _mean(picked["ap_at_r"][counted])
+    results["map"] = _mean(picked["ap"][counted])
     reciprocal = np.where(first_pos > 0, 1.0 / np.maximum(first_pos, 1), 0.0)
     results["mrr"] = _mean(reciprocal[counted])
     results["num_queries"] = int(n_q)
     results["num_lone_queries"] = int(lone.sum())
-    results["num_references"] = int(references.shape[0])
-    if not return_per_query:
-        return results
-    return results, per_query
+    return results
 
 
 def _mean(values) -> float:

@@ -268,10 +268,16 @@ def load_best_embedder(path):
     try:
         return keras.models.load_model(path)
     except Exception as err:  # noqa: BLE001
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        from keras_roadmap.model_files import keras_file_damage
+
+        damage = keras_file_damage(path)
+        if damage is None:
+            damage = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"Cannot read the best embedder {path} ({first}); delete it and {path}.best.json and "
-            "rerun: training resumes from the backup and selects the best of the later evaluations."
+            f"Cannot read the best embedder {path} ({damage}); delete it and {path}.best.json and rerun with "
+            "the same --out: an unfinished run resumes from backup/ and selects the best of its remaining "
+            "evaluations; a finished one reports the last epoch's weights (from backup/) instead of the best; "
+            "to select the best again, train anew with another --out."
         ) from err
 
 

@@ -232,6 +232,9 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     from keras_roadmap.guard import NonFiniteGuard
 
     out = checkpoints.output_dir(out)
+    # A run killed while writing an output (test_metrics.json, the grid, the ONNX file) left
+    # its temporary file here; backup/ is cleaned by RunBackup.
+    atomic.remove_partials(out)
     backup_dir = out / "backup"
     state = resume_state(config, backup_dir, allow_config_change=allow_config_change)
     if require_backup and state is None:
@@ -456,6 +459,7 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
                  "preset": report.preset},
     }
     atomic.write_text(out / "test_metrics.json", json.dumps(result, indent=2), stall="metrics_write")
+    atomic.remove_partials(out)
     return result
 
 
