@@ -30,6 +30,12 @@ _EXPORTS = {
     "SmoothAPLoss": "keras_roadmap.losses",
     "SupAPLoss": "keras_roadmap.losses",
     "heaviside_average_precision": "keras_roadmap.losses",
+    # the SupRank family (journal extension of ROADMAP)
+    "ClusterLoss": "keras_roadmap.losses.cluster",
+    "ClusterProxies": "keras_roadmap.losses.cluster",
+    "ROADMAPPlusPlusLoss": "keras_roadmap.losses.cluster",
+    "SupNDCGLoss": "keras_roadmap.losses.ndcg",
+    "SupRecallLoss": "keras_roadmap.losses.recall",
     # memory and training
     "CrossBatchMemory": "keras_roadmap.memory",
     "RetrievalTrainer": "keras_roadmap.trainer",
