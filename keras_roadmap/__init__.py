@@ -47,6 +47,7 @@ _EXPORTS = {
     "list_embedders": "keras_roadmap.models",
     "register_embedder": "keras_roadmap.models",
     "MultiStepDecay": "keras_roadmap.optim",
+    "CosineAnnealingDecay": "keras_roadmap.optim",
     "TorchAdam": "keras_roadmap.optim",
     "TorchSGD": "keras_roadmap.optim",
     "build_optimizer": "keras_roadmap.optim",

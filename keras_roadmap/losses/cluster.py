@@ -61,6 +61,16 @@ class ClusterProxies(keras.layers.Layer):
         )
         self.built = True
 
+    # Set on the copy that load_model builds inside a compiled loss: the saved values went to the
+    # model's own layer (Keras saves an object once), and this copy is no model weight.
+    detached_copy = False
+
+    def load_own_variables(self, store):
+        if len(store.keys()) == 0:
+            self.detached_copy = True
+            return
+        super().load_own_variables(store)
+
     def call(self, inputs):
         return inputs
 
@@ -141,6 +151,13 @@ class ClusterLoss(RetrievalLoss):
 
     def ratio_terms(self, pairs):
         """``[(1, sum over queries of the cross-entropy, number of queries)]`` (queries only)."""
+        if self.proxies.detached_copy:
+            raise ValueError(
+                f"{type(self).__name__}: this loss comes from keras.models.load_model, and its "
+                f"proxies are the loaded model's layer {self.proxies.name!r}, not this loss's copy. "
+                "Compile again with a loss bound to them: ROADMAPPlusPlusLoss(num_classes, "
+                f"embedding_dim, proxies=model.get_layer({self.proxies.name!r})) (or ClusterLoss(...))."
+            )
         return cluster_terms(pairs.labels, pairs.embeddings, self.proxies.proxies, self.temperature)
 
     def call_with_reference(self, *args, **kwargs):
