@@ -30,6 +30,12 @@ _EXPORTS = {
     "SmoothAPLoss": "keras_roadmap.losses",
     "SupAPLoss": "keras_roadmap.losses",
     "heaviside_average_precision": "keras_roadmap.losses",
+    # the SupRank family (journal extension of ROADMAP)
+    "ClusterLoss": "keras_roadmap.losses.cluster",
+    "ClusterProxies": "keras_roadmap.losses.cluster",
+    "ROADMAPPlusPlusLoss": "keras_roadmap.losses.cluster",
+    "SupNDCGLoss": "keras_roadmap.losses.ndcg",
+    "SupRecallLoss": "keras_roadmap.losses.recall",
     # memory and training
     "CrossBatchMemory": "keras_roadmap.memory",
     "RetrievalTrainer": "keras_roadmap.trainer",
@@ -41,6 +47,7 @@ _EXPORTS = {
     "list_embedders": "keras_roadmap.models",
     "register_embedder": "keras_roadmap.models",
     "MultiStepDecay": "keras_roadmap.optim",
+    "CosineAnnealingDecay": "keras_roadmap.optim",
     "TorchAdam": "keras_roadmap.optim",
     "TorchSGD": "keras_roadmap.optim",
     "build_optimizer": "keras_roadmap.optim",

@@ -16,12 +16,13 @@ the trajectory, so this module re-implements the update rules instead of wrappin
   PyTorch's two parameter groups sharing betas/eps/decay, and it keeps one set of optimiser
   variables, so ``model.save`` / ``load_model`` and checkpoints work as for any Keras optimiser.
 
-Public API: :class:`TorchAdam`, :class:`TorchSGD`, :class:`MultiStepDecay`,
+Public API: :class:`TorchAdam`, :class:`TorchSGD`, :class:`MultiStepDecay`, :class:`CosineAnnealingDecay`,
 :func:`build_optimizer`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import keras
@@ -70,6 +71,39 @@ def _check_multipliers(lr_multipliers):
     return checked
 
 
+def _check_group_learning_rates(groups):
+    """``{prefix: float > 0 or LearningRateSchedule}`` (a serialised schedule is rebuilt)."""
+    if groups is None:
+        return {}
+    if not isinstance(groups, Mapping):
+        raise TypeError(
+            "group_learning_rates must be a dict {variable-path prefix: learning rate or schedule}, "
+            f"e.g. {{'cluster_proxies': 10.0}}; got {type(groups).__name__}."
+        )
+    checked = {}
+    for prefix, rate in groups.items():
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"group_learning_rates keys must be non-empty strings, got {prefix!r}.")
+        if isinstance(rate, Mapping):
+            rate = keras.optimizers.schedules.deserialize(dict(rate))
+        if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not float(rate) > 0:
+                raise ValueError(
+                    f"group_learning_rates[{prefix!r}] must be a number > 0 or a "
+                    f"keras.optimizers.schedules.LearningRateSchedule, got {rate!r}."
+                )
+            rate = float(rate)
+        checked[prefix] = rate
+    return checked
+
+
+def _group_rate(rate, iterations):
+    """A group's learning rate at step ``iterations`` (a float or a schedule of the step)."""
+    if isinstance(rate, float):
+        return rate
+    return rate(iterations)
+
+
 class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
     """Shared machinery: per-prefix learning-rate factors and coupled/decoupled weight decay.
 
@@ -88,7 +122,11 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
     ):
         # Keras' own `weight_decay` is always decoupled and uses the *base* learning rate, so it
         # stays None here; decay is applied per variable in `update_step`.
+        # Popped here so that TorchAdam and TorchSGD take it through their **kwargs.
+        group_learning_rates = _check_group_learning_rates(kwargs.pop("group_learning_rates", None))
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.group_learning_rates = group_learning_rates
+        self._variable_groups = []
         self.decay_rate = _check_decay(weight_decay, decay_style)
         self.decay_style = decay_style
         self.lr_multipliers = _check_multipliers(lr_multipliers)
@@ -106,10 +144,22 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
             return
         super().build(var_list)
         self._variable_lr_factors = [self.lr_factor_for(v.path) for v in var_list]
+        self._variable_groups = [self.group_for(v.path) for v in var_list]
+
+    def group_for(self, path: str):
+        """The ``group_learning_rates`` prefix of a variable path (first match wins), or None."""
+        for prefix in self.group_learning_rates:
+            if path.startswith(prefix):
+                return prefix
+        return None
 
     def update_step(self, gradient, variable, learning_rate):
         index = _keras_compat.variable_index(self, variable)
-        lr = ops.cast(learning_rate, variable.dtype) * self._variable_lr_factors[index]
+        group = self._variable_groups[index] if self._variable_groups else None
+        if group is None:
+            lr = ops.cast(learning_rate, variable.dtype) * self._variable_lr_factors[index]
+        else:
+            lr = ops.cast(_group_rate(self.group_learning_rates[group], self.iterations), variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         if self.decay_rate > 0 and _keras_compat.uses_weight_decay(self, variable):
             if self.decay_style == "coupled":
@@ -131,6 +181,11 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
                 "lr_multipliers": dict(self.lr_multipliers),
             }
         )
+        if self.group_learning_rates:
+            config["group_learning_rates"] = {
+                prefix: rate if isinstance(rate, float) else keras.optimizers.schedules.serialize(rate)
+                for prefix, rate in self.group_learning_rates.items()
+            }
         return config
 
 
@@ -158,6 +213,12 @@ class TorchAdam(_GroupedDecayOptimizer):
             starts with a prefix uses ``factor * learning_rate`` (first match wins, default 1).
             E.g. ``{"head_": 2.0}`` gives the projection head of a ``keras_roadmap.models``
             embedder twice the backbone's learning rate.
+        group_learning_rates: dict ``{variable-path prefix: float or LearningRateSchedule}``
+            (keyword, also for :class:`TorchSGD`): a matching variable uses that learning rate
+            (or schedule of the step) instead of the base one, like a PyTorch parameter group
+            with its own optimiser and scheduler; it wins over ``lr_multipliers``. E.g. the
+            ROADMAP++ proxies: ``{"cluster_proxies": CosineAnnealingDecay(10.0, epochs,
+            steps_per_epoch, eta_min=0.1)}`` (see ``docs/rank-losses.md``).
         **kwargs: the other ``keras.optimizers.Optimizer`` arguments (``clipnorm``,
             ``use_ema``, ``gradient_accumulation_steps``, ...). Variables whose name matches
             ``exclude_from_weight_decay`` get no decay in either style.
@@ -330,6 +391,48 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "milestones": list(self.milestones),
             "steps_per_epoch": self.steps_per_epoch,
             "gamma": self.gamma,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class CosineAnnealingDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """``torch.optim.lr_scheduler.CosineAnnealingLR`` stepped once per epoch, driven by the step.
+
+    ``lr(step) = eta_min + (initial_learning_rate - eta_min) * (1 + cos(pi * e / epochs)) / 2``
+    with ``e = step // steps_per_epoch`` (PyTorch's closed form; past ``epochs`` it rises again,
+    as PyTorch's does).
+
+    Args:
+        initial_learning_rate: float > 0. epochs: ``T_max`` in epochs (int >= 1).
+        steps_per_epoch: optimizer steps per epoch (int >= 1). eta_min: float >= 0 (0.0).
+    """
+
+    def __init__(self, initial_learning_rate, epochs, steps_per_epoch, eta_min=0.0, name=None):
+        for arg, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise ValueError(f"{arg} must be an int >= 1, got {value!r}.")
+        if not float(initial_learning_rate) > 0 or float(eta_min) < 0:
+            raise ValueError(
+                f"initial_learning_rate must be > 0 and eta_min >= 0, got {initial_learning_rate} and {eta_min}."
+            )
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.eta_min = float(eta_min)
+        self.name = name
+
+    def __call__(self, step):
+        epoch = ops.cast(ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch), "float32")
+        cosine = ops.cos(ops.cast(math.pi / self.epochs, "float32") * epoch)
+        return self.eta_min + (self.initial_learning_rate - self.eta_min) * (1.0 + cosine) / 2.0
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "eta_min": self.eta_min,
             "name": self.name,
         }
 

@@ -17,10 +17,22 @@ from keras_roadmap.losses.ap_losses import (
 )
 from keras_roadmap.losses.base import Pairs, RetrievalLoss, sum_of_ratios
 from keras_roadmap.losses.calibration import CalibrationLoss, calibration
+from keras_roadmap.losses.cluster import ClusterLoss, ClusterProxies, ROADMAPPlusPlusLoss, cluster_loss, roadmap_plus_plus
+from keras_roadmap.losses.ndcg import SupNDCGLoss, supndcg
+from keras_roadmap.losses.recall import SupRecallLoss, suprecall
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
 from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
 
 __all__ = [
+    "suprecall",
+    "supndcg",
+    "roadmap_plus_plus",
+    "cluster_loss",
+    "SupRecallLoss",
+    "SupNDCGLoss",
+    "ROADMAPPlusPlusLoss",
+    "ClusterProxies",
+    "ClusterLoss",
     "CALIBRATION_DEFAULTS",
     "CalibrationLoss",
     "INATURALIST_SUPAP",
