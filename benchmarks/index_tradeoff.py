@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from eval_speed import clustered  # noqa: E402
+
 from keras_roadmap.indexing import build_index, default_nlist, index_params  # noqa: E402
 
 

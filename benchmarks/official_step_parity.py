@@ -279,7 +279,7 @@ def main(argv=None):
             loss_control = control.step(x_rev, y_rev)
             control_emb.append(control.embed(x_rev)[reverse.numpy()])
             d_control = control_emb[-1] - control_emb[-2]
-            rows.append((f"  control, official reversed batch: loss rel. diff / change rel. err",
+            rows.append(("  control, official reversed batch: loss rel. diff / change rel. err",
                          f"{abs(loss_control - loss_off) / abs(loss_off):.1e} / "
                          f"{np.linalg.norm(d_control - d_off) / np.linalg.norm(d_off):.2e}"))
     width = max(len(r[0]) for r in rows)
