@@ -10,35 +10,35 @@ HERE = pathlib.Path(__file__).parent
 # TensorFlow is an extra: the backend is the user's choice (KERAS_BACKEND=jax or torch works
 # without it); tf.data pipelines, export and tf.distribute need `[tensorflow]`.
 CORE = [
-    "keras>=3.15,<3.16",
-    "numpy>=2.0,<2.5",
-    "faiss-cpu>=1.15,<1.16",
+    "keras>=3.8,<4",
+    "numpy>=1.26,<3",
+    "faiss-cpu>=1.8,<2",
 ]
 EXTRAS = {
-    "tensorflow": ["tensorflow>=2.21,<2.22"],
+    "tensorflow": ["tensorflow>=2.18,<3"],
     "jax": ["jax[cpu]>=0.10,<0.11"],
     "tfsim": ["tensorflow-similarity==0.17.1"],
     "cv": ["keras-cv==0.9.0"],
-    "hub": ["keras-hub==0.32.0"],
-    "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],  # pillow: serving decodes images
-    "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
-    "examples": ["tensorflow>=2.21,<2.22", "scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
+    "hub": ["keras-hub>=0.18.1,<0.33"],
+    "export": ["onnx>=1.16,<2", "tf2onnx>=1.16.1,<2", "onnxruntime>=1.18,<2", "pillow>=10.4,<14"],  # pillow: serving decodes images
+    "viz": ["matplotlib>=3.9,<4", "pillow>=10.4,<14"],
+    "examples": ["tensorflow>=2.18,<3", "scikit-learn>=1.5,<2", "pyyaml>=6,<7"],
     # Reading torchvision / timm checkpoints (build_embedder(weights=PATH.pth), convert-weights)
     # and the parity tests against torchvision / timm models. torch and torchvision go together
     # (torchvision 0.29 is built for torch 2.14).
     "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors>=0.8,<0.9"],
     "recipes": [
-        "tensorflow>=2.21,<2.22",
+        "tensorflow>=2.18,<3",
         "pyyaml>=6,<7",
-        "tensorboard>=2.21,<2.22",
-        "keras-hub==0.32.0",
-        "onnx>=1.23,<1.24",
-        "tf2onnx==1.17.0",
-        "onnxruntime>=1.32,<1.33",
-        "matplotlib>=3.10,<3.12",
-        "pillow>=11,<14",
+        "tensorboard>=2.18,<3",
+        "keras-hub>=0.18.1,<0.33",
+        "onnx>=1.16,<2",
+        "tf2onnx>=1.16.1,<2",
+        "onnxruntime>=1.18,<2",
+        "matplotlib>=3.9,<4",
+        "pillow>=10.4,<14",
     ],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12"],
+    "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "pillow>=10.4,<14", "pyyaml>=6,<7", "matplotlib>=3.9,<4"],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax") for dep in deps})
