@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test venv
+.PHONY: quickstart test test-lowest venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,33 @@ test: $(PY)
 	$(PY) -m pip uninstall -q -y triton
 	$(PY) tests/backend_venvs.py jax torch   # .venv-jax, .venv-torch: no TensorFlow (tests/test_backends.py)
 	$(PY) -m pytest -q tests
+
+# The lowest supported versions (constraints/lowest.txt) in a fresh .venv-lowest, and a fast but
+# real subset of the suite: losses + official parity fixtures, one fit with save/load, evaluation
+# and faiss indexes, a keras-hub backbone, the export round trip (SavedModel and ONNX). The
+# highest end is `make test`. Not part of `make test` (CI time); see docs/tested-versions.md.
+LOWEST_VENV := .venv-lowest
+LOWEST_PY := $(LOWEST_VENV)/bin/python
+LOWEST_EXTRAS := tensorflow,export,hub,test
+LOWEST_TESTS := \
+	tests/test_losses_parity.py \
+	tests/test_keras_compat.py \
+	tests/test_losses_functional.py \
+	"tests/test_losses_keras.py::test_fit_lowers_the_loss_and_save_load_round_trip[True]" \
+	tests/test_losses_keras.py::test_config_round_trip \
+	tests/test_losses_keras.py::test_dynamic_batch_size_under_tf_function \
+	tests/test_losses_keras.py::test_gradients_match_finite_differences \
+	tests/test_evaluation_metrics.py \
+	tests/test_indexing.py \
+	tests/test_models.py::test_distilled_deit_can_concatenate_class_and_distillation_tokens \
+	tests/test_export.py::test_dense_round_trip \
+	tests/test_export.py::test_onnx_input_named_as_the_keras_input_and_our_producer_version
+
+test-lowest:
+	rm -rf $(LOWEST_VENV)
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_PY) -m pip install -q --upgrade pip
+	$(LOWEST_PY) -m pip install -q -c constraints/lowest.txt -e ".[$(LOWEST_EXTRAS)]"
+	$(LOWEST_PY) -m pip check
+	$(LOWEST_PY) constraints/check_installed.py constraints/lowest.txt
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_TESTS)

@@ -10,39 +10,44 @@ HERE = pathlib.Path(__file__).parent
 # package at build time would need its dependencies).
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "keras_roadmap" / "_version.py").read_text()).group(1)
 
-# Ranges are the versions this package was tested with (see README, "Tested versions").
+# Each range runs from the lowest version tested (constraints/lowest.txt, `make test-lowest`) to
+# below the next major release, or below the next minor for 0.x libraries, whose minors break;
+# the highest end is what `make test` installs. docs/tested-versions.md has both ends.
 # TensorFlow is an extra: the backend is the user's choice (KERAS_BACKEND=jax or torch works
 # without it); tf.data pipelines, export and tf.distribute need `[tensorflow]`.
 CORE = [
-    "keras>=3.15,<3.16",
-    "numpy>=2.0,<2.5",
-    "faiss-cpu>=1.15,<1.16",
+    "keras>=3.8,<4",
+    "numpy>=1.26.4,<3",
+    "faiss-cpu>=1.8,<2",
 ]
 EXTRAS = {
-    "tensorflow": ["tensorflow>=2.21,<2.22"],
+    "tensorflow": ["tensorflow>=2.18,<3"],
+    # Only 0.10.x tested (the JAX backend venv of `make test`).
     "jax": ["jax[cpu]>=0.10,<0.11"],
+    # 0.17.1 is tensorflow-similarity's last release; keras_roadmap.tfsim works around its bugs.
     "tfsim": ["tensorflow-similarity==0.17.1"],
-    "cv": ["keras-cv==0.9.0"],
-    "hub": ["keras-hub==0.32.0"],
-    "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],  # pillow: serving decodes images
-    "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
-    "examples": ["tensorflow>=2.21,<2.22", "scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
+    # keras-hub 0.22 brought DeiTBackbone (deit_* embedders, variant="keras_hub").
+    "hub": ["keras-hub>=0.22,<0.33"],
+    "export": ["onnx>=1.16.2,<2", "tf2onnx>=1.16.1,<2", "onnxruntime>=1.18,<2", "pillow>=10.4,<14"],  # pillow: serving decodes images
+    "viz": ["matplotlib>=3.9,<4", "pillow>=10.4,<14"],
+    "examples": ["tensorflow>=2.18,<3", "scikit-learn>=1.5,<2", "pyyaml>=6.0.1,<7"],
     # Reading torchvision / timm checkpoints (build_embedder(weights=PATH.pth), convert-weights)
-    # and the parity tests against torchvision / timm models. torch and torchvision go together
-    # (torchvision 0.29 is built for torch 2.14).
-    "torch": ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors>=0.8,<0.9"],
+    # and the parity tests against torchvision / timm models. Only the highest end is tested:
+    # each torchvision release is built for one torch minor (0.29 for 2.14), and the CPU torch
+    # 2.13 this project's machines carry has no matching torchvision on PyPI.
+    "torch": ["torch>=2.14.1,<2.15", "torchvision>=0.29.1,<0.30", "timm>=1.0.31,<2", "safetensors>=0.8,<0.9"],
     "recipes": [
-        "tensorflow>=2.21,<2.22",
-        "pyyaml>=6,<7",
-        "tensorboard>=2.21,<2.22",
-        "keras-hub==0.32.0",
-        "onnx>=1.23,<1.24",
-        "tf2onnx==1.17.0",
-        "onnxruntime>=1.32,<1.33",
-        "matplotlib>=3.10,<3.12",
-        "pillow>=11,<14",
+        "tensorflow>=2.18,<3",
+        "pyyaml>=6.0.1,<7",
+        "tensorboard>=2.18,<3",
+        "keras-hub>=0.22,<0.33",
+        "onnx>=1.16.2,<2",
+        "tf2onnx>=1.16.1,<2",
+        "onnxruntime>=1.18,<2",
+        "matplotlib>=3.9,<4",
+        "pillow>=10.4,<14",
     ],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12",
+    "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "pillow>=10.4,<14", "pyyaml>=6.0.1,<7", "matplotlib>=3.9,<4",
              # tests/test_wheel.py: build the sdist + wheel, check them (tested: build 1.6.1, twine 7.0.0)
              "build>=1.6,<2", "twine>=7,<8"],
 }

@@ -30,6 +30,33 @@ def in_symbolic_scope():
     return bool(_in_symbolic_scope())
 
 
+# --- keras.ops.searchsorted on the TensorFlow backend of Keras < 3.12 -------------------------
+
+
+def _keras_version():
+    import keras
+
+    return tuple(int(part) for part in keras.version().split(".")[:2])
+
+
+def searchsorted(sorted_sequence, values, side="left"):
+    """``keras.ops.searchsorted``, also when ``sorted_sequence``'s length is only known at run time.
+
+    Keras 3.8-3.11's TensorFlow backend picks the output dtype with ``len(sorted_sequence)``,
+    which raises ``TypeError: len is not well defined for a symbolic Tensor`` inside a
+    ``tf.function`` whose batch size is dynamic (every ``fit``); Keras 3.12 reads the static shape
+    instead. There, ``tf.searchsorted`` is called directly (int32 indices, as Keras returns for
+    any sequence shorter than 2**31). Public ``keras.ops.searchsorted`` everywhere else.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow" and _keras_version() < (3, 12):
+        import tensorflow as tf
+
+        return tf.searchsorted(sorted_sequence, values, side=side, out_type=tf.int32)
+    return keras.ops.searchsorted(sorted_sequence, values, side=side)
+
+
 # --- keras.layers.Layer ----------------------------------------------------------------------
 
 

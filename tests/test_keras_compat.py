@@ -131,3 +131,16 @@ print(found[0] if found else "none")
 """
     result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "none", result.stdout
+
+
+def test_searchsorted_with_a_length_known_only_at_run_time():
+    # Inside `fit` the batch size is dynamic; Keras < 3.12's TensorFlow backend failed there.
+    import tensorflow as tf
+
+    sorted_sequence = np.array([0, 2, 2, 5, 7], "int32")
+    values = np.array([2, 3, 9, -1, 7], "int32")
+    spec = tf.TensorSpec([None], tf.int32)
+    for side in ("left", "right"):
+        search = tf.function(lambda s, v, side=side: _keras_compat.searchsorted(s, v, side=side), input_signature=[spec, spec])
+        found = np.asarray(search(sorted_sequence, values))
+        np.testing.assert_array_equal(found, np.searchsorted(sorted_sequence, values, side=side), err_msg=side)

@@ -23,6 +23,7 @@ recomputes each chunk and adds its rows into the gradient in place. Loops run on
 
 from keras import ops
 
+from keras_roadmap import _keras_compat
 from keras_roadmap.losses import _inputs
 
 # One loop step holds about this many (pair, item) scores: ~4 MiB per float32 temporary.
@@ -74,7 +75,7 @@ def _chunk_ranks(row_scores_of, num_items, labels, ref_labels, excluded, ref_val
     pair = first_pair + ops.arange(chunk, dtype="int32")
     valid = ops.less(pair, total)
     pair = ops.minimum(pair, ops.maximum(total - 1, 0))
-    query = ops.cast(ops.searchsorted(pair_ends, pair, side="right"), "int32")
+    query = ops.cast(_keras_compat.searchsorted(pair_ends, pair, side="right"), "int32")
     query = ops.minimum(query, ops.shape(pair_ends)[0] - 1)
     pair_start = ops.take(pair_ends, query) - ops.take(segments["candidates"], query)
     item = ops.take(order, ops.minimum(ops.take(first, query) + pair - pair_start, num_items - 1))
@@ -137,8 +138,8 @@ def label_segments(labels, ref_labels, excluded=None, ref_valid=None):
         # searches below are clipped to the valid prefix.
         top = ops.maximum(ops.max(ref_labels), ops.max(labels))
         sorted_labels = ops.where(ops.arange(num_items, dtype="int32") < num_valid, sorted_labels, top)
-    first = ops.cast(ops.searchsorted(sorted_labels, labels, side="left"), "int32")
-    last = ops.minimum(ops.cast(ops.searchsorted(sorted_labels, labels, side="right"), "int32"), num_valid)
+    first = ops.cast(_keras_compat.searchsorted(sorted_labels, labels, side="left"), "int32")
+    last = ops.minimum(ops.cast(_keras_compat.searchsorted(sorted_labels, labels, side="right"), "int32"), num_valid)
     candidates = ops.maximum(last - first, 0)
     num_positives = candidates
     if excluded is not None:
