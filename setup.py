@@ -38,10 +38,13 @@ EXTRAS = {
         "matplotlib>=3.10,<3.12",
         "pillow>=11,<14",
     ],
+    # The documentation site (mkdocs build --strict, a step of `make test`); tested with mkdocs
+    # 1.6.1, mkdocs-material 9.8.2, mkdocstrings 1.0.8, mkdocstrings-python 2.0.11.
+    "docs": ["mkdocs>=1.6,<1.7", "mkdocs-material>=9.8,<9.9", "mkdocstrings>=1.0,<1.1", "mkdocstrings-python>=2.0,<2.1"],
     "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12"],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
-EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax") for dep in deps})
+EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax", "docs") for dep in deps})
 
 setup(
     name="keras-roadmap",

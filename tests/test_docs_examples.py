@@ -55,6 +55,7 @@ def test_loss_functional_forms():
     np.testing.assert_allclose(float(ns["value"]), float(expected), rtol=1e-5)
 
 
+@pytest.mark.slow  # end to end: fit, save and reload / export / a JAX process
 def test_evaluation_metrics_and_callback(in_tmp):
     embeddings, labels = clustered(num_classes=10, per_class=12)
     keras.utils.set_random_seed(0)
@@ -72,6 +73,7 @@ def test_evaluation_metrics_and_callback(in_tmp):
     assert (in_tmp / "best.keras").is_file()  # the callback's val_map@r reached ModelCheckpoint
 
 
+@pytest.mark.slow  # end to end: fit, save and reload / export / a JAX process
 def test_tensorflow_similarity_flows(in_tmp):
     from keras_roadmap import RetrievalTrainer, ROADMAPLoss
 
@@ -122,6 +124,7 @@ def test_mirrored_strategy_and_gradient_caching():
     assert ns["trainer"].chunk_size == 64
 
 
+@pytest.mark.slow  # end to end: fit, save and reload / export / a JAX process
 def test_export_to_onnx(in_tmp):
     model = keras.Sequential([
         keras.Input((224, 224, 3)), keras.layers.AveragePooling2D(28), keras.layers.Flatten(), keras.layers.Dense(8),
@@ -132,6 +135,7 @@ def test_export_to_onnx(in_tmp):
     assert (in_tmp / "sop.onnx").is_file() and "embeddings" in printed.getvalue()
 
 
+@pytest.mark.slow  # end to end: fit, save and reload / export / a JAX process
 def test_jax_data_parallel(tmp_path):
     import json
     import subprocess
@@ -143,7 +147,8 @@ def test_jax_data_parallel(tmp_path):
     script = (
         "import json, keras, numpy as np\n"
         "from keras_roadmap import ROADMAPLoss\n"
-        "model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.UnitNormalization()])\n"
+        "def build_model():\n"
+        "    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.UnitNormalization()])\n"
         "exec(open('block.py').read())\n"
         "x = np.random.default_rng(0).normal(size=(8, 8)).astype('float32'); y = np.repeat(np.arange(2), 4)\n"
         "loss = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history['loss'][0]\n"
