@@ -3,8 +3,9 @@
 import importlib
 import re
 
-import keras_roadmap
 from conftest import REPO
+
+import keras_roadmap
 
 
 def test_every_public_name_has_a_directive_at_its_definition():

@@ -26,7 +26,9 @@ def test_every_code_block_is_run_by_a_test_or_listed_as_not_run():
     for block in code_blocks():
         where = f"{block.page}:{block.line}"
         if block.marker is None:
-            problems.append(f"{where}: no <!-- test: tests/FILE.py::TEST --> or <!-- not-run: REASON --> above the block")
+            problems.append(
+                f"{where}: no <!-- test: tests/FILE.py::TEST --> or <!-- not-run: REASON --> above the block"
+            )
             continue
         kind, value = block.marker
         if kind == "test":
