@@ -15,11 +15,13 @@ quickstart: $(PY)
 	$(PY) recipes/quickstart.py
 
 test: $(PY)
-	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) -m pip install -q -e ".[all,test,docs]"
 	# torch 2.14's wheel pulls triton (GPU kernels only), whose native module crashes when it is
 	# loaded after TensorFlow in one process; nothing on the CPU needs it.
 	$(PY) -m pip uninstall -q -y triton
 	$(PY) tests/backend_venvs.py jax torch   # .venv-jax, .venv-torch: no TensorFlow (tests/test_backends.py)
+	# The docs site: a broken link, a page missing from the nav or an unresolved API reference fails.
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict   # into site/ (git-ignored); not --quiet, which hides the warnings --strict counts
 	$(PY) -m pytest -q tests
 
 # The lowest supported versions (constraints/lowest.txt) in a fresh .venv-lowest, and a fast but

@@ -47,12 +47,15 @@ EXTRAS = {
         "matplotlib>=3.9,<4",
         "pillow>=10.4,<14",
     ],
+    # The documentation site (mkdocs build --strict, a step of `make test`); tested with mkdocs
+    # 1.6.1, mkdocs-material 9.8.2, mkdocstrings 1.0.8, mkdocstrings-python 2.0.11.
+    "docs": ["mkdocs>=1.6,<1.7", "mkdocs-material>=9.8,<9.9", "mkdocstrings>=1.0,<1.1", "mkdocstrings-python>=2.0,<2.1"],
     "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "pillow>=10.4,<14", "pyyaml>=6.0.1,<7", "matplotlib>=3.9,<4",
              # tests/test_wheel.py: build the sdist + wheel, check them (tested: build 1.6.1, twine 7.0.0)
              "build>=1.6,<2", "twine>=7,<8"],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
-EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax") for dep in deps})
+EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax", "docs") for dep in deps})
 
 setup(
     name="keras-roadmap",

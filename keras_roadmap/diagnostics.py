@@ -180,7 +180,10 @@ class DecomposabilityGap(_keras_callback_base()):
         data: ``(inputs, labels)``: model inputs (e.g. ``(N, H, W, C)`` images) and ``(N,)`` int
             labels, usually (a subset of) the training set.
         every_n_epochs: measure after epochs ``n - 1, 2n - 1, ...`` (default 1: every epoch).
-        batch_size, samples_per_class, num_batches, seed: as for :func:`decomposability_gap`.
+        batch_size: as for :func:`decomposability_gap`.
+        samples_per_class: as for :func:`decomposability_gap`.
+        num_batches: as for :func:`decomposability_gap`.
+        seed: as for :func:`decomposability_gap`.
         predict_batch_size: batch size of ``model.predict`` (default 256).
         embed_fn: optional callable ``inputs -> (N, D) embeddings`` used instead of
             ``model.predict`` (e.g. to avoid compiling a predict function under XLA).

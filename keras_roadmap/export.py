@@ -750,11 +750,12 @@ def to_onnx(
     :data:`CONTRACT_KEY`. Verification uses onnxruntime's CPU provider with
     ``intra_op_num_threads=2``.
 
+    Other arguments, return value and errors: as :func:`to_saved_model`; in addition an
+    ``ImportError`` naming ``keras-roadmap[export]`` when onnx, tf2onnx or onnxruntime
+    (needed only with ``verify=True``) is missing.
+
     Args:
         opset: ONNX opset. Default 17.
-        Other arguments, return value and errors: as :func:`to_saved_model`; in addition an
-        ``ImportError`` naming ``keras-roadmap[export]`` when onnx, tf2onnx or onnxruntime
-        (needed only with ``verify=True``) is missing.
     """
     import tensorflow as tf
 

@@ -205,7 +205,9 @@ class TorchAdam(_GroupedDecayOptimizer):
     Args:
         learning_rate: float or ``keras.optimizers.schedules.LearningRateSchedule``: the base
             learning rate (the backbone's in :func:`build_optimizer`). Default 1e-5.
-        beta_1, beta_2, epsilon: as in PyTorch (0.9, 0.999, 1e-8).
+        beta_1: as in PyTorch (0.9).
+        beta_2: as in PyTorch (0.999).
+        epsilon: as in PyTorch (1e-8).
         weight_decay: float >= 0 (default 0.0).
         decay_style: ``"coupled"`` (default, L2 in the gradient: ``torch.optim.Adam``, the
             paper's ResNet runs) or ``"decoupled"`` (``torch.optim.AdamW``, the paper's DeiT runs).
@@ -467,9 +469,11 @@ def build_optimizer(
         decay_style: None = the optimiser's PyTorch meaning (adam/sgd: ``"coupled"``, adamw:
             ``"decoupled"``); giving the other style for ``"adam"``/``"adamw"`` is an error
             (use the other name), so the decay method never changes silently.
-        milestones, gamma, steps_per_epoch: a :class:`MultiStepDecay` on the base learning rate
-            when ``milestones`` is non-empty (``steps_per_epoch`` then required); both groups
-            decay together, as PyTorch's MultiStepLR does for all groups.
+        milestones: epochs of a :class:`MultiStepDecay` on the base learning rate when
+            non-empty (``steps_per_epoch`` then required); both groups decay together, as
+            PyTorch's MultiStepLR does for all groups.
+        gamma: the decay factor at each milestone.
+        steps_per_epoch: optimizer steps per epoch, to turn milestones into steps.
         head_prefix: variable-path prefix of the head (default ``"head_"``).
         **kwargs: passed to the optimiser (``beta_1``, ``epsilon``, ``momentum``, ``clipnorm``...).
 

@@ -169,7 +169,7 @@ def test_recipe_config_key_reaches_the_loss():
 
 
 def test_plain_fit_with_the_optimizer_step_counter():
-    """The README's plain ``model.fit`` form: connect the step after compile."""
+    """The plain ``model.fit`` form of docs/evidence.md: connect the step after compile."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(32, 8)).astype("float32")
     y = np.repeat(np.arange(8), 4)
@@ -184,16 +184,16 @@ def test_plain_fit_with_the_optimizer_step_counter():
     np.testing.assert_allclose(losses, [supap, supap + 0.5 * calibration, supap + calibration], rtol=1e-5)
 
 
-def test_readme_when_roadmap_helps_snippet_runs():
-    """Runs the README's "When ROADMAP helps" code block as written, on tiny stand-ins."""
-    import pathlib
-    import re
-
+def test_when_roadmap_helps_snippet_runs():
+    """Runs the "When ROADMAP helps" code block of docs/evidence.md as written, on tiny stand-ins."""
     import tensorflow as tf
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## When ROADMAP helps"):]
-    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    from docs_blocks import REPO, code_for
+
+    section = (REPO / "docs" / "evidence.md").read_text()
+    section = section[section.index("## When ROADMAP helps"):]
+    [code] = code_for("docs/evidence.md", "test_when_roadmap_helps_snippet_runs")
+    assert code in section
     rng = np.random.default_rng(4)
     x = rng.normal(size=(32, 8)).astype("float32")
     y = np.repeat(np.arange(8), 4)
@@ -205,5 +205,5 @@ def test_readme_when_roadmap_helps_snippet_runs():
         "encoder": embedder(), "model": embedder(), "images_of_a_batch": x[:16],
         "train_ds": tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
     }
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/evidence.md", "exec"), namespace)
     assert int(namespace["trainer"].optimizer.iterations) == 20 and int(namespace["model"].optimizer.iterations) == 20

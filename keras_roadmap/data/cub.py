@@ -54,7 +54,8 @@ def load_cub(root, split: str = "train", check_files: bool = True) -> RetrievalS
         `"001.Black_footed_Albatross"`) and no super labels.
 
     Raises:
-        FileNotFoundError, DatasetFormatError (file and line named).
+        FileNotFoundError: a list file, the folder or (with `check_files`) an image is missing.
+        DatasetFormatError: a list file is malformed (file and line named).
     """
     check_split_name(split, ("train", "test"), "load_cub")
     base = _cub_dir(pathlib.Path(root).expanduser().resolve())

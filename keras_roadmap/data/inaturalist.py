@@ -52,8 +52,9 @@ def load_inaturalist(root, split: str = "train", check_files: bool = True, split
         `"Plantae"`), usable by `HierarchicalSampler`.
 
     Raises:
-        FileNotFoundError, DatasetFormatError (file and line named; also when a category
-        appears in both train and test).
+        FileNotFoundError: a list file, the folder or (with `check_files`) an image is missing.
+        DatasetFormatError: a list file is malformed (file and line named), also when a
+            category appears in both train and test.
     """
     check_split_name(split, ("train", "test"), "load_inaturalist")
     root = pathlib.Path(root).expanduser().resolve()

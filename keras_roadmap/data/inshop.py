@@ -50,7 +50,8 @@ def load_inshop(root, split: str = "train", check_files: bool = True, image_root
         super_labels = the clothes category (`super_class_names` e.g. `"WOMEN/Dresses"`).
 
     Raises:
-        FileNotFoundError, DatasetFormatError (file and line named).
+        FileNotFoundError: a list file, the folder or (with `check_files`) an image is missing.
+        DatasetFormatError: a list file is malformed (file and line named).
     """
     check_split_name(split, _STATUSES, "load_inshop")
     root = pathlib.Path(root).expanduser().resolve()

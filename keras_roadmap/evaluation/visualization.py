@@ -117,10 +117,12 @@ def save_retrieval_grid(
 
     Args:
         path: output PNG path.
-        query_images, gallery_images: (N, H, W, 3), (N, H, W, 1) or (N, H, W) arrays, or
-            sequences of such per-image arrays (sizes may differ; each is resized to a square
-            tile). uint8 in [0, 255] or floats in [0, 1].
-        query_labels, gallery_labels: (Nq,), (Ng,) integer class ids.
+        query_images: (N, H, W, 3), (N, H, W, 1) or (N, H, W) arrays, or sequences of such
+            per-image arrays (sizes may differ; each is resized to a square tile). uint8 in
+            [0, 255] or floats in [0, 1].
+        gallery_images: the same, for the gallery.
+        query_labels: (Nq,) integer class ids.
+        gallery_labels: (Ng,) integer class ids.
         neighbours: (Nq, >= k) int gallery indices, best first. If None, computed by exact search
             of `query_embeddings` ((Nq, D)) against `gallery_embeddings` ((Ng, D)).
         k: neighbours shown per query (default 5).
@@ -128,8 +130,9 @@ def save_retrieval_grid(
             (its own copy when the queries come from the gallery), -1 for none. Only used when
             `neighbours` is None.
         metric: "inner_product" (default) or "l2", for the search.
-        tile_size, border, gap: pixels of each image tile, its coloured border and the white
-            space between cells (96, 4, 4); see `grid_cell_origin` for the layout.
+        tile_size: pixels of each image tile (96); see `grid_cell_origin` for the layout.
+        border: pixels of each tile's coloured border (4).
+        gap: pixels of white space between cells (4).
         scores: optional (Nq, >= k) similarity of each shown neighbour (captions); computed
             with the neighbours when they are searched here.
         class_names: optional sequence (or mapping) label -> the name shown in captions;
@@ -250,7 +253,8 @@ def save_recall_curve(path, runs, *, title: str = "Recall@K", figsize=(6.0, 4.0)
         runs: a metrics dict with `recall@K` keys (as returned by `retrieval_metrics`), or a
             dict mapping run names to such dicts (one line each).
         title: axes title.
-        figsize, dpi: figure size in inches and resolution.
+        figsize: figure size in inches.
+        dpi: resolution.
     """
     Figure, FigureCanvasAgg = _import_matplotlib()
     if not isinstance(runs, dict) or not runs:

@@ -140,7 +140,8 @@ class SupAPLoss(SupAPPresets, _SmoothRankAPLoss):
         gather_across_replicas: under ``tf.distribute`` with several replicas, rank each
             replica's queries against the gathered global batch (True, default) or only against
             its own examples (see :class:`~keras_roadmap.losses.RetrievalLoss`).
-        name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
+        name: as for ``keras.losses.Loss``.
+        dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
 
     Call: ``loss(y_true=labels (B,) or (B, 1) int, y_pred=embeddings (B, D))`` -> scalar.
 
@@ -188,7 +189,11 @@ class SmoothAPLoss(_SmoothRankAPLoss):
 
     Args:
         tau: sigmoid temperature (0.01).
-        include_self, pairs_per_chunk, gather_across_replicas, name, dtype: as for :class:`SupAPLoss`.
+        include_self: as for :class:`SupAPLoss`.
+        pairs_per_chunk: as for :class:`SupAPLoss`.
+        gather_across_replicas: as for :class:`SupAPLoss`.
+        name: as for :class:`SupAPLoss`.
+        dtype: as for :class:`SupAPLoss`.
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar.
     """
@@ -240,8 +245,10 @@ def heaviside_average_precision(
     ``keras_roadmap.evaluation`` for whole datasets.
 
     Args:
-        labels: ``(B,)`` int. embeddings: ``(B, D)`` float.
-        reference_labels, reference_embeddings: optional ``(N,)`` and ``(N, D)``.
+        labels: ``(B,)`` int.
+        embeddings: ``(B, D)`` float.
+        reference_labels: optional ``(N,)`` int.
+        reference_embeddings: optional ``(N, D)`` float.
     """
     exact = _HeavisideAP(include_self=include_self, dtype=dtype)
     ap = exact.average_precision(labels, embeddings, reference_labels, reference_embeddings, self_index, ref_mask)

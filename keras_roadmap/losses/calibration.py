@@ -193,7 +193,8 @@ class CalibrationLoss(RetrievalLoss):
         neg_margin: negative pairs with cosine above it are penalised (default 0.6).
         include_self: kept for a uniform API; a pair of an item with itself is never counted.
         gather_across_replicas: see :class:`~keras_roadmap.losses.RetrievalLoss` (True).
-        name, dtype: as for any ``keras.losses.Loss`` (dtype defaults to float32).
+        name: as for any ``keras.losses.Loss``.
+        dtype: as for any ``keras.losses.Loss`` (defaults to float32).
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar, over all ordered
     pairs ``i != j`` of the batch. ``call_with_reference`` uses only batch-to-reference pairs.

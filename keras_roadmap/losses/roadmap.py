@@ -29,10 +29,15 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
     the iNaturalist-2018 ones.
 
     Args:
-        tau, rho, delta, start, offset: SupAP parameters (0.01, 100.0, 0.05, 0.5, 1.44), see
-            :class:`SupAPLoss`.
-        pos_margin, neg_margin: calibration margins on cosine similarity (0.9, 0.6).
-        ap_weight, calibration_weight: weights of the two terms (1.0, 1.0).
+        tau: SupAP sigmoid temperature (0.01), see :class:`SupAPLoss`.
+        rho: SupAP slope of the linear piece (100.0).
+        delta: where SupAP's linear piece starts (0.05).
+        start: SupAP offset in ``(0, delta]`` (0.5).
+        offset: value of SupAP's linear piece at ``delta`` (1.44).
+        pos_margin: calibration margin of positive pairs on cosine similarity (0.9).
+        neg_margin: calibration margin of negative pairs on cosine similarity (0.6).
+        ap_weight: weight of the SupAP term (1.0).
+        calibration_weight: weight of the calibration term (1.0).
         calibration_warmup_steps: 0 (default, the paper) or N > 0: the calibration weight ramps
             linearly from 0 to ``calibration_weight`` over the first N training steps (SupAP
             alone at step 0), which lets a from-scratch model leave a collapsed start (see
@@ -44,7 +49,8 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
             retrieval set); False gives the textbook AP (see :class:`SupAPLoss`).
         pairs_per_chunk: memory/speed knob of the SupAP kernel (None: automatic).
         gather_across_replicas: see :class:`~keras_roadmap.losses.RetrievalLoss` (True).
-        name, dtype: as for ``keras.losses.Loss`` (float32 by default).
+        name: as for ``keras.losses.Loss``.
+        dtype: as for ``keras.losses.Loss`` (float32 by default).
 
     The SupAP and calibration parameters come from ``keras_roadmap.losses.parameters`` (the
     one definition shared with :class:`SupAPLoss`, :class:`CalibrationLoss` and the functional
