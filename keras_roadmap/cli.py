@@ -171,7 +171,8 @@ def _add_train(sub) -> None:
                     "evaluate the best embedder, draw the retrieval grid and recall curve, and export it to "
                     "ONNX. Checks every needed package before it starts. `keras-roadmap recipes` lists the recipes.",
     )
-    tr.add_argument("name", metavar="NAME", help=f"recipe: {', '.join(RECIPES)}")
+    tr.add_argument("name", metavar="NAME", help=f"recipe: {', '.join(RECIPES)}, or custom (your own images: "
+                                                 "`keras-roadmap train custom --help`)")
     add_train_arguments(tr)
     tr.set_defaults(handler=_run_train)
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serving(sub)
     _add_convert_weights(sub)
+    importlib.import_module("keras_roadmap.prepare_cli").add_parser(sub)
     return parser
 
 
@@ -397,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Argument-syntax errors (missing required flags) exit through argparse with code 2, as one line.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["train", "custom"]:
+        # Its own flags (--data, --loss, --lr ...): keras_roadmap.recipes.custom.
+        return importlib.import_module("keras_roadmap.recipes.custom").main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:

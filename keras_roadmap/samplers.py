@@ -233,3 +233,38 @@ class HierarchicalSampler:
     def __iter__(self):
         """Iterate over the batches of epoch 0 (use `batches(epoch)` for later epochs)."""
         return iter(self.batches(0))
+
+
+class FixedStepsSampler:
+    """Another sampler with `steps` batches per epoch: the base sampler's batches read as one
+    stream (base epoch 0, then 1, ...), epoch `e` taking stream batches `e * steps` to
+    `(e + 1) * steps - 1`. So a run's batches depend only on the base sampler's seed and `steps`
+    (resumable), and one epoch may be shorter or longer than a pass over the data.
+
+    Args:
+        base: a sampler with `batch_size`, `__len__` and `batches(epoch)` (e.g. `MPerClassSampler`).
+        steps: batches per epoch (positive int).
+    """
+
+    def __init__(self, base, steps: int):
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+        self.base = base
+        self.steps = int(steps)
+        self.batch_size = base.batch_size
+        self.labels = getattr(base, "labels", None)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batches(self, epoch: int = 0) -> np.ndarray:
+        per = len(self.base)
+        first = int(epoch) * self.steps
+        last = first + self.steps  # exclusive
+        blocks = [self.base.batches(e) for e in range(first // per, (last - 1) // per + 1)]
+        stream = np.concatenate(blocks, axis=0)
+        offset = (first // per) * per
+        return stream[first - offset:last - offset]
+
+    def __iter__(self):
+        return iter(self.batches(0))

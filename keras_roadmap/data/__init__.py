@@ -14,7 +14,9 @@ only read list files).
 
 import importlib
 
+from keras_roadmap.data.class_split import split_by_class
 from keras_roadmap.data.cub import load_cub
+from keras_roadmap.data.custom import CustomData, ImageSet, inspect_images, load_custom, load_rgb, read_images
 from keras_roadmap.data.glyphs import GlyphDataset, build_glyph_dataset
 from keras_roadmap.data.inaturalist import load_inaturalist
 from keras_roadmap.data.inshop import load_inshop
@@ -42,7 +44,23 @@ _LAZY = {
     "train_transform_from_box": "transforms",
 }
 
-__all__ = ["DatasetFormatError", "GlyphDataset", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop"]
+__all__ = [
+    "CustomData",
+    "DatasetFormatError",
+    "GlyphDataset",
+    "ImageSet",
+    "RetrievalSplit",
+    "build_glyph_dataset",
+    "inspect_images",
+    "load_cub",
+    "load_custom",
+    "load_inaturalist",
+    "load_inshop",
+    "load_rgb",
+    "load_sop",
+    "read_images",
+    "split_by_class",
+]
 __all__ += sorted(_LAZY)
 
 

@@ -91,3 +91,35 @@ def load_glyphs(root, split: str = "train") -> RetrievalSplit:
         sample_ids=np.arange(len(paths), dtype=np.int64),
         class_names=classes,
     )
+
+
+def write_glyph_folder(root, *, characters=None, copies: int = 1, image_size: int = 32, seed: int = 0, cache_dir=False) -> pathlib.Path:
+    """Render the glyph set (:func:`keras_roadmap.data.build_glyph_dataset`, matplotlib's fonts)
+    and write it as an ordinary image folder ``ROOT/<class>/<n>.png`` (one folder per character,
+    every class together, no split): a stand-in for a user's own images.
+
+    Args:
+        characters: the characters to draw (default: letters and digits of every script the
+            fonts cover, ~500 classes); copies: augmented images per (character, font);
+        cache_dir: the render cache (default False: none, nothing written outside ``root``).
+
+    Returns:
+        ``root``. Raises ``FileExistsError`` when ``root`` exists and is not empty.
+    """
+    from PIL import Image
+
+    from keras_roadmap.data.glyphs import build_glyph_dataset
+
+    root = pathlib.Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; choose a new folder.")
+    dataset = build_glyph_dataset(None, cache_dir, image_size=image_size, copies=copies, seed=seed, characters=characters)
+    counters: dict = {}
+    for image, label in zip(dataset.images, dataset.labels):
+        label = int(label)
+        folder = root / class_folder(label, dataset.characters[label])
+        folder.mkdir(parents=True, exist_ok=True)
+        n = counters.get(label, 0)
+        counters[label] = n + 1
+        Image.fromarray(image[..., 0]).save(folder / f"{n:03d}.png", optimize=False, compress_level=1)
+    return root

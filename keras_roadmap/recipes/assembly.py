@@ -31,6 +31,10 @@ def load_splits(dataset: str, root) -> Splits:
             gallery=data.load_inshop(root, "gallery"),
             query=data.load_inshop(root, "query"),
         )
+    if dataset == "custom":
+        # `root` is the run's split CSV (written by `keras-roadmap train custom`).
+        custom = data.load_custom(root)
+        return Splits(train=custom.train, gallery=custom.gallery, query=custom.query)
     if dataset == "glyphs":
         from keras_roadmap.data.glyph_tree import load_glyphs
 
@@ -70,7 +74,12 @@ def _sampler(config: RecipeConfig, split):
             batches_per_super_pair=s["batches_per_super_pair"],
             seed=config.seed,
         )
-    return MPerClassSampler(split.labels, batch_size=s["batch_size"], samples_per_class=s["samples_per_class"], seed=config.seed)
+    sampler = MPerClassSampler(split.labels, batch_size=s["batch_size"], samples_per_class=s["samples_per_class"], seed=config.seed)
+    if s.get("steps_per_epoch"):
+        from keras_roadmap.samplers import FixedStepsSampler
+
+        return FixedStepsSampler(sampler, s["steps_per_epoch"])
+    return sampler
 
 
 def build_encoder(config: RecipeConfig, *, weights="config"):
@@ -91,13 +100,27 @@ def build_encoder(config: RecipeConfig, *, weights="config"):
     )
 
 
-def build_loss(config: RecipeConfig):
-    """`ROADMAPLoss.from_preset(loss.preset)` ("default": SOP/CUB/In-Shop, "inaturalist"), plus
-    any extra keywords."""
-    from keras_roadmap.losses import ROADMAPLoss
+#: `loss.name` values (default "roadmap"): every training loss the package ships.
+LOSS_NAMES = ("roadmap", "supap", "smoothap", "calibration")
 
-    kwargs = {k: v for k, v in config.loss.items() if k != "preset"}
-    return ROADMAPLoss.from_preset(config.loss["preset"], **kwargs)
+
+def build_loss(config: RecipeConfig):
+    """The config's loss: `loss.name` (default "roadmap": `ROADMAPLoss.from_preset(loss.preset)`,
+    "default": SOP/CUB/In-Shop, "inaturalist"; "supap" the same preset; "smoothap";
+    "calibration"), with any extra keywords."""
+    from keras_roadmap import losses
+
+    kwargs = {k: v for k, v in config.loss.items() if k not in ("preset", "name")}
+    name = config.loss.get("name", "roadmap")
+    if name == "roadmap":
+        return losses.ROADMAPLoss.from_preset(config.loss["preset"], **kwargs)
+    if name == "supap":
+        return losses.SupAPLoss.from_preset(config.loss["preset"], **kwargs)
+    if name == "smoothap":
+        return losses.SmoothAPLoss(**kwargs)
+    if name == "calibration":
+        return losses.CalibrationLoss(**kwargs)
+    raise ConfigError(f"loss.name must be one of {LOSS_NAMES}, got {name!r}.")
 
 
 def build_recipe_optimizer(config: RecipeConfig, steps_per_epoch: int):

@@ -334,6 +334,8 @@ def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
     kwargs = {}
     if splits.query is not None:
         kwargs = {"query_embeddings": embed_split(splits.query), "query_labels": splits.query.labels}
+    # Custom data: single-image classes are gallery-only distractors, not (missed) queries.
+    kwargs["exclude_lone_from_recall"] = bool(config.evaluation.get("exclude_lone_from_recall", False))
     metrics = retrieval_metrics(gallery, splits.gallery.labels, ks=config.evaluation["ks"], **kwargs)
     embeddings = {"gallery": gallery, "query": kwargs.get("query_embeddings")}
     return metrics, embeddings
