@@ -56,7 +56,9 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ServingError(f"cannot decode image {name}: not an image format Pillow reads") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ServingError(f"cannot decode image {name}: {exc}") from exc
 
 
