@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serving(sub)
     _add_convert_weights(sub)
+    importlib.import_module("keras_roadmap.prepare_cli").add_parser(sub)
     return parser
 
 

@@ -15,6 +15,8 @@ only read list files).
 import importlib
 
 from keras_roadmap.data.cub import load_cub
+from keras_roadmap.data.custom import CustomData, ImageSet, inspect_images, load_custom, load_rgb, read_images
+from keras_roadmap.data.class_split import split_by_class
 from keras_roadmap.data.glyphs import GlyphDataset, build_glyph_dataset
 from keras_roadmap.data.inaturalist import load_inaturalist
 from keras_roadmap.data.inshop import load_inshop
@@ -43,7 +45,7 @@ _LAZY = {
 }
 
 __all__ = sorted(
-    ["DatasetFormatError", "GlyphDataset", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
+    ["CustomData", "DatasetFormatError", "GlyphDataset", "ImageSet", "inspect_images", "load_custom", "load_rgb", "read_images", "split_by_class", "RetrievalSplit", "build_glyph_dataset", "load_cub", "load_inaturalist", "load_inshop", "load_sop", *_LAZY]
 )
 
 

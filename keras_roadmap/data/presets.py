@@ -34,6 +34,12 @@ from typing import Optional, Union
 #: normalises with and what torchvision / timm ResNet and DeiT weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The one background transparent pixels are composited on (RGB, uint8), by the tf.data decoder
+#: (`keras_roadmap.data.transforms.decode_image`) and the Pillow one
+#: (`keras_roadmap.data.custom.load_rgb`) alike. The colour a file stores under a transparent
+#: pixel is arbitrary (black, white or leftovers, differing between sources), so dropping alpha
+#: would teach the net the source; white is what product and logo images are shown on.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
 #: RandomResizedCrop area fraction and aspect ratio, as written in the official yaml files
 #: (1.33, not 4/3).
 CROP_SCALE = (0.16, 1.0)

@@ -24,15 +24,17 @@ import math
 
 import tensorflow as tf
 
-from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, PresetLike, TransformPreset, get_preset
+from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, TRANSPARENT_BACKGROUND, PresetLike, TransformPreset, get_preset
 
 BACKENDS = ("auto", "tf_image")
 _TIE_BREAK = 2.0**-10
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Decode JPEG/PNG/GIF/BMP bytes to uint8 (H, W, 3); grayscale becomes RGB, alpha is dropped,
-    an animated GIF gives its first frame.
+    """Decode JPEG/PNG/GIF/BMP/WebP bytes to uint8 (H, W, 3): grayscale becomes RGB, 16-bit is
+    scaled to 8-bit, an animated GIF gives its first frame, and transparency (RGBA, grayscale +
+    alpha, a palette with a transparent colour) is composited on `TRANSPARENT_BACKGROUND`
+    (never just dropped: the colour under a transparent pixel is arbitrary).
 
     JPEGs are decoded with the accurate integer DCT, as PIL (the official pipeline, and the
     serving side) decodes them: bit-identical pixels. TensorFlow's default fast DCT differs by
@@ -41,10 +43,26 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     image = tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        lambda: _composite(tf.io.decode_image(data, channels=0, expand_animations=False)),
     )
     image.set_shape([None, None, 3])
     return image
+
+
+def _composite(image: tf.Tensor) -> tf.Tensor:
+    """uint8 (H, W, 1|2|3|4) -> (H, W, 3), alpha composited on TRANSPARENT_BACKGROUND (rounded
+    as `keras_roadmap.data.custom.load_rgb` rounds)."""
+    channels = tf.shape(image)[-1]
+    color = tf.cond(channels < 3, lambda: tf.repeat(image[..., :1], 3, axis=-1), lambda: image[..., :3])
+    has_alpha = tf.equal(channels, 2) | tf.equal(channels, 4)
+
+    def blend():
+        alpha = tf.cast(image[..., -1:], tf.float32) / 255.0
+        background = tf.constant(TRANSPARENT_BACKGROUND, tf.float32)
+        mixed = tf.floor(tf.cast(color, tf.float32) * alpha + background * (1.0 - alpha) + 0.5)
+        return tf.cast(tf.clip_by_value(mixed, 0.0, 255.0), tf.uint8)
+
+    return tf.cond(has_alpha, blend, lambda: color)
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
