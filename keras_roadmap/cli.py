@@ -443,7 +443,9 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_index_build(args: argparse.Namespace) -> int:
-    check_output_path(os.path.join(args.out, "x"), "--out")
+    if os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; give a folder for the index")
+    check_output_path(args.out)
     from keras_roadmap.serving import cli as serving_cli
 
     return _serving_call(serving_cli.run_index_build, args)

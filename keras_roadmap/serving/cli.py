@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from keras_roadmap.serving.embedder import OnnxEmbedder, ServingError, list_images
@@ -55,7 +56,15 @@ def run_index_build(args) -> int:
     store = index_store.build(args.out, args.model, args.images, index_type=args.index_type,
                               batch_size=args.batch_size, threads=args.threads)
     labels = {e["label"] for e in store.entries if e.get("label") is not None}
-    print(f"indexed {store.size} images ({len(labels)} classes, dim {store.dim}, {args.index_type} index) in "
+    gallery = store.manifest["gallery"]
+    if gallery["note"]:
+        print(f"{args.images}: indexing {gallery['note']}")
+    for path, reason in gallery["skipped"][:10]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(gallery["skipped"]) > 10:
+        print(f"skipped {len(gallery['skipped']) - 10} more files (all listed in {args.out}/manifest.json)",
+              file=sys.stderr)
+    print(f"indexed {store.size} images ({len(labels)} class{'es' if len(labels) != 1 else ''}, dim {store.dim}, {args.index_type} index) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}")
     return 0
 

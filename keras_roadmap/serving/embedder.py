@@ -48,14 +48,17 @@ def list_images(root: str) -> List[str]:
 
 
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
-    """Decode the bytes of one image file as uint8 (H, W, 3) RGB; ``name`` appears in errors."""
+    """Decode the bytes of one image file as uint8 (H, W, 3) RGB, as training decodes it
+    (:func:`keras_roadmap.data.custom.load_rgb`: transparency composited on one fixed background,
+    an animation's first frame); ``name`` appears in errors."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
+    from keras_roadmap.data.custom import load_rgb as decode
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return decode(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ServingError(f"cannot decode image {name}: not an image format Pillow reads") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -320,7 +320,8 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
             "index_params": {},
             "embedder": {"file": f"embedder-{sha[:12]}.onnx", "sha256": sha, "source": os.path.abspath(model),
                          "contract": embedder.contract},
-            "gallery": {"source": gallery.source, "kind": gallery.kind, "root": gallery.root},
+            "gallery": {"source": gallery.source, "kind": gallery.kind, "root": gallery.root, "note": gallery.note,
+                        "skipped": [list(pair) for pair in gallery.skipped]},
             "next_id": len(entries),
             "entries": entries,
         }
@@ -330,7 +331,7 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
 
 def _gallery_of(manifest: dict) -> Gallery:
     info = manifest["gallery"]
-    return Gallery(info["source"], info["kind"], info["root"], [])
+    return Gallery(info["source"], info["kind"], info["root"], [])  # items are not needed to label new files
 
 
 def add_files(folder: str, files: Iterable[str], label: Optional[str] = None, skip_existing: bool = False,
@@ -379,8 +380,13 @@ def add_files(folder: str, files: Iterable[str], label: Optional[str] = None, sk
         start = int(store.manifest["next_id"])
         ids = np.arange(start, start + len(fresh), dtype=np.int64)
         store.index.add_with_ids(embeddings, ids)
-        added = [{"id": int(i), "path": p, "label": label if label is not None else gallery.label_for(p), "sha256": h}
-                 for i, p, h in zip(ids, fresh, hashes)]
+        added = []
+        for i, path, digest in zip(ids, fresh, hashes):
+            found_label, category = gallery.label_for(path)
+            entry = {"id": int(i), "path": path, "label": label if label is not None else found_label, "sha256": digest}
+            if category is not None and label is None:
+                entry["category"] = category
+            added.append(entry)
         manifest = dict(store.manifest, entries=store.entries + added, next_id=start + len(fresh))
         indexing.apply_search_params(store.index, store.manifest["index_params"])
         _commit(folder, manifest, store.index)
@@ -409,19 +415,44 @@ def resolve_entries(store: IndexStore, tokens: Iterable[str]) -> List[dict]:
     return found
 
 
-def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> List[dict]:
-    """Remove the images named by ``tokens`` (ids or paths, see :func:`resolve_entries`).
-
-    Flat and IVF indexes drop the vectors in place; an HNSW graph cannot, so it is rebuilt from
-    the remaining vectors (same settings). Returns the removed entries.
-
-    Raises:
-        ServingError: an unknown id or path, or a removal that would empty the index.
-    """
+def _without(index, gone_ids: np.ndarray, params: dict):
+    """``index`` (an IndexIDMap2) without the vectors of ``gone_ids``."""
     import faiss
 
     from keras_roadmap import indexing
 
+    if params.get("index_type") == "flat":
+        index.remove_ids(gone_ids)  # IndexFlat shifts its rows as the id map expects
+    else:
+        # IndexIDMap.remove_ids assumes the inner index renumbers like a flat one; IVF lists and the
+        # HNSW graph do not (HNSW cannot remove at all), so refill a reset copy instead.
+        inner = faiss.downcast_index(index.index)
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ivf is not None:
+            ivf.make_direct_map()
+        vectors = inner.reconstruct_n(0, inner.ntotal)
+        ids = faiss.vector_to_array(index.id_map)
+        keep = ~np.isin(ids, gone_ids)
+        fresh = faiss.clone_index(inner)
+        fresh.reset()
+        if ivf is not None:
+            faiss.extract_index_ivf(fresh).make_direct_map(False)
+        index = faiss.IndexIDMap2(fresh)
+        index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+    indexing.apply_search_params(index, params)
+    return index
+
+
+def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> List[dict]:
+    """Remove the images named by ``tokens`` (ids or paths, see :func:`resolve_entries`).
+
+    A flat index drops the vectors in place; an IVF or HNSW one is refilled with the remaining
+    vectors (same IVF cells, same HNSW settings), as faiss cannot remove from them behind an id map.
+    Returns the removed entries.
+
+    Raises:
+        ServingError: an unknown id or path, or a removal that would empty the index.
+    """
     with _writer_lock(folder):
         store = IndexStore.open(folder, threads=threads, load_embedder=False)
         gone = resolve_entries(store, tokens)
@@ -430,17 +461,7 @@ def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> List
                                "instead; nothing was removed")
         gone_ids = np.array(sorted(int(e["id"]) for e in gone), dtype=np.int64)
         params = store.manifest["index_params"]
-        index = store.index
-        if params.get("index_type") == "hnsw":
-            inner = faiss.downcast_index(index.index)
-            vectors = inner.reconstruct_n(0, inner.ntotal)
-            ids = faiss.vector_to_array(index.id_map)
-            keep = ~np.isin(ids, gone_ids)
-            index = indexing.build_index(vectors[keep], "hnsw", ids=ids[keep], hnsw_m=params["hnsw_m"],
-                                         ef_construction=params["ef_construction"], ef_search=params["ef_search"])
-        else:
-            index.remove_ids(gone_ids)
-            indexing.apply_search_params(index, params)
+        index = _without(store.index, gone_ids, params)
         gone_set = set(gone_ids.tolist())
         manifest = dict(store.manifest, entries=[e for e in store.entries if int(e["id"]) not in gone_set])
         _commit(folder, manifest, index)
