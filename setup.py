@@ -21,6 +21,9 @@ EXTRAS = {
     "cv": ["keras-cv==0.9.0"],
     "hub": ["keras-hub==0.32.0"],
     "export": ["onnx>=1.23,<1.24", "tf2onnx==1.17.0", "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],  # pillow: serving decodes images
+    # keras-roadmap serve: FastAPI needs python-multipart for uploads; serving decodes with Pillow.
+    "serve": ["fastapi>=0.165,<0.166", "uvicorn>=0.55,<0.56", "python-multipart>=0.0.34,<0.1",
+              "onnxruntime>=1.32,<1.33", "pillow>=11,<14"],
     "viz": ["matplotlib>=3.10,<3.12", "pillow>=11,<14"],
     "examples": ["tensorflow>=2.21,<2.22", "scikit-learn>=1.6,<1.10", "pyyaml>=6,<7"],
     # Reading torchvision / timm checkpoints (build_embedder(weights=PATH.pth), convert-weights)
@@ -38,7 +41,10 @@ EXTRAS = {
         "matplotlib>=3.10,<3.12",
         "pillow>=11,<14",
     ],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12"],
+    "test": ["pytest>=8,<10", "scikit-learn>=1.6,<1.10", "pillow>=11,<14", "pyyaml>=6,<7", "matplotlib>=3.10,<3.12",
+             # the HTTP client of the server tests (httpx2: what fastapi.testclient needs with starlette 1.x)
+             # and the browser driver of its page test (Chromium itself comes from apt, see Makefile)
+             "httpx2>=2.16,<2.17", "playwright>=1.65,<1.66"],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax") for dep in deps})

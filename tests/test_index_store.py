@@ -142,6 +142,7 @@ def test_csv_gallery_and_category_folders(onnx_embedder, gallery, tmp_path, caps
     assert entries[-1]["path"] == str(later) and entries[-1]["label"] == "bags/model_1"
 
 
+@pytest.mark.slow
 def test_a_kill_mid_update_leaves_the_old_index(onnx_embedder, gallery, tmp_path, capsys):
     root, images = gallery
     idx = tmp_path / "idx"

@@ -82,7 +82,10 @@ class _Live:
     def __init__(self, folder: str, threads: int):
         self.folder, self.threads = folder, threads
         self.lock = threading.Lock()
-        self.stamp = self._stamp()
+        try:  # taken before reading, so an update landing meanwhile is read at the next request
+            self.stamp = self._stamp()
+        except OSError:
+            self.stamp = None
         self.store = IndexStore.open(folder, threads=threads)
 
     def _stamp(self):
