@@ -58,7 +58,7 @@ def gallery(tmp_path_factory):
     return root, write_gallery(root / "photos")
 
 
-def test_build_then_search_needs_only_the_index_folder(onnx_embedder, gallery, tmp_path):
+def test_build_then_search_needs_only_the_index_folder(onnx_embedder, gallery, tmp_path, capsys):
     root, images = gallery
     idx = tmp_path / "photos.idx"
     built = cli("index", "build", "--model", onnx_embedder, "--images", root / "photos", "--out", idx)
@@ -87,9 +87,11 @@ def test_build_then_search_needs_only_the_index_folder(onnx_embedder, gallery, t
     hits = json.loads(found.stdout)[0]["results"]
     assert hits[0]["path"] == str(query) and hits[0]["label"] == "class_1"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4) and hits[0]["score"] > hits[1]["score"] >= hits[2]["score"]
-    table = cli("search", "--index", idx, query, "--k", 3, "--model", moved)  # --model still accepted
-    assert table.returncode == 0, table.stderr
-    assert f"score {hits[0]['score']:.4f}  class class_1  id {hits[0]['id']:>6}  {query}" in table.stdout
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), str(query), "--k", "3", "--model", str(moved)]) == 0  # still accepted
+    table = capsys.readouterr()
+    assert f"score {hits[0]['score']:.4f}  class class_1  id {hits[0]['id']:>6}  {query}" in table.out
+    assert "warning" not in table.err  # the same bytes as the index's embedder
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
@@ -99,18 +101,16 @@ def test_remove_then_add_back_gives_the_fresh_build_results(onnx_embedder, galle
     for out in (fresh, updated):
         assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"),
                      "--out", str(out), "--index-type", index_type]) == 0
-    before = search_json(capsys, updated, images, 9)
     id_of = {e["path"]: e["id"] for e in IndexStore.open(str(updated), load_embedder=False).entries}
     assert main(["index", "remove", "--index", str(updated), str(images[2]), str(id_of[str(images[6])])]) == 0
     assert "2 removed" in capsys.readouterr().out  # one by path, one by id
-    without = search_json(capsys, updated, images[:1], 9)[0]["results"]
-    assert len(without) == 7 and {h["path"] for h in without}.isdisjoint({str(images[2]), str(images[6])})
+    without = IndexStore.open(str(updated), load_embedder=False)
+    assert without.size == 7 and {e["path"] for e in without.entries}.isdisjoint({str(images[2]), str(images[6])})
     assert main(["index", "add", "--index", str(updated), str(images[6]), str(images[2])]) == 0
     out = capsys.readouterr().out
     assert "added id 9" in out and "added id 10" in out  # ids are never reused
     after = search_json(capsys, updated, images, 9)
     expected = search_json(capsys, fresh, images, 9)
-    assert before == expected
     for got, want in zip(after, expected):
         assert [(h["path"], h["label"]) for h in got["results"]] == [(h["path"], h["label"]) for h in want["results"]]
         np.testing.assert_allclose([h["score"] for h in got["results"]], [h["score"] for h in want["results"]], atol=1e-6)
@@ -229,3 +229,33 @@ def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_p
     single = tmp_path / "old.faiss"
     single.write_bytes(b"")
     one_error_line(capsys, main(["search", "--index", str(single), str(images[0])]), "is a file", "--ids")
+
+
+def test_two_writers_queue_on_the_lock(onnx_embedder, gallery, tmp_path, capsys):
+    import fcntl
+    import threading
+
+    from keras_roadmap.serving import add_files
+
+    root, _ = gallery
+    idx = tmp_path / "idx"
+    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)]) == 0
+    new = write_image(tmp_path / "late" / "y.jpg", 12)
+    with open(idx / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another writer is busy
+        writer = threading.Thread(target=add_files, args=(str(idx), [str(new)]))
+        writer.start()
+        writer.join(timeout=1.5)
+        assert writer.is_alive() and IndexStore.open(str(idx), load_embedder=False).size == 9
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.join(timeout=60)
+    assert not writer.is_alive() and IndexStore.open(str(idx), load_embedder=False).size == 10
+
+
+@pytest.mark.parametrize("argv", [("index", "build", "--help"), ("index", "add", "--help"), ("serve", "--help")])
+def test_new_help_is_fast_and_imports_no_tensorflow_or_fastapi(argv):
+    from test_cli import probe
+
+    out = probe(*argv)
+    assert "HEAVY=\n" in out and float(out.split("SECONDS=")[1]) < 1.0, out
+    assert "usage: keras-roadmap " + " ".join(argv[:-1]) in out

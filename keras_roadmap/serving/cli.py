@@ -1,4 +1,5 @@
-"""``keras-roadmap index`` and ``keras-roadmap search`` (argument parsing lives in keras_roadmap.cli)."""
+"""The serving subcommands: `index` (old single-file form and `index build|add|remove`), `search`, `serve`
+(argument parsing lives in keras_roadmap.cli)."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ async function search(file) {
     for (const hit of answer.results) {
       const card = document.createElement("div"); card.className = "hit"; card.dataset.id = hit.id;
       const image = document.createElement("img"); image.src = hit.thumbnail; image.alt = hit.path;
-      card.append(image, text("div", "#" + hit.rank + "  score " + hit.score.toFixed(4), "score"),
+      card.append(image, text("div", "#" + hit.rank + " score " + hit.score.toFixed(4), "score"),
                   text("div", hit.label === null ? "(no class)" : "class " + hit.label, "label"),
                   text("div", hit.path, "path"));
       results.append(card);
