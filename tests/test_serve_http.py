@@ -90,6 +90,18 @@ def _multipart(field, name, data, boundary="kerasroadmapboundary"):
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def _png_header(width, height):
+    """A PNG that declares a ``width`` x ``height`` canvas in a few bytes (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def test_bad_requests_are_json_4xx_and_the_server_lives(served, tmp_path):
     client, images = served["client"], served["images"]
 
@@ -110,6 +122,8 @@ def test_bad_requests_are_json_4xx_and_the_server_lives(served, tmp_path):
     body, content_type = _multipart("file", "big.png", big.read_bytes())
     chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))  # no Content-Length: chunked
     error(client.post("/search", content=chunks, headers={"content-type": content_type}), 413, "0.2 MB")
+    error(client.post("/search", files={"file": ("bomb.png", _png_header(12_000, 12_000))}), 413, "12000 x 12000")
+    error(client.post("/search", files={"file": ("bomb.png", _png_header(60_000, 60_000))}), 413, "bomb.png")
     body, content_type = _multipart("image", "x.jpg", images[0].read_bytes())
     error(client.post("/search", content=body, headers={"content-type": content_type}), 422, "missing multipart field 'file'")
     error(client.post("/search"), 422, "'file'")

@@ -11,7 +11,7 @@ Routes:
 
 Every error is a 4xx (or 503) JSON ``{"error": "..."}``: an upload that is not an image (415), one
 over ``max_upload_mb`` (413, refused from its Content-Length, or once that many bytes have arrived
-when it has none), a missing ``file`` field or a bad ``k`` (422). The index folder is re-read when
+when it has none) or over :data:`MAX_PIXELS` once decoded (413), a missing ``file`` field or a bad ``k`` (422). The index folder is re-read when
 its manifest changes (``index add`` / ``remove`` while serving), between requests.
 """
 
@@ -36,6 +36,9 @@ from keras_roadmap.serving.index_store import MANIFEST, IndexStore
 
 #: Largest k a client may ask for.
 MAX_K = 100
+#: Largest image (width x height) decoded for a client: a small compressed upload can declare
+#: a huge canvas (a decompression bomb); 40 M pixels is ~120 MB decoded, far above any photo.
+MAX_PIXELS = 40_000_000
 THUMBNAIL_SIDE = 160
 
 
@@ -173,7 +176,9 @@ def create_app(index_folder: str, max_upload_mb: float = 10.0, threads: int = 2)
         if not data:
             return _error(415, f"{name} is empty, not an image")
         try:
-            image = await run_in_threadpool(decode_rgb, data, name)
+            image = await run_in_threadpool(_decode_upload, data, name)
+        except _TooManyPixels as exc:
+            return _error(413, str(exc))
         except ServingError as exc:
             return _error(415, f"{exc}; send a JPEG, PNG, BMP, GIF, WebP or TIFF image")
         store = live.get()
@@ -183,6 +188,27 @@ def create_app(index_folder: str, max_upload_mb: float = 10.0, threads: int = 2)
         return {"k": k, "results": hits}
 
     return _UploadLimit(app, limit, live)
+
+
+class _TooManyPixels(Exception):
+    pass
+
+
+def _decode_upload(data: bytes, name: str):
+    """decode_rgb, after checking the size the header declares (Pillow reads it without decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Image.DecompressionBombError as exc:
+        raise _TooManyPixels(f"{name}: {exc}") from exc
+    except Exception:  # noqa: BLE001 - decode_rgb below names what is wrong with it
+        return decode_rgb(data, name)
+    if width * height > MAX_PIXELS:
+        raise _TooManyPixels(f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS // 1_000_000} M "
+                             "pixels decoded per upload; send a smaller image")
+    return decode_rgb(data, name)
 
 
 def _bind(host: str, port: int) -> socket.socket:
