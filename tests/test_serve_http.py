@@ -71,6 +71,11 @@ def upload(client, path, k=3, name=None):
 def test_search_healthz_and_thumbnails(served):
     client, images = served["client"], served["images"]
     assert served["server"].url.startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
+    port = int(served["server"].url.rsplit(":", 1)[1])
+    others = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+    for address in sorted(a for a in others if not a.startswith("127.")):
+        with pytest.raises(OSError), socket.create_connection((address, port), timeout=5):
+            pass  # this machine's other addresses do not answer
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["images"] == 9 and health.json()["dim"] == 16
     answer = upload(client, images[4], k=4)
