@@ -7,8 +7,9 @@ Subcommands:
 * ``recipes``: the recipe names with one line each (:mod:`keras_roadmap.recipes.catalog`);
 * ``export``: a ``.keras`` embedder -> a verified ONNX file or SavedModel
   (:mod:`keras_roadmap.export`);
-* ``index`` / ``search``: embed a folder of images with an exported ONNX embedder into a faiss
-  index, and query it (:mod:`keras_roadmap.serving`; onnxruntime + faiss, no TensorFlow).
+* ``index build|add|remove`` / ``search`` / ``serve``: embed a gallery with an exported ONNX
+  embedder into an index folder, keep it up to date, query it, serve it over HTTP
+  (:mod:`keras_roadmap.serving`; onnxruntime + faiss, no TensorFlow).
 * ``convert-weights``: a torchvision / timm checkpoint (``.pth``, ``.safetensors``) -> a
   ``.weights.h5`` file of one of our embedders (:mod:`keras_roadmap.models.convert`).
 
@@ -124,43 +125,106 @@ def _add_export(sub) -> None:
     exp.set_defaults(handler=_run_export)
 
 
-def _add_collection_arguments(parser, model_help, index_help, ids_help) -> None:
-    """--model, --index, --ids and --threads: what `index` writes and `search` reads."""
-    parser.add_argument("--model", required=True, help=model_help)
-    parser.add_argument("--index", required=True, help=index_help)
-    parser.add_argument("--ids", required=True, help=ids_help)
+def _add_index_type(parser) -> None:
+    parser.add_argument("--index-type", default="flat", metavar="{flat,ivf,hnsw}",
+                        help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
+                             "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py")
+
+
+def _add_threads(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+
+
+def _add_batch_size(parser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
 
 
 def _add_serving(sub) -> None:
     idx = sub.add_parser(
         "index",
-        help="embed a folder of images with an ONNX embedder into a faiss index + id map",
-        description="Embed every image under --images with an ONNX embedder exported by keras-roadmap "
-                    "(onnxruntime, no TensorFlow) and write a cosine faiss index (exact, or approximate "
-                    "for big galleries), its settings (INDEX.json) and its id map.",
+        help="build, add to and remove from an index folder of a gallery (ONNX embedder + faiss)",
+        description="index build: embed a gallery (a folder of images, or a CSV) with an ONNX embedder exported "
+                    "by keras-roadmap (onnxruntime, no TensorFlow) into an index folder (faiss IndexIDMap2, "
+                    "ids, paths, labels, the embedder and its serving contract); index add / index remove keep it "
+                    "up to date, atomically. The old form `index --model M --images DIR --index X.faiss --ids "
+                    "X.json` still writes a single faiss file and id map.",
     )
-    _add_collection_arguments(idx, "ONNX embedder written by `keras-roadmap export` or a recipe",
-                              "output faiss index file", "output id map (.json or .csv)")
-    idx.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    idx.add_argument("--index-type", default="flat", metavar="{flat,ivf,hnsw}",
-                     help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
-                          "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py")
-    idx.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
+    actions = idx.add_subparsers(dest="index_action", metavar="ACTION", parser_class=_Parser)
+    old = idx.add_argument_group("old form (a .faiss file and an id map instead of an index folder)")
+    old.add_argument("--model", help="ONNX embedder written by `keras-roadmap export` or a recipe")
+    old.add_argument("--images", help="folder of images (searched recursively)")
+    old.add_argument("--index", help="output faiss index file")
+    old.add_argument("--ids", help="output id map (.json or .csv)")
+    _add_index_type(old)
+    _add_batch_size(old)
+    _add_threads(old)
     idx.set_defaults(handler=_run_index)
+
+    build = actions.add_parser("build", help="embed a gallery into a new index folder",
+                               description="Embed every image of --images (a folder: the class is the parent "
+                                           "folder's name; or an open-metric-learning CSV) with --model and write "
+                                           "the index folder --out (an index already there is replaced atomically).")
+    build.add_argument("--model", required=True, help="ONNX embedder written by `keras-roadmap export` or a recipe")
+    build.add_argument("--images", required=True, help="gallery: a folder of images or a CSV (label, path, ...)")
+    build.add_argument("--out", required=True, help="index folder to write")
+    _add_index_type(build)
+    _add_batch_size(build)
+    _add_threads(build)
+    build.set_defaults(handler=_run_index_build)
+
+    add = actions.add_parser("add", help="add image files (or folders of them) to an index folder",
+                             description="Embed FILEs with the index's own embedder and add them under new ids. "
+                                         "A file already there (same path or same bytes) is an error unless "
+                                         "--skip-existing.")
+    add.add_argument("files", nargs="+", metavar="FILE", help="image files or folders")
+    add.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
+    add.add_argument("--label", default=None,
+                     help="class of the added images (default: the parent folder's name for files inside a folder "
+                          "gallery, else none)")
+    add.add_argument("--skip-existing", action="store_true", help="skip (and list) files already in the index")
+    _add_batch_size(add)
+    _add_threads(add)
+    add.set_defaults(handler=_run_index_add)
+
+    rem = actions.add_parser("remove", help="remove images from an index folder by id or path",
+                             description="Remove images by id (see `search --format json`) or by path.")
+    rem.add_argument("entries", nargs="+", metavar="ID|PATH", help="ids or image paths")
+    rem.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
+    _add_threads(rem)
+    rem.set_defaults(handler=_run_index_remove)
 
     sea = sub.add_parser(
         "search",
-        help="query a faiss index built by `keras-roadmap index` with images",
-        description="Embed the query images with the ONNX embedder and print their top-k neighbours "
-                    "(rank, cosine score, id, path, and the class when the path has one).",
+        help="query an index folder (or a faiss file + id map) with images",
+        description="Embed the query images and print their top-k neighbours (rank, cosine score, id, class, "
+                    "path). --index is an index folder from `index build` (its own embedder is used unless --model "
+                    "is given), or, with --ids and --model, a faiss file from the old `index` form.",
     )
     sea.add_argument("queries", nargs="+", help="query image files or folders")
-    _add_collection_arguments(sea, "the ONNX embedder the index was built with",
-                              "faiss index from `keras-roadmap index`", "id map from `keras-roadmap index`")
+    sea.add_argument("--index", required=True, help="index folder (or, with --ids, a .faiss file)")
+    sea.add_argument("--model", default=None,
+                     help="ONNX embedder (default: the index folder's own; needed with --ids)")
+    sea.add_argument("--ids", default=None, help="id map of the old `index` form")
     sea.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
+    sea.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     sea.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_threads(sea)
     sea.set_defaults(handler=_run_search)
+
+    srv = sub.add_parser(
+        "serve",
+        help="serve an index folder over HTTP (POST /search, GET /healthz, a page at /)",
+        description="Serve an index folder with FastAPI + uvicorn (pip install \"keras-roadmap[serve]\"): POST "
+                    "/search (multipart field `file`, query parameter k) answers the top-k neighbours as JSON; "
+                    "GET / is a page to drop an image on. Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    srv.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
+    srv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    srv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
+    _add_threads(srv)
+    srv.set_defaults(handler=_run_serve)
 
 
 def _add_train(sub) -> None:
@@ -359,6 +423,11 @@ def _serving_call(function, args) -> int:
 
 
 def _run_index(args: argparse.Namespace) -> int:
+    missing = [f"--{flag}" for flag in ("model", "images", "index", "ids") if getattr(args, flag) is None]
+    if missing:
+        raise CLIError("give an action: `index build --model M --images GALLERY --out IDX` (or `index add`, "
+                       "`index remove`), or the old form with --model, --images, --index and --ids "
+                       f"(missing: {', '.join(missing)})")
     for flag in ("index", "ids"):
         check_output_path(getattr(args, flag), f"--{flag}")
     from keras_roadmap.serving import cli as serving_cli
@@ -366,17 +435,52 @@ def _run_index(args: argparse.Namespace) -> int:
     return _serving_call(serving_cli.run_index, args)
 
 
+def _run_index_build(args: argparse.Namespace) -> int:
+    if os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; give a folder for the index")
+    check_output_path(args.out)
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_index_build, args)
+
+
+def _run_index_add(args: argparse.Namespace) -> int:
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_index_add, args)
+
+
+def _run_index_remove(args: argparse.Namespace) -> int:
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_index_remove, args)
+
+
 def _run_search(args: argparse.Namespace) -> int:
     if args.json:
         check_output_path(args.json, "--json")
     from keras_roadmap.serving import cli as serving_cli
 
+    if args.ids is None:
+        return _serving_call(serving_cli.run_search_index, args)
+    if args.model is None:
+        raise CLIError("--ids (a faiss file + id map from the old `index` form) needs --model too")
     return _serving_call(serving_cli.run_search, args)
 
 
 def _run_recipes(args: argparse.Namespace) -> int:
     print(recipe_listing())
     return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must be in 0..65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise CLIError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    from keras_roadmap.serving import cli as serving_cli
+
+    return _serving_call(serving_cli.run_serve, args)
 
 
 def _run_train(args: argparse.Namespace) -> int:

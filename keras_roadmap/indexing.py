@@ -52,8 +52,9 @@ def build_index(
     ef_construction: int = 80,
     ef_search: int = 128,
     seed: int = 0,
+    ids=None,
 ):
-    """A faiss index holding `vectors` (row i gets id i).
+    """A faiss index holding `vectors` (row i gets id i, or `ids[i]`).
 
     Args:
         vectors: (N, D) float array (cast to float32; must be finite).
@@ -67,6 +68,8 @@ def build_index(
         ef_construction: HNSW build beam (default 80).
         ef_search: HNSW search beam (default 128; faiss uses at least k).
         seed: sampling seed of the IVF training set.
+        ids: optional (N,) integer ids; the index is then a `faiss.IndexIDMap2` around the index
+            type, whose ids survive `remove_ids` and later `add_with_ids` (an updatable gallery).
 
     Returns:
         the faiss index; `index_params(index)` gives its settings.
@@ -107,9 +110,23 @@ def build_index(
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
         params.update(hnsw_m=int(hnsw_m), ef_construction=int(ef_construction), ef_search=int(ef_search))
-    index.add(x)
+    if ids is None:
+        index.add(x)
+    else:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != n or len(np.unique(ids)) != n:
+            raise ValueError(f"`ids` must hold {n} distinct integers (one per vector); got {len(ids)}.")
+        index = faiss.IndexIDMap2(index)  # keeps a reference to the wrapped index
+        index.add_with_ids(x, ids)
     _PARAMS[index] = params
     return index
+
+
+def _unwrap(index):
+    """The index inside a `faiss.IndexIDMap`/`IndexIDMap2` (else `index` itself)."""
+    import faiss
+
+    return faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
 
 
 def index_params(index) -> dict:
@@ -122,6 +139,7 @@ def index_params(index) -> dict:
     params["ntotal"] = int(index.ntotal)
     params["dim"] = int(index.d)
     params["metric"] = "inner_product" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+    index = _unwrap(index)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         params.update(index_type="ivf", nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
@@ -170,9 +188,18 @@ def load_index(path: str):
                 f"{sidecar} describes a {params.get('index_type')} index of {params.get('ntotal')} vectors but "
                 f"{path} holds a {found['index_type']} index of {found['ntotal']}: they do not belong together."
             )
-        if found["index_type"] == "ivf":
-            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-        elif found["index_type"] == "hnsw":
-            index.hnsw.efSearch = int(params["ef_search"])
-        _PARAMS[index] = params
+        apply_search_params(index, params)
     return index
+
+
+def apply_search_params(index, params: dict) -> None:
+    """Set the search-time settings of `params` (`nprobe`, `ef_search`: what faiss does not keep
+    in every file) on `index` (an `IndexIDMap` is seen through); `index_params` then reports them."""
+    import faiss
+
+    inner = _unwrap(index)
+    if params.get("index_type") == "ivf":
+        faiss.extract_index_ivf(inner).nprobe = int(params["nprobe"])
+    elif params.get("index_type") == "hnsw":
+        inner.hnsw.efSearch = int(params["ef_search"])
+    _PARAMS[index] = dict(params)

@@ -42,3 +42,12 @@ def tfsim_toy_data(seed=0):
     y = np.repeat(np.arange(20), 10)
     x = (centres[y] + 0.8 * rng.normal(size=(200, 16))).astype("float32")
     return x, y
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(tmp_path_factory):
+    """A tiny conv embedder (16-d, crop 32) exported to ONNX with its preprocessing, once per session
+    (tests/serving_fixtures.py)."""
+    from serving_fixtures import export_embedder
+
+    return export_embedder(tmp_path_factory.mktemp("embedder") / "embedder.onnx")

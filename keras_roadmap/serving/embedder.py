@@ -47,17 +47,38 @@ def list_images(root: str) -> list[str]:
     return sorted(found)
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Decode one image as uint8 (H, W, 3) RGB."""
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of one image file as uint8 (H, W, 3) RGB, as training decodes it
+    (:func:`keras_roadmap.data.custom.load_rgb`: transparency composited on one fixed background,
+    an animation's first frame); ``name`` appears in errors."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    from keras_roadmap.data.custom import load_rgb as decode
+
+    try:
+        return decode(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ServingError(f"cannot decode image {name}: not an image format Pillow reads") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ServingError(f"cannot decode image {name}: {exc}") from exc
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of an image file (ServingError naming it when it is absent or unreadable)."""
     if not os.path.isfile(path):
         raise ServingError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ServingError(f"cannot decode image {path}: {exc}") from exc
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ServingError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Decode one image as uint8 (H, W, 3) RGB."""
+    return decode_rgb(read_file(path), path)
 
 
 class OnnxEmbedder:
