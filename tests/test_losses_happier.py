@@ -126,3 +126,13 @@ def test_fit_under_xla_in_float64_lowers_the_loss_and_save_load(tmp_path):
     restored = keras.models.load_model(path)
     assert isinstance(restored.loss, HAPLoss)
     assert restored.loss.get_config() == model.loss.get_config()
+
+
+def test_docs_snippets_run():
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "hierarchical.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/hierarchical.md", "exec"), {})
