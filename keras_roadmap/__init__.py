@@ -36,6 +36,10 @@ _EXPORTS = {
     "ROADMAPPlusPlusLoss": "keras_roadmap.losses.cluster",
     "SupNDCGLoss": "keras_roadmap.losses.ndcg",
     "SupRecallLoss": "keras_roadmap.losses.recall",
+    # hierarchical and recall losses (issue 23: HAPPIER, RS@k)
+    "HAPLoss": "keras_roadmap.losses.hierarchical",
+    "RecallAtKLoss": "keras_roadmap.losses.recall_surrogate",
+    "simix": "keras_roadmap.losses.recall_surrogate",
     # memory and training
     "CrossBatchMemory": "keras_roadmap.memory",
     "RetrievalTrainer": "keras_roadmap.trainer",
@@ -76,6 +80,7 @@ _EXPORTS = {
     # evaluation
     "RetrievalEvaluation": "keras_roadmap.evaluation",
     "retrieval_metrics": "keras_roadmap.evaluation",
+    "hierarchical_retrieval_metrics": "keras_roadmap.evaluation.hierarchical",
     "save_recall_curve": "keras_roadmap.evaluation",
     "save_retrieval_grid": "keras_roadmap.evaluation",
     # diagnostics

@@ -23,6 +23,10 @@ from keras_roadmap.losses.recall import SupRecallLoss, suprecall
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
 from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
 
+# issue 23: HAPPIER's H-AP and the Recall@k surrogate (imported here so they register for loading)
+from keras_roadmap.losses.hierarchical import HAPLoss, hap_loss
+from keras_roadmap.losses.recall_surrogate import RecallAtKLoss, recall_at_k, simix
+
 __all__ = [
     "suprecall",
     "supndcg",
@@ -33,6 +37,11 @@ __all__ = [
     "ROADMAPPlusPlusLoss",
     "ClusterProxies",
     "ClusterLoss",
+    "HAPLoss",
+    "RecallAtKLoss",
+    "hap_loss",
+    "recall_at_k",
+    "simix",
     "CALIBRATION_DEFAULTS",
     "CalibrationLoss",
     "INATURALIST_SUPAP",
