@@ -305,7 +305,11 @@ def test_eval_pipeline_decodes_grayscale_png_and_rgba(tmp_path):
     assert x.shape == (4, SIZE, SIZE, 3)
     gray = (200 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(x[0].mean(axis=(0, 1)), gray, atol=0.03)  # gray replicated to RGB
-    np.testing.assert_allclose(x[1, 4, 4], (100 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-3)
+    # Alpha 100/255 is composited on the one fixed background (issue 22), never just dropped.
+    from keras_roadmap.data.presets import TRANSPARENT_BACKGROUND
+
+    blended = np.floor(100 * 100 / 255 + np.asarray(TRANSPARENT_BACKGROUND) * (1 - 100 / 255) + 0.5)
+    np.testing.assert_allclose(x[1, 4, 4], (blended / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-3)
     np.testing.assert_array_equal(target["sample_id"].numpy(), [0, 1, 2, 3])
     np.testing.assert_array_equal(target["label"].numpy(), [0, 0, 1, 1])
 

@@ -345,26 +345,27 @@ def write_html_report(out: pathlib.Path, config, metrics: dict, splits, embeddin
     except ImportError as err:
         print(f"report.html not written: {err}", flush=True)
         return
-    from keras_roadmap import atomic
 
     def side(split, vectors):
         return {"embeddings": vectors, "labels": split.labels, "paths": list(split.paths)}
 
-    gallery = side(splits.gallery, embeddings["gallery"])
-    # query None = leave-one-out on the gallery (every image queries the others), as retrieval_metrics reads it.
-    query = None if splits.query is None else side(splits.query, embeddings["query"])
-    sizes: dict = {}
+    if splits.query is None:
+        # Leave-one-out on the held-out images: write_report reads gallery=None as retrieval_metrics does.
+        query, gallery = side(splits.gallery, embeddings["gallery"]), None
+    else:
+        query, gallery = side(splits.query, embeddings["query"]), side(splits.gallery, embeddings["gallery"])
+    categories = None if custom.categories is None else dict(enumerate(custom.categories))
+    sizes: dict = {}  # every class of the data set (train and test), by name
     for label in custom.images.labels:
         sizes[label] = sizes.get(label, 0) + 1
-    with atomic.atomic_path(out / "report.html") as tmp:
-        write_report(
-            tmp,
+    write_report(  # writes atomically itself
+            out / "report.html",
             metrics={"trained": metrics["trained"], "untrained": metrics["untrained"]},
             history_csv=out / "history.csv",
             query=query,
             gallery=gallery,
-            categories=custom.categories,
+            categories=categories,
             class_sizes=sizes,
             k=5,
             title=f"keras-roadmap: {config.backbone} on {custom.images.source}",
-        )
+    )
