@@ -219,6 +219,10 @@ def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_p
     one_error_line(capsys, main(["search", "--index", str(broken), str(images[0])]), str(faiss_file), "missing")
     (broken / "manifest.json").write_text(manifest[: len(manifest) // 2])
     one_error_line(capsys, main(["index", "add", "--index", str(broken), str(copy)]), "manifest.json is damaged")
+    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"),
+                 "--out", str(broken)]) == 0  # what the message says to do works in place
+    assert IndexStore.open(str(broken)).size == 9
+    capsys.readouterr()
     embedder_copy = idx / json.loads(manifest)["embedder"]["file"]
     embedder_copy.write_bytes(embedder_copy.read_bytes()[:-10])
     one_error_line(capsys, main(["search", "--index", str(idx), str(images[0])]), "does not match the SHA-256")

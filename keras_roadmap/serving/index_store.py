@@ -274,6 +274,11 @@ def _clean(folder: str, manifest: dict) -> None:
     atomic.remove_partials(folder)
 
 
+def _generation_of(name: str) -> int:
+    stem = name[len("index-"):-len(".faiss")] if name.startswith("index-") and name.endswith(".faiss") else ""
+    return int(stem) if stem.isdigit() else 0
+
+
 def build(folder: str, model: str, images: str, index_type: str = "flat", batch_size: int = 32,
           threads: int = 2) -> IndexStore:
     """Embed every image of gallery ``images`` (a folder or CSV) with ONNX embedder ``model`` and
@@ -289,7 +294,9 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
         raise ServingError(f"index type must be one of {', '.join(indexing.INDEX_TYPES)}, got {index_type!r}")
     if os.path.isfile(folder):
         raise ServingError(f"--out {folder} is a file; give a folder for the index")
-    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST)):
+    ours = lambda name: name == ".lock" or name.startswith(".partial-")  # noqa: E731 - left by a failed build
+    if (os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST))
+            and [name for name in os.listdir(folder) if not ours(name)]):
         raise ServingError(f"--out {folder} is a non-empty folder that holds no keras-roadmap index; give a new "
                            "or empty folder (nothing there was changed)")
     if batch_size < 1:
@@ -310,7 +317,8 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
             entry["category"] = item.category
         entries.append(entry)
     with _writer_lock(folder):
-        previous = read_manifest(folder).get("generation", 0) if os.path.isfile(os.path.join(folder, MANIFEST)) else 0
+        # From the file names, not the manifest: a damaged index can be rebuilt in place.
+        previous = max([_generation_of(name) for name in os.listdir(folder)] + [0])
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
