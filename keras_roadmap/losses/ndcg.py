@@ -9,7 +9,7 @@ DCG of ``n`` positives is ``sum_{i=1..n} 1 / log2(1 + i)``. Defaults: ``supndcg.
 import math
 
 import keras
-from keras import ops
+from keras import backend, ops
 
 from keras_roadmap import validation
 from keras_roadmap.losses import rank_sums
@@ -23,7 +23,13 @@ _LN2 = math.log(2.0)
 def ideal_dcg_table(num_items, dtype):
     """``(N,)``: entry ``n - 1`` is the ideal DCG of ``n`` positives, ``sum_{i<=n} 1/log2(1+i)``."""
     positions = ops.cast(ops.arange(1, num_items + 1), dtype)
-    return ops.cumsum(_LN2 / ops.log1p(positions))
+    gains = _LN2 / ops.log1p(positions)
+    if backend.backend() == "torch":
+        # Keras 3.15's torch cumsum returns float32 for float64 input (its result_type).
+        import torch
+
+        return torch.cumsum(gains, dim=0)
+    return ops.cumsum(gains)
 
 
 def ndcg_pair_fn(num_items, dtype):
@@ -101,8 +107,9 @@ def supndcg(
 
     Example:
     >>> import numpy as np
-    >>> float(supndcg([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]]))
-    0.0
+    >>> # tied positives: each ranks the other first (H(0) = 1), so both have rank 2
+    >>> round(float(supndcg([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]])), 4)
+    0.2263
     """
     pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     return sum_of_ratios(supndcg_terms(pairs, pairs_per_chunk=pairs_per_chunk, **supap))

@@ -158,8 +158,8 @@ def suprecall(
 
     Example:
     >>> import numpy as np
-    >>> round(float(suprecall([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]])), 4)
-    0.1904
+    >>> round(float(suprecall([0, 0, 1, 1], np.eye(4, dtype="float32")[[0, 0, 1, 1]])), 4)  # temp 1: never 0
+    0.2168
     """
     pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     at_k = check_at_k(at_k, "suprecall")
