@@ -62,7 +62,7 @@ for _ in range(steps):
     out = run_step()
 seconds = (time.perf_counter() - start) / steps
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-value = float(out[0] if isinstance(out, tuple) else out)
+value = float(np.ravel(np.asarray(out[0] if isinstance(out, (tuple, list)) else out))[0])
 print(json.dumps({"seconds": seconds, "peak_mb": (peak - baseline) / 1024.0, "loss": value}))
 """
 

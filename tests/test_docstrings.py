@@ -9,6 +9,7 @@ MODULES = [
     "keras_roadmap.losses.ap_losses",
     "keras_roadmap.losses.calibration",
     "keras_roadmap.losses.roadmap",
+    "keras_roadmap.losses.hierarchical",
 ]
 
 

@@ -142,7 +142,7 @@ def hap_per_query(scores, labels, ref_labels, *, alpha, excluded=None, ref_valid
         step, _ = ranking.heaviside_step(pairs.t)
         zero = ops.zeros_like(pairs.t)
         rank = 1.0 + ops.sum(ops.where(lower, neg_value, zero) + ops.where(not_lower, step, zero), axis=1)
-        hrank = rel_k[:, 0] + ops.sum(ops.where(others, step * ops.minimum(rel_rows, rel_k), zero), axis=1)
+        hrank = rel_k[:, 0] + ops.sum(ops.where(others, step * _elementwise_min(rel_rows, rel_k), zero), axis=1)
         return rank, hrank, ops.where(lower, neg_deriv, zero)
 
     def terms(pairs):
@@ -156,6 +156,13 @@ def hap_per_query(scores, labels, ref_labels, *, alpha, excluded=None, ref_valid
     sums = _pair_kernel.pair_sums(scores, segments, terms, grads, 1, skip_item=excluded, pairs_per_chunk=pairs_per_chunk)[:, 0]
     has_positive = ops.greater(total_relevance, 0)
     return sums / _inputs.floor_at(total_relevance, 1e-30), has_positive
+
+
+def _elementwise_min(a, b):
+    """``min(a, b)`` in the inputs' dtype (Keras' ``minimum`` promotes float64 to float32 on JAX
+    and torch, see ``_inputs.floor_at``)."""
+    a, b = a + ops.zeros_like(b), b + ops.zeros_like(a)
+    return ops.where(ops.less(a, b), a, b)
 
 
 def _negative_step(tau, rho, offset, delta, start):
@@ -200,8 +207,10 @@ class HAPLoss(RetrievalLoss):
     Example:
     >>> import numpy as np
     >>> emb = np.eye(4, dtype="float32")[[0, 0, 1, 1]]
-    >>> float(HAPLoss()([[0, 0], [0, 0], [0, 1], [0, 1]], emb)) > 0
-    True
+    >>> float(HAPLoss()([[0, 0], [0, 0], [0, 1], [0, 1]], emb))  # classes ranked first: perfect
+    0.0
+    >>> round(float(HAPLoss()([[0, 0], [0, 1], [0, 0], [0, 1]], emb)), 4)  # a class's images apart
+    0.3232
     """
 
     def __init__(

@@ -22,6 +22,7 @@ from keras_roadmap import validation
 from keras_roadmap.losses import _inputs, _pair_kernel, ranking
 from keras_roadmap.losses.average_precision import _membership, label_segments
 from keras_roadmap.losses.base import RetrievalLoss
+from keras_roadmap.losses.hierarchical import _elementwise_min
 
 RSK_DEFAULTS = {"tau": 0.01, "k_values": (1, 2, 4, 8, 16), "k_temperatures": 1.0}
 
@@ -41,7 +42,7 @@ def recall_at_k_per_query(pairs, *, tau, k_values, k_temperatures, pairs_per_chu
         capped = [float(min(int(num_items), k)) for k in k_values]
         ks = ops.convert_to_tensor(np.array(capped), dtype=dtype)
     else:
-        ks = ops.minimum(ops.convert_to_tensor(np.array(k_values, np.float64), dtype=dtype), ops.cast(ops.shape(scores)[1], dtype))
+        ks = _elementwise_min(ops.convert_to_tensor(np.array(k_values, np.float64), dtype=dtype), ops.cast(ops.shape(scores)[1], dtype))
     k_tau = ops.convert_to_tensor(np.array(k_temperatures, np.float64), dtype=dtype)
     excluded = pairs.excluded
 
@@ -69,7 +70,7 @@ def recall_at_k_per_query(pairs, *, tau, k_values, k_temperatures, pairs_per_chu
     sums = _pair_kernel.pair_sums(scores, segments, terms, grads, len(k_values), skip_item=own, pairs_per_chunk=pairs_per_chunk)
     positives = ops.cast(segments["num_positives"], dtype)
     capped_sums = ops.where(ops.less(sums, ops.expand_dims(ks, 0)), sums, ops.zeros_like(sums) + ops.expand_dims(ks, 0))
-    norm = ops.minimum(ops.expand_dims(ks, 0), ops.expand_dims(positives, 1))
+    norm = _elementwise_min(ops.expand_dims(ks, 0), ops.expand_dims(positives, 1))
     recall = ops.mean(capped_sums / _inputs.floor_at(norm, 1.0), axis=1)
     return recall, ops.greater(positives, 0)
 
