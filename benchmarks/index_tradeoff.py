@@ -56,7 +56,7 @@ def main():
             if exact is None:
                 exact = found
             r1 = float(np.mean(found[:, 0] == exact[:, 0]))
-            r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
+            r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=False)]))
             p = index_params(index)
             shown = ", ".join(f"{k}={p[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search") if k in p)
             rows.append((kind, shown or "-", build_s, qps, r1, r10))

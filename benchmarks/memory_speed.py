@@ -106,7 +106,7 @@ def main(argv=None):
     print(f"Memory terms of ROADMAP, B={args.batch}, D={args.dim}, forward+backward, median of {args.repeats}")
     print("| M | positives/query | ours XLA ms | ours peak MiB | per-query loop ms | loop peak MiB | speed-up |")
     print("|---|---|---|---|---|---|---|")
-    for memory, pc in zip(args.memories, per_class, strict=True):
+    for memory, pc in zip(args.memories, per_class, strict=False):
         pc = max(1, int(round(pc)))
         ours = run("ours", args.batch, memory, args.dim, pc, args.repeats)
         loop = {} if args.skip_loop else run("loop", args.batch, memory, args.dim, pc, max(2, args.repeats // 2))

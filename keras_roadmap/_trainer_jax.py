@@ -15,10 +15,10 @@ from keras_roadmap import _keras_compat
 
 def _run_stateless(variables, values, fn, collect_losses=False):
     """``(fn(), new values of variables, scope.losses)`` with ``variables`` bound to ``values``."""
-    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True)), collect_losses=collect_losses) as scope:
+    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=False)), collect_losses=collect_losses) as scope:
         out = fn()
     new = []
-    for variable, value in zip(variables, values, strict=True):
+    for variable, value in zip(variables, values, strict=False):
         current = scope.get_current_value(variable)
         new.append(value if current is None else current)
     return out, new, list(scope.losses)
@@ -125,7 +125,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trai
 
         _, vjp, (non_trainable_values, penalty) = jax.vjp(chunk_forward, list(trainable_values), has_aux=True)
         (chunk_grads,) = vjp(embedding_grads[start : start + trainer.chunk_size])
-        grads = [g + c for g, c in zip(grads, chunk_grads, strict=True)]
+        grads = [g + c for g, c in zip(grads, chunk_grads, strict=False)]
 
     # Weight penalties once (not once per chunk).
     if _keras_compat.regularization_losses(trainer):
@@ -137,7 +137,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trai
             return scaled(out), out
 
         reg_grads, value = jax.grad(penalty_of, has_aux=True)(list(trainable_values))
-        grads = [g + r for g, r in zip(grads, reg_grads, strict=True)]
+        grads = [g + r for g, r in zip(grads, reg_grads, strict=False)]
         terms["total"] = terms["total"] + value
     return grads, terms, non_trainable_values
 

@@ -75,7 +75,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
             chunk_embeddings, variables, output_gradients=ops.cast(embedding_grads[i], chunk_embeddings.dtype)
         )
         return (i + 1,) + tuple(
-            acc if g is None else acc + ops.cast(tf.convert_to_tensor(g), acc.dtype) for acc, g in zip(accumulated, grads, strict=True)
+            acc if g is None else acc + ops.cast(tf.convert_to_tensor(g), acc.dtype) for acc, g in zip(accumulated, grads, strict=False)
         )
 
     zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
@@ -89,7 +89,7 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
             scaled = trainer._scale_loss(penalty)
         reg_grads = reg_tape.gradient(scaled, variables)
         terms["total"] = terms["total"] + penalty
-        gradients = [g if r is None else g + ops.cast(r, g.dtype) for g, r in zip(gradients, reg_grads, strict=True)]
+        gradients = [g if r is None else g + ops.cast(r, g.dtype) for g, r in zip(gradients, reg_grads, strict=False)]
     return list(gradients), terms
 
 

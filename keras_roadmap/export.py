@@ -328,7 +328,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0,
         if input_shape is not None:
             expected = tuple(input_shape[1:])
             ok = probe.ndim == len(input_shape) and all(
-                e is None or e == g for e, g in zip(expected, probe.shape[1:], strict=True)
+                e is None or e == g for e, g in zip(expected, probe.shape[1:], strict=False)
             )
             if not ok:
                 raise ExportError(f"probe has shape {probe.shape}; the model takes {input_shape}.")
@@ -653,7 +653,7 @@ def _canonical_order(graph, outer=None) -> str:
             if waiting[j] == 0:
                 heapq.heappush(ready, (hashes[j], j))
     nodes = [type(graph.node[i])() for i in order]
-    for copy, i in zip(nodes, order, strict=True):
+    for copy, i in zip(nodes, order, strict=False):
         copy.CopyFrom(graph.node[i])
     del graph.node[:]
     graph.node.extend(nodes)
@@ -710,7 +710,7 @@ def _canonical_names(graph) -> None:
                     dim.dim_param = dims.setdefault(dim.dim_param, f"size{len(dims)}")
         ordered = sorted(g.initializer, key=lambda t: int(t.name[1:]) if t.name[1:].isdigit() else -1)
         copies = [type(t)() for t in ordered]
-        for copy, tensor in zip(copies, ordered, strict=True):
+        for copy, tensor in zip(copies, ordered, strict=False):
             copy.CopyFrom(tensor)
         del g.initializer[:]
         g.initializer.extend(copies)
@@ -723,7 +723,7 @@ def _canonical_names(graph) -> None:
 def _name_dynamic_axes(graph_io, names: Sequence[str | None]):
     """Give the symbolic axes readable names (tf2onnx calls them ``unk__N``)."""
     dims = graph_io.type.tensor_type.shape.dim
-    for dim, name in zip(dims, names, strict=True):
+    for dim, name in zip(dims, names, strict=False):
         if name is not None and not dim.HasField("dim_value"):
             dim.dim_param = name
 

@@ -215,13 +215,13 @@ class TorchAdam(_GroupedDecayOptimizer):
             starts with a prefix uses ``factor * learning_rate`` (first match wins, default 1).
             E.g. ``{"head_": 2.0}`` gives the projection head of a ``keras_roadmap.models``
             embedder twice the backbone's learning rate.
-        group_learning_rates: dict ``{variable-path prefix: float or LearningRateSchedule}``
-            (keyword, also for :class:`TorchSGD`): a matching variable uses that learning rate
-            (or schedule of the step) instead of the base one, like a PyTorch parameter group
-            with its own optimiser and scheduler; it wins over ``lr_multipliers``. E.g. the
-            ROADMAP++ proxies: ``{"cluster_proxies": CosineAnnealingDecay(10.0, epochs,
-            steps_per_epoch, eta_min=0.1)}`` (see ``docs/rank-losses.md``).
-        **kwargs: the other ``keras.optimizers.Optimizer`` arguments (``clipnorm``,
+        **kwargs: ``group_learning_rates``, a dict ``{variable-path prefix: float or
+            LearningRateSchedule}`` (also for :class:`TorchSGD`): a matching variable uses that
+            learning rate (or schedule of the step) instead of the base one, like a PyTorch
+            parameter group with its own optimiser and scheduler; it wins over
+            ``lr_multipliers``. E.g. the ROADMAP++ proxies: ``{"cluster_proxies":
+            CosineAnnealingDecay(10.0, epochs, steps_per_epoch, eta_min=0.1)}`` (see
+            ``docs/rank-losses.md``). And the other ``keras.optimizers.Optimizer`` arguments (``clipnorm``,
             ``use_ema``, ``gradient_accumulation_steps``, ...). Variables whose name matches
             ``exclude_from_weight_decay`` get no decay in either style.
 

@@ -48,7 +48,7 @@ class _ClassPools:
     def __init__(self, labels: np.ndarray, rng: np.random.Generator):
         order = np.argsort(labels, kind="stable")
         classes, starts = np.unique(labels[order], return_index=True)
-        self._members = dict(zip(classes.tolist(), np.split(order, starts[1:]), strict=True))
+        self._members = dict(zip(classes.tolist(), np.split(order, starts[1:]), strict=False))
         self._queues = {}
         self._rng = rng
 

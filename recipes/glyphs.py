@@ -304,7 +304,7 @@ def plot_gap_curves(records, path):
     rows = np.arange(len(methods))[::-1]  # first method on top
 
     def spread(ax, key, offset, marker, label):
-        for row, method in zip(rows, methods, strict=True):
+        for row, method in zip(rows, methods, strict=False):
             values = [r[key] for r in records if r["method"] == method and key in r]
             if not values:
                 continue

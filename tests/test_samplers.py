@@ -31,7 +31,7 @@ def test_m_per_class_composition_over_many_batches():
         seen_classes |= set(assert_class_blocks(labels, batch, 8, 4).tolist())
     assert seen_classes == set(np.unique(labels).tolist())
     # Classes with >= m images give m distinct images; smaller ones repeat (with replacement).
-    counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+    counts = dict(zip(*np.unique(labels, return_counts=True), strict=False))
     for batch in batches[:50]:
         for block in batch.reshape(8, 4):
             if counts[labels[block[0]]] >= 4:
@@ -100,7 +100,7 @@ def test_hierarchical_super_pair_rule_over_many_batches():
         sampler = HierarchicalSampler(labels, supers, batch_size=32, samples_per_class=4, batches_per_super_pair=5, seed=0)
     # Eligible supers 0, 10, 20 -> 3 pairs x 5 batches.
     assert len(sampler) == 15
-    class_super = dict(zip(labels.tolist(), supers.tolist(), strict=True))
+    class_super = dict(zip(labels.tolist(), supers.tolist(), strict=False))
     batches = np.concatenate([sampler.batches(e) for e in range(8)])
     assert len(batches) >= 100
     for epoch in range(8):

@@ -47,7 +47,7 @@ def write_glyph_tree(dataset, root) -> pathlib.Path:
     counters: dict = {}
     for split in SPLITS:
         classes = set(int(c) for c in (dataset.train_classes if split == "train" else dataset.test_classes))
-        for image, label in zip(dataset.images, dataset.labels, strict=True):
+        for image, label in zip(dataset.images, dataset.labels, strict=False):
             label = int(label)
             if label not in classes:
                 continue

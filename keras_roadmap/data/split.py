@@ -136,7 +136,7 @@ def check_images_exist(paths: Sequence[str], list_file, line_numbers: Sequence[i
         list_file: the list file they come from (named in the message).
         line_numbers: the list-file line of each path.
     """
-    missing = [(ln, p) for ln, p in zip(line_numbers, paths, strict=True) if not os.path.isfile(p)]
+    missing = [(ln, p) for ln, p in zip(line_numbers, paths, strict=False) if not os.path.isfile(p)]
     if missing:
         shown = "\n".join(f"  {list_file}:{ln}: {p}" for ln, p in missing[:5])
         raise FileNotFoundError(

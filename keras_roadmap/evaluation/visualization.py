@@ -271,7 +271,7 @@ def save_recall_curve(path, runs, *, title: str = "Recall@K", figsize=(6.0, 4.0)
         points = sorted((_recall_k(key), float(value)) for key, value in metrics.items() if _recall_k(key))
         if not points:
             raise ValueError(f"run {name!r} has no 'recall@K' entries.")
-        ks, values = zip(*points, strict=True)
+        ks, values = zip(*points, strict=False)
         all_ks.update(ks)
         axes.plot(ks, values, marker="o", label=name or None)
     axes.set_xscale("log", base=2)

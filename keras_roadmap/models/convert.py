@@ -220,7 +220,7 @@ def load_state_dict_into(backbone, state: dict, architecture: str) -> dict:
             hint = (" (DeiT position embeddings fix the image size: build with the checkpoint's "
                     "input_shape, e.g. (224, 224, 3))" if layer_name == "embeddings" else "")
             raise ValueError(f"Layer {layer_name!r} expects shapes {expected}, the checkpoint gives {got}{hint}.")
-        layer.set_weights([a.astype(w.dtype) for a, w in zip(arrays, layer.weights, strict=True)])
+        layer.set_weights([a.astype(w.dtype) for a, w in zip(arrays, layer.weights, strict=False)])
         loaded += len(arrays)
     return {"loaded": loaded, "ignored": ignored}
 

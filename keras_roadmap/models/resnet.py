@@ -87,7 +87,7 @@ def torchvision_resnet50(input_shape, *, freeze_batchnorm=None) -> keras.Model:
     # Zero padding equals torch's -inf padding here: the inputs are >= 0 after the ReLU.
     x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
-    for stage, (blocks, planes) in enumerate(zip(RESNET50_BLOCKS, (64, 128, 256, 512), strict=True), start=1):
+    for stage, (blocks, planes) in enumerate(zip(RESNET50_BLOCKS, (64, 128, 256, 512), strict=False), start=1):
         for block in range(blocks):
             stride = 2 if block == 0 and stage > 1 else 1
             x = _bottleneck(x, planes, stride, f"layer{stage}_{block}", freeze)

@@ -376,7 +376,7 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
     rows = np.unique(np.linspace(0, len(queries_split) - 1, config.evaluation["grid_queries"]).astype(int))
     found, scores = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
     if same_source:
-        keep = np.stack([[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found, strict=True)])
+        keep = np.stack([[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found, strict=False)])
         found = np.take_along_axis(found, keep, axis=1)
         scores = np.take_along_axis(np.asarray(scores), keep, axis=1)
     shown = np.unique(found)

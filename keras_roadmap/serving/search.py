@@ -61,16 +61,16 @@ class Collection:
             [
                 {"rank": r + 1, "id": int(i), "path": self.paths[i], "label": self.label(self.paths[i]),
                  "score": float(s)}
-                for r, (i, s) in enumerate(zip(row_ids, row_scores, strict=True))
+                for r, (i, s) in enumerate(zip(row_ids, row_scores, strict=False))
                 if i >= 0
             ]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
+            for row_ids, row_scores in zip(ids, scores, strict=False)
         ]
 
     def search_files(self, query_paths, k: int = 5) -> list[dict]:
         """``[{"query": path, "results": [...]}]`` for image files (see :meth:`search_embeddings`)."""
         hits = self.search_embeddings(self.embedder.embed_files(query_paths), k)
-        return [{"query": q, "results": h} for q, h in zip(query_paths, hits, strict=True)]
+        return [{"query": q, "results": h} for q, h in zip(query_paths, hits, strict=False)]
 
 
 def format_results(results) -> str:
