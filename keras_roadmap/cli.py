@@ -36,6 +36,8 @@ from keras_roadmap.recipes.arguments import add_train_arguments
 from keras_roadmap.recipes.catalog import RECIPES as RECIPE_TABLE
 from keras_roadmap.recipes.catalog import listing as recipe_listing
 
+from keras_roadmap.recipes.arguments import OneLineErrorParser, output_path_problem
+
 PROG = "keras-roadmap"
 EXPORT_FORMATS = ("onnx", "saved_model")
 # Accepted spellings of each format (lower case, "-" read as "_").
@@ -54,11 +56,7 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the usage is one ``--help`` away)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+_Parser = OneLineErrorParser  # defined in the library: recipes build their parsers with it too
 
 
 def cli_spelling(message: str) -> str:
@@ -74,12 +72,9 @@ def cli_spelling(message: str) -> str:
 
 def check_output_path(path: str, flag: str = "--out") -> None:
     """Raise CLIError when ``path`` cannot be created because a parent is a regular file."""
-    parent = pathlib.Path(path).absolute().parent
-    for folder in (parent, *parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise CLIError(f"{flag} {path}: {folder} is a file, not a directory")
-            return
+    problem = output_path_problem(path, flag)
+    if problem:
+        raise CLIError(problem)
 
 
 def version() -> str:

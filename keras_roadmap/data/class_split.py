@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_roadmap.data.custom import TRAIN, VALIDATION, ImageSet
+from keras_roadmap.data.split import TRAIN, VALIDATION
 from keras_roadmap.errors import DatasetFormatError
 
 
@@ -29,11 +29,11 @@ class ClassSplit:
 
     Attributes:
         images: the records with `split`, `is_query`, `is_gallery` set.
-        train_classes, test_classes: class names on each side (single-image ones excluded).
+        train_classes: (with test_classes) class names on each side (single-image ones excluded).
         single_image_classes: the classes with one image (gallery-only on the held-out side).
     """
 
-    images: ImageSet
+    images: object  # keras_roadmap.data.custom.ImageSet (not imported: custom imports this module)
     train_classes: list
     test_classes: list
     single_image_classes: list
@@ -61,7 +61,7 @@ def _apportion(sizes: list, total: int) -> list:
     return counts
 
 
-def split_by_class(images: ImageSet, *, test_classes: float = 0.5, seed: int = 0) -> ClassSplit:
+def split_by_class(images, *, test_classes: float = 0.5, seed: int = 0) -> ClassSplit:
     """Split an unsplit :class:`ImageSet` by class (see the module docstring).
 
     Raises:
@@ -110,5 +110,5 @@ def split_by_class(images: ImageSet, *, test_classes: float = 0.5, seed: int = 0
             records.append(dataclasses.replace(r, split=VALIDATION, is_query=True, is_gallery=True))
         else:
             records.append(dataclasses.replace(r, split=TRAIN, is_query=None, is_gallery=None))
-    split = ImageSet(images.source, images.layout, records, list(images.skipped))
+    split = type(images)(images.source, images.layout, records, list(images.skipped))
     return ClassSplit(split, [c for c in multi if c not in held], sorted(held), single)

@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from keras_roadmap.data.presets import TRANSPARENT_BACKGROUND
-from keras_roadmap.data.split import RetrievalSplit, contiguous_labels
+from keras_roadmap.data.split import TRAIN, VALIDATION, RetrievalSplit, contiguous_labels
 from keras_roadmap.errors import DatasetFormatError
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 #: Required CSV columns (open-metric-learning's names); ``category`` is optional.
 CSV_COLUMNS = ("label", "path", "split", "is_query", "is_gallery")
-TRAIN, VALIDATION = "train", "validation"
 _SPLIT_ALIASES = {"train": TRAIN, "validation": VALIDATION, "test": VALIDATION}
 _TRUE = ("1", "true", "yes", "y", "t")
 _FALSE = ("0", "false", "no", "n", "f")
@@ -73,7 +72,7 @@ class ImageRecord:
             CSV's ``label``).
         category: the class's category, or None.
         split: "train", "validation" or None (a folder: not split yet).
-        is_query, is_gallery: the CSV's flags of a validation row (None elsewhere).
+        is_query: (with is_gallery) the CSV's flags of a validation row (None elsewhere).
         where: where it was listed (``"csv:LINE"`` or the folder), for error messages.
     """
 

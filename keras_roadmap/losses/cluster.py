@@ -126,7 +126,7 @@ class ClusterLoss(RetrievalLoss):
             ``model.get_layer("cluster_proxies")``); default: a new one named ``proxies_name``.
         proxies_name: name of a new proxies layer (``"cluster_proxies"``).
         seed: seed of the proxies' initialiser (None).
-        gather_across_replicas, name, dtype: as for :class:`SupAPLoss`.
+        gather_across_replicas: (with name, dtype) as for :class:`SupAPLoss`.
 
     The embeddings are used as given (the official model L2-normalises them; so do ours).
     ``loss.proxies`` must be called by the model for ``fit`` to train the proxies (see the
@@ -190,13 +190,13 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
     optimiser in ``model.fit``.
 
     Args:
-        num_classes, embedding_dim: the proxies' shape (training classes, embedding width).
-        ap_weight, cluster_weight: weights of the two terms (0.9, 0.1).
-        tau, rho, delta, start, offset: SupAP parameters (0.01, 100.0, 0.05, 0.5, 1.44;
+        num_classes: (with embedding_dim) the proxies' shape (training classes, embedding width).
+        ap_weight: (with cluster_weight) weights of the two terms (0.9, 0.1).
+        tau: (with rho, delta, start, offset) SupAP parameters (0.01, 100.0, 0.05, 0.5, 1.44;
             ``ROADMAPPlusPlusLoss.inaturalist(...)``: start 0.0, offset 1.0, ``ROADMAP_pp_inat.yaml``).
         temperature: ClusterLoss temperature (0.05).
-        proxies, proxies_name, seed: as for :class:`ClusterLoss`.
-        include_self, pairs_per_chunk, gather_across_replicas, name, dtype: as for :class:`SupAPLoss`.
+        proxies: (with proxies_name, seed) as for :class:`ClusterLoss`.
+        include_self: (with pairs_per_chunk, gather_across_replicas, name, dtype) as for :class:`SupAPLoss`.
 
     ``call_with_reference`` (a cross-batch memory) gives the SupAP term only, weighted: the
     official training loop applies the memory to the losses that take reference embeddings,

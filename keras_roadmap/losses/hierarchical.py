@@ -192,7 +192,7 @@ class HAPLoss(RetrievalLoss):
     See the module docstring (and ``docs/hierarchical.md``) for the definitions.
 
     Args:
-        tau, rho, offset, delta, start: SupAP's step for items of lower level (0.01, 100.0,
+        tau: (with rho, offset, delta, start) SupAP's step for items of lower level (0.01, 100.0,
             1.44, 0.05, 0.5: ``config/loss/HAPPIER.yaml``; iNaturalist: ``HAPLoss.inaturalist()``,
             offset 1.0, start 0.0).
         alpha: relevance exponent (1.0, ``config/dataset/*.yaml`` ``alpha``).
@@ -200,7 +200,7 @@ class HAPLoss(RetrievalLoss):
             set, as an item of the finest level; False leaves it out (a query with no other
             item of level >= 1 is then left out of the mean).
         pairs_per_chunk: (query, item) pairs ranked per loop step (None: about 2**20 scores).
-        name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
+        name: (with dtype) as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
 
     Call: ``loss(y_true=labels (B, L) int coarse-to-fine, y_pred=embeddings (B, D))`` -> scalar.
 

@@ -70,10 +70,10 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
     bounded from above).
 
     Args:
-        tau, rho, delta, start, offset: SupAP's rank parameters (0.01, 100.0, 0.05, 0.5, 1.44,
+        tau: (with rho, delta, start, offset) SupAP's rank parameters (0.01, 100.0, 0.05, 0.5, 1.44,
             ``suprank/config/loss/supndcg.yaml``; ``SupNDCGLoss.inaturalist()``: start 0.0,
             offset 1.0, ``supndcg_inat.yaml``).
-        include_self, pairs_per_chunk, gather_across_replicas, name, dtype: as for
+        include_self: (with pairs_per_chunk, gather_across_replicas, name, dtype) as for
             :class:`SupAPLoss`. A query without positive is left out of the mean.
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar;

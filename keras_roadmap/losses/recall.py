@@ -79,13 +79,13 @@ class SupRecallLoss(SupAPPresets, RetrievalLoss):
     Args:
         at_k: the k set (``(1, 2, 4, 8, 16)``, ``suprecall.yaml``; ``suprecall_at_10.yaml``: ``[10]``).
         temp: temperature of the sigmoid around k (1.0).
-        tau, rho, delta, start, offset: SupAP's rank parameters (0.01, 100.0, 0.05, 0.5, 1.44;
+        tau: (with rho, delta, start, offset) SupAP's rank parameters (0.01, 100.0, 0.05, 0.5, 1.44;
             ``SupRecallLoss.inaturalist()``: start 0.0, offset 1.0, ``suprecall_inat.yaml``).
-        pos_margin, neg_margin: margins of the calibration term (0.9, 0.6, ``ROADRatk_SOP.yaml``).
-        recall_weight, calibration_weight: weights of the two terms (1.0 and 0.0: SupRecall
+        pos_margin: (with neg_margin) margins of the calibration term (0.9, 0.6, ``ROADRatk_SOP.yaml``).
+        recall_weight: (with calibration_weight) weights of the two terms (1.0 and 0.0: SupRecall
             alone, ``suprecall.yaml``). ``SupRecallLoss.with_calibration()`` gives 0.5 / 0.5, the
             official ``ROADRatk_SOP.yaml`` (its empty ``weight:`` means equal weights).
-        include_self, pairs_per_chunk, gather_across_replicas, name, dtype: as for
+        include_self: (with pairs_per_chunk, gather_across_replicas, name, dtype) as for
             :class:`SupAPLoss`. Classes of any sizes work (the official batch path needs equal
             ones); a query without positive is left out of the mean.
 

@@ -86,7 +86,7 @@ class RecallAtKLoss(RetrievalLoss):
         include_self: True (default, the official code) keeps the query in its own ranking (it
             is never its own positive); False leaves it out.
         pairs_per_chunk: (query, positive) pairs ranked per loop step (None: about 2**20 scores).
-        name, dtype: as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
+        name: (with dtype) as for ``keras.losses.Loss``; ``dtype="float64"`` computes in float64.
 
     Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar. Memory: the
     ``(B, B)`` scores and their gradient plus ``pairs_per_chunk x B`` per step, so the paper's

@@ -39,3 +39,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--verbose", choices=("auto", "0", "1", "2"), default="auto",
         help="progress: 1 = per-step bar with ETA, 2 = one line per epoch, 0 = none; "
              "auto (default) = 1 on a terminal, 2 otherwise")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def output_path_problem(path, flag: str = "--out"):
+    """The one-line problem when ``path`` cannot be created because a parent is a regular file,
+    else None."""
+    import pathlib
+
+    parent = pathlib.Path(path).absolute().parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            return None if folder.is_dir() else f"{flag} {path}: {folder} is a file, not a directory"
+    return None

@@ -53,9 +53,9 @@ TRANSFORM = "sop"  # the SOP transform (Resize + RandomResizedCrop + flip / squa
 
 
 def build_parser():
-    from keras_roadmap.cli import _Parser
+    from keras_roadmap.recipes.arguments import OneLineErrorParser
 
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Train an embedder on your own images (a folder ROOT/<class>/<image>, "
                     "ROOT/<category>/<class>/<image>, or an OML-style CSV) with the recipe machinery, "
@@ -229,12 +229,14 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from keras_roadmap.cli import check_output_path
+    from keras_roadmap.recipes.arguments import output_path_problem
     from keras_roadmap.errors import DatasetFormatError, KerasRoadmapError
     from keras_roadmap.recipes import preflight
 
     check_flags(args)
-    check_output_path(str(pathlib.Path(args.out) / "x"), "--out")
+    problem = output_path_problem(str(pathlib.Path(args.out) / "x"), "--out")
+    if problem:
+        raise _Fail(problem)
     if not preflight.importable("yaml"):
         raise _Fail(preflight.message(preflight.missing_packages(DATASET), DATASET))
     out = pathlib.Path(args.out)
