@@ -8,24 +8,12 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from official_happier_cases import DATA, load, value_and_grad
 
 from keras_roadmap import HAPLoss
 from keras_roadmap.losses import hap_loss
 
-DATA = pathlib.Path(__file__).parent / "data" / "official_happier"
 BATCH_CASES = sorted(p.stem for p in DATA.glob("hap_tree*.npz"))
-
-
-def load(name):
-    return dict(np.load(DATA / f"{name}.npz"))
-
-
-def value_and_grad(fn, emb):
-    x = tf.Variable(emb)
-    with tf.GradientTape() as tape:
-        value = fn(x)
-    return float(value), tape.gradient(value, x).numpy()
 
 
 def test_fixtures_cover_the_traps():

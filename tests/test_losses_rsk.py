@@ -1,29 +1,16 @@
 """RecallAtKLoss (RS@k) and simix (SiMix) against the official code's float64 fixtures, plus the
 Keras protocol. Fixtures: ``tests/data/official_happier/rsk_*.npz`` and ``simix_*.npz``."""
 
-import pathlib
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from official_happier_cases import DATA, load, value_and_grad
 
 from keras_roadmap import RecallAtKLoss, simix
 from keras_roadmap.losses import recall_at_k
 
-DATA = pathlib.Path(__file__).parent / "data" / "official_happier"
 CASES = sorted(p.stem for p in DATA.glob("rsk_*.npz"))
-
-
-def load(name):
-    return dict(np.load(DATA / f"{name}.npz"))
-
-
-def value_and_grad(fn, emb):
-    x = tf.Variable(emb)
-    with tf.GradientTape() as tape:
-        value = fn(x)
-    return float(value), tape.gradient(value, x).numpy()
 
 
 @pytest.mark.parametrize("name", CASES)

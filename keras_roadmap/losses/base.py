@@ -200,15 +200,26 @@ def reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_se
     return pairs
 
 
+def has_reference(ref_y_true, ref_y_pred) -> bool:
+    """Whether a functional loss got the reference form; one of the two alone is an error."""
+    if (ref_y_true is None) != (ref_y_pred is None):
+        given, missing = ("ref_y_true", "ref_y_pred") if ref_y_pred is None else ("ref_y_pred", "ref_y_true")
+        raise ValueError(f"{given} was given without {missing}; pass both or neither.")
+    return ref_y_pred is not None
+
+
+def call_loss(loss, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
+    """A functional form's call of its loss object: the batch form, or the reference form."""
+    if not has_reference(ref_y_true, ref_y_pred):
+        return loss(y_true, y_pred)
+    return loss.call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+
+
 def loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask):
     """The pairs a functional loss ranks: the batch form without a reference, else the reference form."""
     dtype = dtype or keras.config.floatx()
-    if ref_y_pred is None:
-        if ref_y_true is not None:
-            raise ValueError("ref_y_true was given without ref_y_pred; pass both or neither.")
+    if not has_reference(ref_y_true, ref_y_pred):
         return batch_pairs(y_true, y_pred, dtype, include_self=include_self)
-    if ref_y_true is None:
-        raise ValueError("ref_y_pred was given without ref_y_true; pass both or neither.")
     return reference_pairs(
         y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
     )

@@ -28,7 +28,7 @@ from keras import ops
 from keras_roadmap import validation
 from keras_roadmap.losses import _inputs, _pair_kernel, ranking
 from keras_roadmap.losses.average_precision import _membership, label_segments
-from keras_roadmap.losses.base import RetrievalLoss, sum_of_ratios
+from keras_roadmap.losses.base import RetrievalLoss, call_loss, sum_of_ratios
 
 # The official HAPLoss kwargs of config/loss/HAPPIER.yaml (SOP, DyML): tau, rho, offset, delta, start.
 HAPPIER_DEFAULTS = {"tau": 0.01, "rho": 100.0, "offset": 1.44, "delta": 0.05, "start": 0.5}
@@ -292,13 +292,7 @@ def hap_loss(y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=Non
     pairs_per_chunk). Returns a scalar.
     """
     loss = HAPLoss(dtype=dtype or keras.config.floatx(), **kwargs)
-    if ref_y_pred is None:
-        if ref_y_true is not None:
-            raise ValueError("ref_y_true was given without ref_y_pred; pass both or neither.")
-        return loss(y_true, y_pred)
-    if ref_y_true is None:
-        raise ValueError("ref_y_pred was given without ref_y_true; pass both or neither.")
-    return loss.call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+    return call_loss(loss, y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
 
 
 __all__ = ["HAPLoss", "hap_loss", "HAPPIER_DEFAULTS", "HAPPIER_INATURALIST", "sum_of_ratios"]

@@ -21,7 +21,7 @@ from keras import ops
 from keras_roadmap import validation
 from keras_roadmap.losses import _inputs, _pair_kernel, ranking
 from keras_roadmap.losses.average_precision import _membership, label_segments
-from keras_roadmap.losses.base import RetrievalLoss
+from keras_roadmap.losses.base import RetrievalLoss, call_loss
 from keras_roadmap.losses.hierarchical import _elementwise_min
 
 RSK_DEFAULTS = {"tau": 0.01, "k_values": (1, 2, 4, 8, 16), "k_temperatures": 1.0}
@@ -145,13 +145,7 @@ class RecallAtKLoss(RetrievalLoss):
 def recall_at_k(y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, dtype=None, **kwargs):
     """Functional :class:`RecallAtKLoss` (batch form, or reference form with ``ref_y_true``/``ref_y_pred``)."""
     loss = RecallAtKLoss(dtype=dtype or keras.config.floatx(), **kwargs)
-    if ref_y_pred is None:
-        if ref_y_true is not None:
-            raise ValueError("ref_y_true was given without ref_y_pred; pass both or neither.")
-        return loss(y_true, y_pred)
-    if ref_y_true is None:
-        raise ValueError("ref_y_pred was given without ref_y_true; pass both or neither.")
-    return loss.call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+    return call_loss(loss, y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
 
 
 def simix_pairs(samples_per_class):
