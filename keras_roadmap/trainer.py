@@ -184,6 +184,7 @@ class RetrievalTrainer(keras.Model):
         spec = getattr(x, "element_spec", None)
         if isinstance(spec, tuple) and len(spec) >= 2 and isinstance(spec[1], dict):
             _, id_spec = split_targets(spec[1])
+            id_spec = _tensor_spec(id_spec)
             if id_spec is not None and not is_integer_ids(id_spec):
                 raise ValueError(
                     f"the dataset yields sample ids of dtype {id_spec.dtype.name}: a keyed CrossBatchMemory needs integer "
@@ -356,3 +357,14 @@ def _output_dim(model):
     if isinstance(shape, tuple) and len(shape) == 2:
         return shape[-1]
     return None
+
+
+def _tensor_spec(spec):
+    """``spec`` itself, or for a distributed dataset's ``PerReplicaSpec`` (no ``dtype`` of its own)
+    its first replica's spec: every replica holds the same dtype."""
+    if spec is None or hasattr(spec, "dtype"):
+        return spec
+    import tensorflow as tf  # only a tf.distribute dataset has specs without a dtype
+
+    leaves = tf.nest.flatten(spec, expand_composites=True)
+    return leaves[0] if leaves else spec

@@ -87,22 +87,20 @@ def test_remove_partials_removes_only_our_temporary_files(tmp_path):
 
 @pytest.mark.slow
 def test_recipe_cleans_stale_partials_and_names_a_damaged_best_embedder(tmp_path, capsys):
-    import pathlib
-
+    from keras_roadmap.recipes.catalog import config_path
     from keras_roadmap.recipes.run import main
 
-    configs = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "configs"
     out = tmp_path / "run"
     out.mkdir()
     # What a run killed inside the write of test_metrics.json leaves (another process's pid).
     (out / ".partial-99999-test_metrics.json").write_text('{"dataset": "cu')
     argv = ["--smoke", "--out", str(out), "--epochs", "1"]
-    assert main("cub", argv, configs / "cub.yaml") == 0
+    assert main("cub", argv, config_path("cub")) == 0
     assert not list(out.glob(".partial-*")) and (out / "test_metrics.json").is_file()
     capsys.readouterr()
     best = out / "best_embedder.keras"
     best.write_bytes(best.read_bytes()[:1000])  # truncated
-    assert main("cub", argv, configs / "cub.yaml") == 2
+    assert main("cub", argv, config_path("cub")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(best) in err[0] and "truncated or corrupt" in err[0], err
     assert "File not found" not in err[0] and "delete it and" in err[0]
