@@ -28,12 +28,22 @@ EXTRAS = {
     "tfsim": ["tensorflow-similarity==0.17.1"],
     # keras-hub 0.22 brought DeiTBackbone (deit_* embedders, variant="keras_hub").
     "hub": ["keras-hub>=0.22,<0.33"],
-    "export": ["onnx>=1.16.2,<2", "tf2onnx>=1.16.1,<2", "onnxruntime>=1.18,<2", "pillow>=10.4,<14"],  # pillow: serving decodes images
+    "export": [
+        "onnx>=1.16.2,<2",
+        "tf2onnx>=1.16.1,<2",
+        "onnxruntime>=1.18,<2",
+        "pillow>=10.4,<14",
+    ],  # pillow: serving decodes images
     "viz": ["matplotlib>=3.9,<4", "pillow>=10.4,<14"],
     "examples": ["tensorflow>=2.18,<3", "scikit-learn>=1.5,<2", "pyyaml>=6.0.1,<7"],
     # keras-roadmap serve: FastAPI needs python-multipart for uploads; serving decodes with Pillow.
-    "serve": ["fastapi>=0.165,<0.166", "uvicorn>=0.55,<0.56", "python-multipart>=0.0.34,<0.1",
-              "onnxruntime>=1.18,<2", "pillow>=10.4,<14"],
+    "serve": [
+        "fastapi>=0.165,<0.166",
+        "uvicorn>=0.55,<0.56",
+        "python-multipart>=0.0.34,<0.1",
+        "onnxruntime>=1.18,<2",
+        "pillow>=10.4,<14",
+    ],
     # Reading torchvision / timm checkpoints (build_embedder(weights=PATH.pth), convert-weights)
     # and the parity tests against torchvision / timm models. Only the highest end is tested:
     # each torchvision release is built for one torch minor (0.29 for 2.14), and the CPU torch
@@ -52,13 +62,26 @@ EXTRAS = {
     ],
     # The documentation site (mkdocs build --strict, a step of `make test`); tested with mkdocs
     # 1.6.1, mkdocs-material 9.8.2, mkdocstrings 1.0.8, mkdocstrings-python 2.0.11.
-    "docs": ["mkdocs>=1.6,<1.7", "mkdocs-material>=9.8,<9.9", "mkdocstrings>=1.0,<1.1", "mkdocstrings-python>=2.0,<2.1"],
-    "test": ["pytest>=8,<10", "scikit-learn>=1.5,<2", "pillow>=10.4,<14", "pyyaml>=6.0.1,<7", "matplotlib>=3.9,<4",
-             # tests/test_wheel.py: build the sdist + wheel, check them (tested: build 1.6.1, twine 7.0.0)
-             "build>=1.6,<2", "twine>=7,<8",
-             # the HTTP client of the server tests (httpx2: what fastapi.testclient needs with starlette 1.x)
-             # and the browser driver of its page test (Chromium itself comes from apt, see Makefile)
-             "httpx2>=2.16,<2.17", "playwright>=1.65,<1.66"],
+    "docs": [
+        "mkdocs>=1.6,<1.7",
+        "mkdocs-material>=9.8,<9.9",
+        "mkdocstrings>=1.0,<1.1",
+        "mkdocstrings-python>=2.0,<2.1",
+    ],
+    "test": [
+        "pytest>=8,<10",
+        "scikit-learn>=1.5,<2",
+        "pillow>=10.4,<14",
+        "pyyaml>=6.0.1,<7",
+        "matplotlib>=3.9,<4",
+        # tests/test_wheel.py: build the sdist + wheel, check them (tested: build 1.6.1, twine 7.0.0)
+        "build>=1.6,<2",
+        "twine>=7,<8",
+        # the HTTP client of the server tests (httpx2: what fastapi.testclient needs with starlette 1.x)
+        # and the browser driver of its page test (Chromium itself comes from apt, see Makefile)
+        "httpx2>=2.16,<2.17",
+        "playwright>=1.65,<1.66",
+    ],
 }
 # [all]: everything for the TensorFlow backend (the JAX extra is left out: one backend per venv).
 EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name not in ("test", "jax", "docs") for dep in deps})

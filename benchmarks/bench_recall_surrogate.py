@@ -70,7 +70,12 @@ print(json.dumps({"seconds": seconds, "peak_mb": (peak - baseline) / 1024.0, "lo
 def run(case, batch, chunk, steps):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", WORKER, case, str(batch), str(chunk), str(steps)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, case, str(batch), str(chunk), str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,14 +87,18 @@ def main():
     parser.add_argument("--chunk", type=int, default=200)
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
-    print(f"B={args.batch}, D=128, 4 per class, chunk_size={args.chunk}, {args.steps} timed step(s) after a warm-up, CPU")
+    print(
+        f"B={args.batch}, D=128, 4 per class, chunk_size={args.chunk}, {args.steps} timed step(s) after a warm-up, CPU"
+    )
     results = {}
     for case in ("rsk loss", "roadmap loss", "rsk trainer"):
         r = results[case] = run(case, args.batch, args.chunk, args.steps)
         if "error" in r:
             print(f"{case:>13}: failed: {r['error']}")
         else:
-            print(f"{case:>13}: {r['seconds']:8.2f} s/step  peak {r['peak_mb']:7.0f} MB  loss {r['loss']:.4f}", flush=True)
+            print(
+                f"{case:>13}: {r['seconds']:8.2f} s/step  peak {r['peak_mb']:7.0f} MB  loss {r['loss']:.4f}", flush=True
+            )
     if "error" not in results["rsk loss"] and "error" not in results["roadmap loss"]:
         ratio = results["rsk loss"]["peak_mb"] / max(results["roadmap loss"]["peak_mb"], 1.0)
         time_ratio = results["rsk loss"]["seconds"] / results["roadmap loss"]["seconds"]

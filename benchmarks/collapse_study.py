@@ -82,7 +82,9 @@ def make_loss(method, warmup_steps):
 def _batches(labels, args, seed, steps):
     from keras_roadmap.samplers import MPerClassSampler
 
-    sampler = MPerClassSampler(labels, args.classes_per_batch * args.samples_per_class, args.samples_per_class, seed=seed)
+    sampler = MPerClassSampler(
+        labels, args.classes_per_batch * args.samples_per_class, args.samples_per_class, seed=seed
+    )
     epochs = -(-steps // len(sampler))
     return np.concatenate([sampler.batches(e) for e in range(epochs)])[:steps]
 
@@ -95,7 +97,9 @@ def _dataset(images, labels, batches):
 
 
 def _embed(encoder, images, chunk=512):
-    return np.concatenate([np.asarray(encoder(images[i:i + chunk], training=False)) for i in range(0, len(images), chunk)])
+    return np.concatenate(
+        [np.asarray(encoder(images[i : i + chunk], training=False)) for i in range(0, len(images), chunk)]
+    )
 
 
 def evaluate(encoder, test):
@@ -127,8 +131,9 @@ def run_one(method, seed, train, test, args, monitor_kwargs=None):
     from keras_roadmap.models import build_embedder
 
     keras.utils.set_random_seed(seed)
-    encoder = build_embedder("tiny_cnn", input_shape=train[0].shape[1:], freeze_batchnorm=not args.train_bn,
-                             width=args.width)
+    encoder = build_embedder(
+        "tiny_cnn", input_shape=train[0].shape[1:], freeze_batchnorm=not args.train_bn, width=args.width
+    )
     record = {"method": method, "seed": seed}
     if method == "untrained":
         return {**record, **evaluate(encoder, test)}
@@ -152,20 +157,33 @@ def run_one(method, seed, train, test, args, monitor_kwargs=None):
             # frozen BatchNorm layers trainable (batch statistics in training).
             for layer, trainable in flags:
                 layer.trainable = trainable
-        trainer.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=make_loss(method, args.warmup_steps),
-                        jit_compile=not args.no_xla)
-        history = trainer.fit(_dataset(*train, batches[done:done + steps]), epochs=1, steps_per_epoch=steps,
-                              callbacks=[monitor], verbose=0, shuffle=False)
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate),
+            loss=make_loss(method, args.warmup_steps),
+            jit_compile=not args.no_xla,
+        )
+        history = trainer.fit(
+            _dataset(*train, batches[done : done + steps]),
+            epochs=1,
+            steps_per_epoch=steps,
+            callbacks=[monitor],
+            verbose=0,
+            shuffle=False,
+        )
         losses += history.history["loss"]
         done += steps
     record["train_seconds"] = time.perf_counter() - start
     cosines = [c for _, c, _ in monitor.history]
     escaped = [s for s, c, _ in monitor.history if c <= monitor.threshold]
     record.update(
-        first_batch_cosine=cosines[0], last_batch_cosine=cosines[-1],
-        first_loss=monitor.history[0][2], last_loss=monitor.history[-1][2], final_epoch_loss=losses[-1],
+        first_batch_cosine=cosines[0],
+        last_batch_cosine=cosines[-1],
+        first_loss=monitor.history[0][2],
+        last_loss=monitor.history[-1][2],
+        final_epoch_loss=losses[-1],
         escape_step=escaped[0] if escaped else None,
-        warned=monitor.alarm is not None, warned_at=None if monitor.alarm is None else monitor.alarm["step"],
+        warned=monitor.alarm is not None,
+        warned_at=None if monitor.alarm is None else monitor.alarm["step"],
     )
     return {**record, **evaluate(encoder, test)}
 
@@ -197,8 +215,13 @@ def main(argv=None):
             print(json.dumps(record), flush=True)
     with open("/proc/loadavg") as handle:
         load = handle.read().split()[:3]
-    result = {"config": vars(args), "records": records, "seconds": time.perf_counter() - started, "loadavg": load,
-              "table": table(records)}
+    result = {
+        "config": vars(args),
+        "records": records,
+        "seconds": time.perf_counter() - started,
+        "loadavg": load,
+        "table": table(records),
+    }
     print(result["table"])
     print(f"{result['seconds']:.0f} s, load average {' '.join(load)}")
     if args.out:

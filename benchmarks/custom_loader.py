@@ -96,11 +96,16 @@ def main(argv=None) -> int:
             assert count == args.images, (name, count)
             times[name].append(seconds)
     best = {k: min(v) for k, v in times.items()}
-    print(f"{args.images} images ({args.width}x{args.height}, 4/5 JPEG, 1/5 PNG) -> {args.size}x{args.size}, "
-          f"batch {args.batch_size}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"{args.images} images ({args.width}x{args.height}, 4/5 JPEG, 1/5 PNG) -> {args.size}x{args.size}, "
+        f"batch {args.batch_size}, {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}"
+    )
     print(f"| loader | best of {args.repeats} (s) | images/s |")
     print("|---|---:|---:|")
-    for name, label in (("ours", "load_custom + make_eval_dataset"), ("baseline", "keras image_dataset_from_directory")):
+    for name, label in (
+        ("ours", "load_custom + make_eval_dataset"),
+        ("baseline", "keras image_dataset_from_directory"),
+    ):
         print(f"| {label} | {best[name]:.2f} | {args.images / best[name]:.0f} |")
     print(f"ratio (ours / baseline throughput): {best['baseline'] / best['ours']:.2f}x")
     return 0

@@ -58,7 +58,9 @@ def naive_train(split, sampler, image_size):
     def load(position, item):
         path, label = item
         image = decode_image(tf.io.read_file(path))
-        return train_transform(image, tf.stack([tf.constant(0, tf.int64), position]), "sop", image_size=image_size), label
+        return train_transform(
+            image, tf.stack([tf.constant(0, tf.int64), position]), "sop", image_size=image_size
+        ), label
 
     ds = tf.data.Dataset.from_tensor_slices((paths, labels)).enumerate().map(load)
     return ds.batch(sampler.batch_size, drop_remainder=True)
@@ -112,16 +114,17 @@ def main():
         root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     generate_tree(root, args.images, args.width, args.height, args.samples_per_class)
-    print(f"JPEG tree: {args.images} images of {args.width}x{args.height} in {root} "
-          f"(ready in {time.perf_counter() - start:.1f} s); {os.cpu_count()} CPU cores; tensorflow {tf.__version__}")
+    print(
+        f"JPEG tree: {args.images} images of {args.width}x{args.height} in {root} "
+        f"(ready in {time.perf_counter() - start:.1f} s); {os.cpu_count()} CPU cores; tensorflow {tf.__version__}"
+    )
     split = load_sop(root, "train")
     sampler = MPerClassSampler(split.labels, args.batch_size, args.samples_per_class, seed=0)
     size = args.image_size
 
     rows = [
         ("train: naive map (sequential, no prefetch)", lambda: naive_train(split, sampler, size)),
-        ("train: make_train_dataset",
-         lambda: make_train_dataset(split, sampler, image_size=size, epochs=1)),
+        ("train: make_train_dataset", lambda: make_train_dataset(split, sampler, image_size=size, epochs=1)),
         ("eval: naive map (sequential, no prefetch)", lambda: naive_eval(split, args.batch_size, size)),
         ("eval: make_eval_dataset", lambda: make_eval_dataset(split, args.batch_size, image_size=size)),
     ]

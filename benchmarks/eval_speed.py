@@ -137,7 +137,9 @@ def main():
     if args.case:
         run_case(args.case)
         return
-    cases = args.cases or (["sop", "inat"] + (["inat_full"] if args.full else []) + (["tfsim10k"] if args.tfsim else []))
+    cases = args.cases or (
+        ["sop", "inat"] + (["inat_full"] if args.full else []) + (["tfsim10k"] if args.tfsim else [])
+    )
     results = []
     for name in cases:
         proc = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True)
@@ -147,11 +149,15 @@ def main():
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     import faiss
 
-    print(f"retrieval_metrics (exact, all metrics, ks up to 1000) vs bare faiss IndexFlatIP k=1001; "
-          f"{os.cpu_count()} CPU cores, faiss {faiss.__version__}, numpy {np.__version__}")
+    print(
+        f"retrieval_metrics (exact, all metrics, ks up to 1000) vs bare faiss IndexFlatIP k=1001; "
+        f"{os.cpu_count()} CPU cores, faiss {faiss.__version__}, numpy {np.__version__}"
+    )
     with open("/proc/loadavg") as f:
         print(f"/proc/loadavg at the end: {f.read().strip()}")
-    print("| case | N x D | classes (max size) | ours | bare faiss k=1001 | ratio | added peak RSS | R@1 | R@1000 | MAP@R | mAP |")
+    print(
+        "| case | N x D | classes (max size) | ours | bare faiss k=1001 | ratio | added peak RSS | R@1 | R@1000 | MAP@R | mAP |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
@@ -162,7 +168,9 @@ def main():
         )
     tfsim = [r for r in results if "tfsim_total_s" in r]
     if tfsim:
-        print("\nSame data, leave-one-out Recall@1: tensorflow-similarity 0.17.1 (NMSLib HNSW, approximate) vs ours (exact)")
+        print(
+            "\nSame data, leave-one-out Recall@1: tensorflow-similarity 0.17.1 (NMSLib HNSW, approximate) vs ours (exact)"
+        )
         print("| N x D | TF-Sim build + evaluate | ours, R@1 only | ours, all metrics | TF-Sim R@1 | our R@1 |")
         print("|---|---|---|---|---|---|")
         for r in tfsim:

@@ -90,24 +90,30 @@ def cold_start_seconds(template, reps, **fields):
     """Median wall time of `template` run in fresh interpreters (interpreter start excluded)."""
     times = []
     for _ in range(reps):
-        out = subprocess.run([sys.executable, "-c", template.format(**fields)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", template.format(**fields)], capture_output=True, text=True, check=True
+        )
         times.append(float(out.stdout.strip().splitlines()[-1]))
     return statistics.median(times)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="ResNet-50 at 160x160 and fewer repetitions")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="ResNet-50 input size (default 224, or 160 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="ResNet-50 at 160x160 and fewer repetitions")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="ResNet-50 input size (default 224, or 160 with --quick)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, both runtimes")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds for the MLP (default 200)")
-    parser.add_argument("--resnet-reps", type=int, default=None,
-                        help="timed rounds for ResNet-50 (default 7, or 3 with --quick)")
-    parser.add_argument("--cold-reps", type=int, default=None,
-                        help="fresh processes per cold-start measurement (default 3, 1 with --quick)")
+    parser.add_argument(
+        "--resnet-reps", type=int, default=None, help="timed rounds for ResNet-50 (default 7, or 3 with --quick)"
+    )
+    parser.add_argument(
+        "--cold-reps",
+        type=int,
+        default=None,
+        help="fresh processes per cold-start measurement (default 3, 1 with --quick)",
+    )
     parser.add_argument("--skip-resnet", action="store_true")
     args = parser.parse_args(argv)
     image_size = args.image_size or (160 if args.quick else 224)
@@ -131,10 +137,12 @@ def main(argv=None) -> int:
     if not args.skip_resnet:
         configs.append(("resnet50", lambda: build_resnet50(image_size), resnet_reps, 1))
 
-    print(f"# export latency: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"threads={args.threads}, tensorflow {tf.__version__}, keras {keras.__version__}, "
-          f"onnxruntime {ort.__version__}, resnet50 input {image_size}x{image_size}, "
-          f"{'quick' if args.quick else 'full'} mode")
+    print(
+        f"# export latency: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"threads={args.threads}, tensorflow {tf.__version__}, keras {keras.__version__}, "
+        f"onnxruntime {ort.__version__}, resnet50 input {image_size}x{image_size}, "
+        f"{'quick' if args.quick else 'full'} mode"
+    )
     rows, cold_rows = [], []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,14 +152,17 @@ def main(argv=None) -> int:
             path = os.path.join(tmp, f"{name}.onnx")
             report = to_onnx(model, path, opset=17)
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            print(f"# {name}: exported in {report.seconds:.1f} s, max |ONNX - Keras| = "
-                  f"{report.max_abs_diff:.1e}, {os.path.getsize(path) / 1e6:.1f} MB")
+            print(
+                f"# {name}: exported in {report.seconds:.1f} s, max |ONNX - Keras| = "
+                f"{report.max_abs_diff:.1e}, {os.path.getsize(path) / 1e6:.1f} MB"
+            )
             for batch in (1, 32):
                 x = rng.standard_normal((batch, *shape)).astype("float32")
                 keras_ms, ort_ms = time_pair(
                     lambda model=model, x=x: model.predict_on_batch(x),
                     lambda session=session, report=report, x=x: session.run(None, {report.input_name: x}),
-                    reps, warmup,
+                    reps,
+                    warmup,
                 )
                 rows.append((name, batch, reps, keras_ms, ort_ms))
 
@@ -159,8 +170,7 @@ def main(argv=None) -> int:
             to_saved_model(model, saved_model, verify=False)  # same graph; ONNX parity shown above
             fields = dict(threads=args.threads, shape=(1, *shape))
             ort_s = cold_start_seconds(_COLD_ORT, cold_reps, path=path, name=report.input_name, **fields)
-            tf_s = cold_start_seconds(_COLD_TF, cold_reps, path=saved_model, name=report.input_name,
-                                      **fields)
+            tf_s = cold_start_seconds(_COLD_TF, cold_reps, path=saved_model, name=report.input_name, **fields)
             cold_rows.append((name, cold_reps, tf_s, ort_s))
 
     print()
@@ -169,7 +179,9 @@ def main(argv=None) -> int:
     for name, batch, reps, keras_ms, ort_ms in rows:
         print(f"| {name} | {batch} | {reps} | {keras_ms:.2f} | {ort_ms:.2f} | {keras_ms / ort_ms:.1f}x |")
     print()
-    print("| model | processes | TF: import + load SavedModel + 1 call (s) | ORT: import + session + 1 call (s) | TF / ORT |")
+    print(
+        "| model | processes | TF: import + load SavedModel + 1 call (s) | ORT: import + session + 1 call (s) | TF / ORT |"
+    )
     print("|---|---|---|---|---|")
     for name, reps, tf_s, ort_s in cold_rows:
         print(f"| {name} | {reps} | {tf_s:.2f} | {ort_s:.2f} | {tf_s / ort_s:.1f}x |")

@@ -32,7 +32,7 @@ def main():
     args = parser.parse_args()
     n = args.n or (200_000 if args.quick else 1_000_000)
     x, _ = clustered(n + args.queries, 128, max(n // 50, 10), 2, 400, 1.0, 1.2)
-    gallery, queries = x[: n], x[n:]
+    gallery, queries = x[:n], x[n:]
     nlist = default_nlist(n)
     settings = [
         ("flat", {}, {}),
@@ -58,7 +58,9 @@ def main():
             r1 = float(np.mean(found[:, 0] == exact[:, 0]))
             r10 = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=False)]))
             p = index_params(index)
-            shown = ", ".join(f"{k}={p[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search") if k in p)
+            shown = ", ".join(
+                f"{k}={p[k]}" for k in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search") if k in p
+            )
             rows.append((kind, shown or "-", build_s, qps, r1, r10))
             print(rows[-1], file=sys.stderr, flush=True)
     import faiss

@@ -31,7 +31,9 @@ def tiny_embedder(path):
     x = keras.Input((None, None, 3))
     h = keras.layers.Conv2D(8, 3, activation="relu")(x)
     h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h))
-    export.to_onnx(keras.Model(x, keras.layers.Dense(64)(h)), path, with_preprocessing=True, preset="sop", image_size=32)
+    export.to_onnx(
+        keras.Model(x, keras.layers.Dense(64)(h)), path, with_preprocessing=True, preset="sop", image_size=32
+    )
     return path
 
 
@@ -77,8 +79,10 @@ def main():
             add_s, _ = timed(add_files, idx, extra)
             remove_s, _ = timed(remove_entries, idx, extra)
             size = os.path.getsize(os.path.join(idx, "manifest.json")) / 1e6
-            print(f"{index_type:6} {build_s:8.2f} {add_s:8.2f} ({add_s / build_s:4.2f}x) "
-                  f"{remove_s:8.2f} ({remove_s / build_s:4.2f}x) {size:12.2f}")
+            print(
+                f"{index_type:6} {build_s:8.2f} {add_s:8.2f} ({add_s / build_s:4.2f}x) "
+                f"{remove_s:8.2f} ({remove_s / build_s:4.2f}x) {size:12.2f}"
+            )
 
 
 if __name__ == "__main__":

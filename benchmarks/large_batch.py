@@ -104,7 +104,11 @@ def main():
         cached = run(batch, args.chunk, args.steps)
         loss_only = run(batch, -1, args.steps)
         results[batch] = (cached, loss_only)
-        failed = [f"{name} {r['error']}" for name, r in (("plain", plain), ("cached", cached), ("loss", loss_only)) if r and "error" in r]
+        failed = [
+            f"{name} {r['error']}"
+            for name, r in (("plain", plain), ("cached", cached), ("loss", loss_only))
+            if r and "error" in r
+        ]
         if failed:
             print(f"{batch:>6} | failed: {'; '.join(failed)}")
             continue

@@ -203,8 +203,10 @@ def main(argv=None):
     parser.add_argument("--backend", nargs="+", default=["tensorflow"], choices=["tensorflow", "jax", "torch"])
     args = parser.parse_args(argv)
     if args.guard:
-        print(f"NaN guard cost, ROADMAPLoss XLA forward+backward, D={args.dim}, {args.per_class} per class, "
-              f"median of {args.repeats} interleaved runs")
+        print(
+            f"NaN guard cost, ROADMAPLoss XLA forward+backward, D={args.dim}, {args.per_class} per class, "
+            f"median of {args.repeats} interleaved runs"
+        )
         print("| B | unguarded ms | in-graph check only ms | guarded (+ host check) ms | overhead |")
         print("|---|---|---|---|---|")
         for b in args.sizes:
@@ -212,8 +214,11 @@ def main(argv=None):
             if "error" in r:
                 print(f"| {b} | failed: {r['error']} | | |")
                 continue
-            print(f"| {b} | {r['unguarded']:.2f} | {r['in_graph_only']:.2f} | {r['guarded']:.2f} | "
-                  f"{100 * (r['guarded'] / r['unguarded'] - 1):+.1f}% |", flush=True)
+            print(
+                f"| {b} | {r['unguarded']:.2f} | {r['in_graph_only']:.2f} | {r['guarded']:.2f} | "
+                f"{100 * (r['guarded'] / r['unguarded'] - 1):+.1f}% |",
+                flush=True,
+            )
         return
     if len(args.backend) > 1 or args.backend != ["tensorflow"]:
         return compare_backends(args)
@@ -225,12 +230,18 @@ def main(argv=None):
     results = []
     for b in args.sizes:
         ours = run("ours", "xla", b, args.dim, args.repeats, args.per_class)
-        eager = run("ours", "eager", b, args.dim, max(3, args.repeats // 3), args.per_class) if b <= args.eager_max else {}
+        eager = (
+            run("ours", "eager", b, args.dim, max(3, args.repeats // 3), args.per_class) if b <= args.eager_max else {}
+        )
         naive = run("naive", "xla", b, args.dim, args.repeats, args.per_class) if b <= args.naive_max else {}
         row = {"batch": b, "ours_xla": ours, "ours_eager": eager, "naive_xla": naive}
         if args.mixed:
-            row["ours_xla_mixed_float16"] = run("ours", "xla", b, args.dim, args.repeats, args.per_class, "mixed_float16")
-            row["ours_xla_mixed_bfloat16"] = run("ours", "xla", b, args.dim, args.repeats, args.per_class, "mixed_bfloat16")
+            row["ours_xla_mixed_float16"] = run(
+                "ours", "xla", b, args.dim, args.repeats, args.per_class, "mixed_float16"
+            )
+            row["ours_xla_mixed_bfloat16"] = run(
+                "ours", "xla", b, args.dim, args.repeats, args.per_class, "mixed_bfloat16"
+            )
         results.append(row)
 
         def fmt(r, key, spec="{:.1f}"):
@@ -249,9 +260,13 @@ def main(argv=None):
             flush=True,
         )
     if args.mixed:
-        print("\nXLA under mixed precision (ms): " + ", ".join(
-            f"B={r['batch']}: f16 {r['ours_xla_mixed_float16'].get('ms', float('nan')):.1f} / bf16 {r['ours_xla_mixed_bfloat16'].get('ms', float('nan')):.1f}"
-            for r in results))
+        print(
+            "\nXLA under mixed precision (ms): "
+            + ", ".join(
+                f"B={r['batch']}: f16 {r['ours_xla_mixed_float16'].get('ms', float('nan')):.1f} / bf16 {r['ours_xla_mixed_bfloat16'].get('ms', float('nan')):.1f}"
+                for r in results
+            )
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
@@ -265,29 +280,57 @@ def compare_backends(args):
         rows = []
         for b in args.sizes:
             row = {"batch": b}
-            row["eager"] = run("ours", "eager", b, args.dim, max(3, args.repeats // 3), args.per_class, backend=backend) if b <= args.eager_max else {}
-            row["xla"] = run("ours", "xla", b, args.dim, args.repeats, args.per_class, backend=backend) if backend != "torch" else {}
-            row["naive"] = run("naive", "xla" if backend != "torch" else "eager", b, args.dim, args.repeats, args.per_class, backend=backend) if b <= args.naive_max else {}
+            row["eager"] = (
+                run("ours", "eager", b, args.dim, max(3, args.repeats // 3), args.per_class, backend=backend)
+                if b <= args.eager_max
+                else {}
+            )
+            row["xla"] = (
+                run("ours", "xla", b, args.dim, args.repeats, args.per_class, backend=backend)
+                if backend != "torch"
+                else {}
+            )
+            row["naive"] = (
+                run(
+                    "naive",
+                    "xla" if backend != "torch" else "eager",
+                    b,
+                    args.dim,
+                    args.repeats,
+                    args.per_class,
+                    backend=backend,
+                )
+                if b <= args.naive_max
+                else {}
+            )
             rows.append(row)
         results[backend] = rows
 
     def ms(r):
         return r.get("ms") if r else None
 
-    print(f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median ms of {args.repeats}; "
-          "x = this backend's time / TensorFlow's (same mode, same run)")
-    print("| backend | B | ours eager ms | ours XLA ms | naive dense ms (XLA; torch eager) | ours eager / TF | ours XLA / TF |")
+    print(
+        f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median ms of {args.repeats}; "
+        "x = this backend's time / TensorFlow's (same mode, same run)"
+    )
+    print(
+        "| backend | B | ours eager ms | ours XLA ms | naive dense ms (XLA; torch eager) | ours eager / TF | ours XLA / TF |"
+    )
     print("|" + "---|" * 7)
     for backend in backends:
         for row, ref in zip(results[backend], results["tensorflow"], strict=False):
+
             def cell(r):
                 return "-" if not r else (f"{r['ms']:.1f}" if "ms" in r else "failed: " + r["error"])
 
             def ratio(a, b):
                 return f"{ms(a) / ms(b):.2f}x" if ms(a) and ms(b) else "-"
 
-            print(f"| {backend} | {row['batch']} | {cell(row['eager'])} | {cell(row['xla'])} | {cell(row['naive'])} | "
-                  f"{ratio(row['eager'], ref['eager'])} | {ratio(row['xla'], ref['xla'])} |", flush=True)
+            print(
+                f"| {backend} | {row['batch']} | {cell(row['eager'])} | {cell(row['xla'])} | {cell(row['naive'])} | "
+                f"{ratio(row['eager'], ref['eager'])} | {ratio(row['xla'], ref['xla'])} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -85,7 +85,9 @@ def run(impl, batch, memory, dim, per_class, repeats):
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", WORKER, impl, str(batch), str(memory), str(dim), str(per_class), str(repeats)],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:100]}
@@ -95,8 +97,13 @@ def run(impl, batch, memory, dim, per_class, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memories", type=int, nargs="+", default=[5824, 59551])
-    parser.add_argument("--per-class", type=float, nargs="+", default=None,
-                        help="images per class in the memory, one per memory size (default: CUB 58, SOP 5.3)")
+    parser.add_argument(
+        "--per-class",
+        type=float,
+        nargs="+",
+        default=None,
+        help="images per class in the memory, one per memory size (default: CUB 58, SOP 5.3)",
+    )
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
@@ -115,9 +122,11 @@ def main(argv=None):
         def cell(r, key, spec):
             return spec.format(r[key]) if key in r else (r.get("error", "-"))
 
-        print(f"| {memory} | {cell(ours, 'mean_positives', '{:.1f}')} | {cell(ours, 'ms', '{:.0f}')} | "
-              f"{cell(ours, 'peak_mib', '{:.0f}')} | {cell(loop, 'ms', '{:.0f}')} | {cell(loop, 'peak_mib', '{:.0f}')} | {ratio} |",
-              flush=True)
+        print(
+            f"| {memory} | {cell(ours, 'mean_positives', '{:.1f}')} | {cell(ours, 'ms', '{:.0f}')} | "
+            f"{cell(ours, 'peak_mib', '{:.0f}')} | {cell(loop, 'ms', '{:.0f}')} | {cell(loop, 'peak_mib', '{:.0f}')} | {ratio} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

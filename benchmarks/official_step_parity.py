@@ -80,14 +80,18 @@ def photo_batch():
 
     photos = load_sample_images().images  # two (427, 640, 3) uint8 photos
     boxes = [  # (photo, left, top, side): two crops of each region
-        (0, 0, 0, 300), (0, 40, 30, 260),
-        (0, 330, 100, 300), (0, 380, 150, 240),
-        (1, 0, 60, 360), (1, 50, 100, 300),
-        (1, 300, 0, 320), (1, 340, 60, 280),
+        (0, 0, 0, 300),
+        (0, 40, 30, 260),
+        (0, 330, 100, 300),
+        (0, 380, 150, 240),
+        (1, 0, 60, 360),
+        (1, 50, 100, 300),
+        (1, 300, 0, 320),
+        (1, 340, 60, 280),
     ]
     images = []
     for photo, left, top, side in boxes:
-        crop = Image.fromarray(photos[photo][top:top + side, left:left + side])
+        crop = Image.fromarray(photos[photo][top : top + side, left : left + side])
         crop = np.asarray(crop.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float64)
         images.append((crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
     return np.stack(images), np.repeat(np.arange(4), 2)
@@ -132,16 +136,25 @@ class Official:
         self.utils = utils
         torch.manual_seed(args.seed)
         if args.backbone == "resnet50":
-            net = RetrievalNet("resnet50", embed_dim=512, norm_features=False, without_fc=False,
-                               with_autocast=False, pretrained=False)
+            net = RetrievalNet(
+                "resnet50", embed_dim=512, norm_features=False, without_fc=False, with_autocast=False, pretrained=False
+            )
             self._set_batchnorm_statistics(net, images)
             net = utils.freeze_batch_norm(net)
         else:
-            net = RetrievalNet("vit_deit_distilled", embed_dim=384, norm_features=False,
-                               without_fc=True, with_autocast=False, pretrained=False)
+            net = RetrievalNet(
+                "vit_deit_distilled",
+                embed_dim=384,
+                norm_features=False,
+                without_fc=True,
+                with_autocast=False,
+                pretrained=False,
+            )
         self.net = net.double()
-        self.criterion = [(losses.CalibrationLoss(pos_margin=0.9, neg_margin=0.6), 1.0),
-                          (losses.SupAP(tau=0.01, rho=100.0, offset=1.44, delta=0.05), 1.0)]
+        self.criterion = [
+            (losses.CalibrationLoss(pos_margin=0.9, neg_margin=0.6), 1.0),
+            (losses.SupAP(tau=0.01, rho=100.0, offset=1.44, delta=0.05), 1.0),
+        ]
         if args.backbone == "resnet50":
             self.optimizers = [
                 torch.optim.Adam(self.net.backbone.parameters(), lr=1e-5, weight_decay=1e-4),
@@ -234,8 +247,12 @@ def main(argv=None):
     parser.add_argument("--backbone", choices=("resnet50", "deit_small"), default="resnet50")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--no-control", dest="control", action="store_false",
-                        help="skip the official-vs-official (reversed batch order) control")
+    parser.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="skip the official-vs-official (reversed batch order) control",
+    )
     args = parser.parse_args(argv)
     if not (pathlib.Path(args.official_dir) / "roadmap" / "models" / "net.py").is_file():
         parser.error(f"{args.official_dir} is not a checkout of elias-ramzi/ROADMAP (no roadmap/models/net.py).")
@@ -259,10 +276,13 @@ def main(argv=None):
         x_rev, y_rev = x_torch[reverse].contiguous(), y_torch[reverse].contiguous()
         control_emb = [control.embed(x_rev)[reverse.numpy()]]
     cosine = off_emb[0] @ off_emb[0].T
-    rows = [("embeddings before the steps: max |ours - official|",
-             f"{np.abs(our_emb[0] - off_emb[0]).max():.2e}"),
-            ("  (official pairwise cosine: min / max off-diagonal)",
-             f"{cosine[~np.eye(8, dtype=bool)].min():.4f} / {cosine[~np.eye(8, dtype=bool)].max():.4f}")]
+    rows = [
+        ("embeddings before the steps: max |ours - official|", f"{np.abs(our_emb[0] - off_emb[0]).max():.2e}"),
+        (
+            "  (official pairwise cosine: min / max off-diagonal)",
+            f"{cosine[~np.eye(8, dtype=bool)].min():.4f} / {cosine[~np.eye(8, dtype=bool)].max():.4f}",
+        ),
+    ]
     for step in range(1, args.steps + 1):
         loss_off = official.step(x_torch, y_torch)
         loss_ours = ours.step(images, labels)
@@ -271,18 +291,30 @@ def main(argv=None):
         d_off = off_emb[-1] - off_emb[-2]
         d_ours = our_emb[-1] - our_emb[-2]
         rel = np.linalg.norm(d_ours - d_off) / np.linalg.norm(d_off)
-        rows.append((f"step {step} loss: official / ours (relative diff)",
-                     f"{loss_off:.12f} / {loss_ours:.12f} ({abs(loss_ours - loss_off) / abs(loss_off):.1e})"))
-        rows.append((f"step {step} change of embeddings: ||d_ours - d_off|| / ||d_off||",
-                     f"{rel:.2e}  (||d_off|| = {np.linalg.norm(d_off):.3e}, max |d_off - d_ours| = "
-                     f"{np.abs(d_ours - d_off).max():.1e})"))
+        rows.append(
+            (
+                f"step {step} loss: official / ours (relative diff)",
+                f"{loss_off:.12f} / {loss_ours:.12f} ({abs(loss_ours - loss_off) / abs(loss_off):.1e})",
+            )
+        )
+        rows.append(
+            (
+                f"step {step} change of embeddings: ||d_ours - d_off|| / ||d_off||",
+                f"{rel:.2e}  (||d_off|| = {np.linalg.norm(d_off):.3e}, max |d_off - d_ours| = "
+                f"{np.abs(d_ours - d_off).max():.1e})",
+            )
+        )
         if control is not None:
             loss_control = control.step(x_rev, y_rev)
             control_emb.append(control.embed(x_rev)[reverse.numpy()])
             d_control = control_emb[-1] - control_emb[-2]
-            rows.append(("  control, official reversed batch: loss rel. diff / change rel. err",
-                         f"{abs(loss_control - loss_off) / abs(loss_off):.1e} / "
-                         f"{np.linalg.norm(d_control - d_off) / np.linalg.norm(d_off):.2e}"))
+            rows.append(
+                (
+                    "  control, official reversed batch: loss rel. diff / change rel. err",
+                    f"{abs(loss_control - loss_off) / abs(loss_off):.1e} / "
+                    f"{np.linalg.norm(d_control - d_off) / np.linalg.norm(d_off):.2e}",
+                )
+            )
     width = max(len(r[0]) for r in rows)
     print(f"\nofficial_step_parity --backbone {args.backbone} (float64, batch 8 x 224 px, 4 classes)")
     for name, value in rows:

@@ -48,28 +48,39 @@ def main():
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    model = build_embedder(args.model, input_shape=(64, 64, 3) if "deit" not in args.model
-                           else (32, 32, 3))
+    model = build_embedder(args.model, input_shape=(64, 64, 3) if "deit" not in args.model else (32, 32, 3))
     variables = model.trainable_variables
     rng = np.random.default_rng(0)
     grads = [tf.constant(rng.normal(size=v.shape).astype("float32") * 1e-3) for v in variables]
     n_params = sum(int(np.prod(v.shape)) for v in variables)
     print(f"{args.model}: {len(variables)} trainable variables, {n_params / 1e6:.2f}M parameters")
     pairs = [
-        ("Adam, coupled wd 1e-4, 2 lrs", lambda: build_optimizer(1e-5, 2e-5, weight_decay=1e-4),
-         "keras Adam", lambda: keras.optimizers.Adam(1e-5)),
-        ("AdamW, wd 5e-4", lambda: build_optimizer(1e-5, optimizer="adamw", weight_decay=5e-4),
-         "keras AdamW", lambda: keras.optimizers.AdamW(1e-5, weight_decay=5e-4)),
-        ("SGD momentum 0.9", lambda: build_optimizer(1e-2, optimizer="sgd"),
-         "keras SGD momentum 0.9", lambda: keras.optimizers.SGD(1e-2, momentum=0.9)),
+        (
+            "Adam, coupled wd 1e-4, 2 lrs",
+            lambda: build_optimizer(1e-5, 2e-5, weight_decay=1e-4),
+            "keras Adam",
+            lambda: keras.optimizers.Adam(1e-5),
+        ),
+        (
+            "AdamW, wd 5e-4",
+            lambda: build_optimizer(1e-5, optimizer="adamw", weight_decay=5e-4),
+            "keras AdamW",
+            lambda: keras.optimizers.AdamW(1e-5, weight_decay=5e-4),
+        ),
+        (
+            "SGD momentum 0.9",
+            lambda: build_optimizer(1e-2, optimizer="sgd"),
+            "keras SGD momentum 0.9",
+            lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
+        ),
     ]
     print("| keras_roadmap.optim | ms/update | baseline | ms/update | ratio |")
     print("|---|---|---|---|---|")
     for ours_name, ours, base_name, base in pairs:
-        t_ours, t_base = time_pair(compiled_step(ours(), variables, grads),
-                                   compiled_step(base(), variables, grads), args.repeats)
-        print(f"| {ours_name} | {t_ours * 1e3:.1f} | {base_name} | {t_base * 1e3:.1f} | "
-              f"{t_ours / t_base:.2f} |")
+        t_ours, t_base = time_pair(
+            compiled_step(ours(), variables, grads), compiled_step(base(), variables, grads), args.repeats
+        )
+        print(f"| {ours_name} | {t_ours * 1e3:.1f} | {base_name} | {t_base * 1e3:.1f} | {t_ours / t_base:.2f} |")
 
 
 if __name__ == "__main__":

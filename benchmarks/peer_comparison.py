@@ -60,7 +60,9 @@ def timed(command, env=None):
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     seconds = time.perf_counter() - start
     if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(map(str, command))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        sys.exit(
+            f"failed ({done.returncode}): {' '.join(map(str, command))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done.stdout, seconds
 
 
@@ -75,22 +77,49 @@ def held_out_metrics(embeddings, labels):
 
 def ours(args, work, split, loss):
     run = work / f"ours_{loss}"
-    cli = [sys.executable, "-m", "keras_roadmap.cli", "train", "custom", "--data", str(split), "--out", str(run),
-           "--backbone", "tiny_cnn", "--image-size", str(args.image_size), "--loss", loss, "--epochs", "1",
-           "--steps-per-epoch", str(args.steps), "--seed", str(args.seed), "--verbose", "0"]
+    cli = [
+        sys.executable,
+        "-m",
+        "keras_roadmap.cli",
+        "train",
+        "custom",
+        "--data",
+        str(split),
+        "--out",
+        str(run),
+        "--backbone",
+        "tiny_cnn",
+        "--image-size",
+        str(args.image_size),
+        "--loss",
+        loss,
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        str(args.steps),
+        "--seed",
+        str(args.seed),
+        "--verbose",
+        "0",
+    ]
     _, seconds = timed(cli)
     written = json.loads((run / "test_metrics.json").read_text())
     # Independent check: the exported ONNX file on the image files, the same evaluator.
     from keras_roadmap.data.custom import read_images
-
     from keras_roadmap.serving.embedder import OnnxEmbedder
 
     held = [r for r in read_images(split).records if r.split != "train"]
     embeddings = OnnxEmbedder(str(run / "embedder.onnx")).embed_files([r.path for r in held])
     onnx = held_out_metrics(embeddings, np.array([r.label for r in held]))
     check = max(abs(onnx[k] - float(written["trained"][k])) for k in KEYS)
-    return {"method": f"keras-roadmap train custom --loss {loss}", "version": _our_version(), "seconds": seconds,
-            "untrained": {k: float(written["untrained"][k]) for k in KEYS}, **onnx, "onnx_vs_json": check}
+    return {
+        "method": f"keras-roadmap train custom --loss {loss}",
+        "version": _our_version(),
+        "seconds": seconds,
+        "untrained": {k: float(written["untrained"][k]) for k in KEYS},
+        **onnx,
+        "onnx_vs_json": check,
+    }
 
 
 def _our_version():
@@ -102,13 +131,35 @@ def _our_version():
 def peer(args, work, split, name, python):
     library, loss, label = PEERS[name]
     out = work / f"{name}.npz"
-    stdout, seconds = timed([python, str(HERE / "peers" / "torch_peer.py"), "--library", library, "--loss", loss,
-                             "--split", str(split), "--out", str(out), "--steps", str(args.steps),
-                             "--image-size", str(args.image_size), "--seed", str(args.seed)])
+    stdout, seconds = timed(
+        [
+            python,
+            str(HERE / "peers" / "torch_peer.py"),
+            "--library",
+            library,
+            "--loss",
+            loss,
+            "--split",
+            str(split),
+            "--out",
+            str(out),
+            "--steps",
+            str(args.steps),
+            "--image-size",
+            str(args.image_size),
+            "--seed",
+            str(args.seed),
+        ]
+    )
     info = json.loads(stdout.strip().splitlines()[-1])
     saved = np.load(out)
-    return {"method": label, "version": f"{info['version']} (torch {info['torch']})", "seconds": seconds,
-            "train_seconds": info["train_seconds"], **held_out_metrics(saved["embeddings"], saved["labels"])}
+    return {
+        "method": label,
+        "version": f"{info['version']} (torch {info['torch']})",
+        "seconds": seconds,
+        "train_seconds": info["train_seconds"],
+        **held_out_metrics(saved["embeddings"], saved["labels"]),
+    }
 
 
 def main(argv=None):
@@ -119,8 +170,19 @@ def main(argv=None):
         from keras_roadmap.data.glyph_tree import write_glyph_folder
 
         write_glyph_folder(folder, copies=args.copies, image_size=args.image_size, seed=args.seed)
-        timed([sys.executable, "-m", "keras_roadmap.cli", "prepare", str(folder), "--out", str(split),
-               "--seed", str(args.seed)])
+        timed(
+            [
+                sys.executable,
+                "-m",
+                "keras_roadmap.cli",
+                "prepare",
+                str(folder),
+                "--out",
+                str(split),
+                "--seed",
+                str(args.seed),
+            ]
+        )
     rows = [ours(args, work, split, loss) for loss in args.losses]
     for name, (library, _, _) in PEERS.items():
         python = args.pml_python if library == "pml" else args.oml_python
@@ -131,13 +193,19 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     if rows and "untrained" in rows[0]:
         u = rows[0]["untrained"]
-        print(f"| untrained tiny_cnn | | {u['map@r']:.3f} | {u['recall@1']:.3f} | {u['r_precision']:.3f} | {u['map']:.3f} | |")
+        print(
+            f"| untrained tiny_cnn | | {u['map@r']:.3f} | {u['recall@1']:.3f} | {u['r_precision']:.3f} | {u['map']:.3f} | |"
+        )
     for row in rows:
-        print(f"| {row['method']} | {row['version']} | {row['map@r']:.3f} | {row['recall@1']:.3f} | "
-              f"{row['r_precision']:.3f} | {row['map']:.3f} | {row['seconds']:.0f} |")
+        print(
+            f"| {row['method']} | {row['version']} | {row['map@r']:.3f} | {row['recall@1']:.3f} | "
+            f"{row['r_precision']:.3f} | {row['map']:.3f} | {row['seconds']:.0f} |"
+        )
     for row in rows:
         if "onnx_vs_json" in row:
-            print(f"check: {row['method']}: ONNX-recomputed metrics vs test_metrics.json, max |diff| = {row['onnx_vs_json']:.2e}")
+            print(
+                f"check: {row['method']}: ONNX-recomputed metrics vs test_metrics.json, max |diff| = {row['onnx_vs_json']:.2e}"
+            )
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0

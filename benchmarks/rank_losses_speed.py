@@ -41,7 +41,11 @@ def ours(name, labels, x):
 
     from keras_roadmap import ROADMAPPlusPlusLoss, SupNDCGLoss, SupRecallLoss
 
-    loss = {"SupRecall": SupRecallLoss(), "SupNDCG": SupNDCGLoss(), "ROADMAP++": ROADMAPPlusPlusLoss(int(labels.max()) + 1, x.shape[1])}[name]
+    loss = {
+        "SupRecall": SupRecallLoss(),
+        "SupNDCG": SupNDCGLoss(),
+        "ROADMAP++": ROADMAPPlusPlusLoss(int(labels.max()) + 1, x.shape[1]),
+    }[name]
 
     @tf.function(jit_compile=True)
     def step(e):
@@ -110,7 +114,7 @@ def main(argv=None):
                 ratio = f"{theirs / mine:.1f}"
                 theirs = f"{theirs:.3f}"
             else:
-                theirs, ratio = f"not run (B^3 = {batch ** 3 * 4 / 2 ** 30:.0f} GiB per float32 tensor)", "-"
+                theirs, ratio = f"not run (B^3 = {batch**3 * 4 / 2**30:.0f} GiB per float32 tensor)", "-"
             print(f"| {name} | {batch} | {mine:.3f} | {theirs} | {ratio} | {peak_mib():.0f} |", flush=True)
 
 

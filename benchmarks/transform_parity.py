@@ -21,5 +21,7 @@ print("|---|---:|---:|---:|---:|")
 for name in sorted(parity.PRESETS):
     test = parity.eval_differences(name).values()
     train = parity.train_differences(name).values()
-    print(f"| `{name}` | {max(d.mean() for d in test):.4f} | {max(d.max() for d in test):.4f} "
-          f"| {max(d.mean() for d in train):.4f} | {max(d.max() for d in train):.4f} |")
+    print(
+        f"| `{name}` | {max(d.mean() for d in test):.4f} | {max(d.max() for d in test):.4f} "
+        f"| {max(d.mean() for d in train):.4f} | {max(d.max() for d in train):.4f} |"
+    )

@@ -1,6 +1,6 @@
 """Same as ``keras-roadmap index`` (kept for old command lines); see export/README.md.
 
-    python export/embed_and_index.py --model model.onnx --images photos/ --index photos.faiss --ids photos.json
+python export/embed_and_index.py --model model.onnx --images photos/ --index photos.faiss --ids photos.json
 """
 
 import pathlib

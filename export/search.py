@@ -1,6 +1,6 @@
 """Same as ``keras-roadmap search`` (kept for old command lines); see export/README.md.
 
-    python export/search.py --model model.onnx --index photos.faiss --ids photos.json query.jpg --k 5
+python export/search.py --model model.onnx --index photos.faiss --ids photos.json query.jpg --k 5
 """
 
 import pathlib

@@ -147,7 +147,9 @@ def in_multi_worker_mode(strategy):
     """
     import tensorflow as tf
 
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(strategy.extended._in_multi_worker_mode())
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        strategy.extended._in_multi_worker_mode()
+    )
 
 
 def _keras_distribute_strategy(model):
@@ -169,7 +171,9 @@ def symbolic_build_from_local_batch(model, iterator=None, data_batch=None, fallb
     for _, _, it in iterator:
         batch = next(it)
         data_batch = tf.nest.map_structure(
-            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+            lambda v: (
+                strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            ),
             batch,
         )
         break

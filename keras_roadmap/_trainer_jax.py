@@ -15,7 +15,9 @@ from keras_roadmap import _keras_compat
 
 def _run_stateless(variables, values, fn, collect_losses=False):
     """``(fn(), new values of variables, scope.losses)`` with ``variables`` bound to ``values``."""
-    with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=False)), collect_losses=collect_losses) as scope:
+    with keras.StatelessScope(
+        state_mapping=list(zip(variables, values, strict=False)), collect_losses=collect_losses
+    ) as scope:
         out = fn()
     new = []
     for variable, value in zip(variables, values, strict=False):
@@ -33,7 +35,9 @@ def train_step(trainer, state, data):
 
     def encode(t_values, nt_values, inputs):
         """Embeddings (float32) and the non-trainable values after the forward pass (BN)."""
-        (embeddings, penalty), new = _stateless_forward(trainer, trainable + non_trainable, list(t_values) + list(nt_values), inputs)
+        (embeddings, penalty), new = _stateless_forward(
+            trainer, trainable + non_trainable, list(t_values) + list(nt_values), inputs
+        )
         return embeddings, new[len(trainable) :], penalty
 
     def scaled(value):
@@ -54,7 +58,9 @@ def train_step(trainer, state, data):
 
         (_, (terms, non_trainable_values)), grads = jax.value_and_grad(objective, has_aux=True)(trainable_values)
     else:
-        grads, terms, non_trainable_values = _cached_gradients(trainer, x, labels, sample_ids, trainable_values, non_trainable_values, encode, scaled)
+        grads, terms, non_trainable_values = _cached_gradients(
+            trainer, x, labels, sample_ids, trainable_values, non_trainable_values, encode, scaled
+        )
 
     trainable_values, optimizer_values = trainer.optimizer.stateless_apply(optimizer_values, grads, trainable_values)
     if trainer.memory is not None:
@@ -62,7 +68,9 @@ def train_step(trainer, state, data):
         _, non_trainable_values, _ = _run_stateless(
             non_trainable, non_trainable_values, lambda: trainer.memory.assign_state(terms["state"])
         )
-    logs, metrics_values, _ = _run_stateless(trainer.metrics_variables, metrics_values, lambda: trainer._update_trackers(terms))
+    logs, metrics_values, _ = _run_stateless(
+        trainer.metrics_variables, metrics_values, lambda: trainer._update_trackers(terms)
+    )
     return logs, (trainable_values, non_trainable_values, optimizer_values, metrics_values)
 
 

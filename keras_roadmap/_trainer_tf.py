@@ -19,7 +19,9 @@ def train_step(trainer, data):
             terms = trainer._objective(labels, sample_ids, embeddings, context)
             total = terms["total"]
             if trainer.losses:
-                total = total + trainer._replica_share(ops.sum(ops.stack([ops.cast(term, "float32") for term in trainer.losses])))
+                total = total + trainer._replica_share(
+                    ops.sum(ops.stack([ops.cast(term, "float32") for term in trainer.losses]))
+                )
             scaled = trainer._scale_loss(total)
         gradients = tape.gradient(scaled, variables)
         terms["total"] = total
@@ -75,7 +77,8 @@ def _cached_gradients(trainer, x, labels, sample_ids, context, variables):
             chunk_embeddings, variables, output_gradients=ops.cast(embedding_grads[i], chunk_embeddings.dtype)
         )
         return (i + 1,) + tuple(
-            acc if g is None else acc + ops.cast(tf.convert_to_tensor(g), acc.dtype) for acc, g in zip(accumulated, grads, strict=False)
+            acc if g is None else acc + ops.cast(tf.convert_to_tensor(g), acc.dtype)
+            for acc, g in zip(accumulated, grads, strict=False)
         )
 
     zeros = tuple(tf.zeros(v.shape, v.dtype) for v in variables)
@@ -104,7 +107,11 @@ def _split_into_chunks(x, chunk_size):
     def split(t):
         t = tf.pad(t, [[0, padding]] + [[0, 0]] * (t.shape.rank - 1))
         inner = t.shape[1:]
-        shape = [-1, chunk_size] + inner.as_list() if inner.is_fully_defined() else tf.concat([[-1, chunk_size], tf.shape(t)[1:]], 0)
+        shape = (
+            [-1, chunk_size] + inner.as_list()
+            if inner.is_fully_defined()
+            else tf.concat([[-1, chunk_size], tf.shape(t)[1:]], 0)
+        )
         return tf.reshape(t, shape)
 
     return tf.nest.pack_sequence_as(x, [split(t) for t in flat]), num_chunks, batch

@@ -26,17 +26,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pathlib
 import re
 import sys
 from collections.abc import Sequence
 
 # Standard library only, like this module: the recipe table and flags build the parser.
-from keras_roadmap.recipes.arguments import add_train_arguments
+from keras_roadmap.recipes.arguments import OneLineErrorParser, add_train_arguments, output_path_problem
 from keras_roadmap.recipes.catalog import RECIPES as RECIPE_TABLE
 from keras_roadmap.recipes.catalog import listing as recipe_listing
-
-from keras_roadmap.recipes.arguments import OneLineErrorParser, output_path_problem
 
 PROG = "keras-roadmap"
 EXPORT_FORMATS = ("onnx", "saved_model")
@@ -64,8 +61,11 @@ def cli_spelling(message: str) -> str:
     message = re.sub(r"\bwith_preprocessing=True\b", "--with-preprocessing", message)
     message = re.sub(r"\bl2_normalize=True\b", "--l2-normalize", message)
     message = re.sub(r"\bformat='(\w+)'", r"--format \1", message)
-    message = re.sub(r"\b(image_size|opset|atol)=(\S+?)([,;:)]|\s|$)",
-                     lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}{m.group(3)}", message)
+    message = re.sub(
+        r"\b(image_size|opset|atol)=(\S+?)([,;:)]|\s|$)",
+        lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}{m.group(3)}",
+        message,
+    )
     message = re.sub(r"\bpass (image_size|opset|atol)\b", lambda m: f"pass --{m.group(1).replace('_', '-')}", message)
     return " ".join(message.split())
 
@@ -100,30 +100,45 @@ def _add_export(sub) -> None:
     exp.add_argument("--model", required=True, help="path to a .keras (or .h5) model file")
     # Checked by hand rather than with choices= so that aliases and a bad value get our message.
     exp.add_argument("--format", required=True, help="onnx | saved_model (alias: savedmodel)")
-    exp.add_argument("--out", required=True,
-                     help="output file (onnx, e.g. model.onnx) or directory (saved_model)")
+    exp.add_argument("--out", required=True, help="output file (onnx, e.g. model.onnx) or directory (saved_model)")
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    exp.add_argument("--with-preprocessing", action="store_true",
-                     help="bake in uint8 image input of any size -> the --preset's test transform "
-                          "(resize, centre crop, ImageNet mean/std), as evaluation applies it")
-    exp.add_argument("--preset", default=None,
-                     help="transform preset baked in by --with-preprocessing (sop, sop_big, cub, cub_big, "
-                          "inaturalist, inshop, inshop_big; default: the one recorded in the .keras file "
-                          "by the recipe that trained it, else sop)")
-    exp.add_argument("--image-size", type=int, default=None,
-                     help="crop size for --with-preprocessing (default: the model's input size)")
-    exp.add_argument("--l2-normalize", action="store_true",
-                     help="bake L2 normalisation of the embeddings into the artifact")
-    exp.add_argument("--atol", type=float, default=1e-4,
-                     help="largest allowed |artifact - Keras| on the probe batch (default 1e-4)")
+    exp.add_argument(
+        "--with-preprocessing",
+        action="store_true",
+        help="bake in uint8 image input of any size -> the --preset's test transform "
+        "(resize, centre crop, ImageNet mean/std), as evaluation applies it",
+    )
+    exp.add_argument(
+        "--preset",
+        default=None,
+        help="transform preset baked in by --with-preprocessing (sop, sop_big, cub, cub_big, "
+        "inaturalist, inshop, inshop_big; default: the one recorded in the .keras file "
+        "by the recipe that trained it, else sop)",
+    )
+    exp.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="crop size for --with-preprocessing (default: the model's input size)",
+    )
+    exp.add_argument(
+        "--l2-normalize", action="store_true", help="bake L2 normalisation of the embeddings into the artifact"
+    )
+    exp.add_argument(
+        "--atol", type=float, default=1e-4, help="largest allowed |artifact - Keras| on the probe batch (default 1e-4)"
+    )
     exp.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
     exp.set_defaults(handler=_run_export)
 
 
 def _add_index_type(parser) -> None:
-    parser.add_argument("--index-type", default="flat", metavar="{flat,ivf,hnsw}",
-                        help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
-                             "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py")
+    parser.add_argument(
+        "--index-type",
+        default="flat",
+        metavar="{flat,ivf,hnsw}",
+        help="flat: exact (default); ivf: faiss IndexIVFFlat, 2 sqrt(N) cells trained on a sample; "
+        "hnsw: faiss IndexHNSWFlat (M 32, efSearch 128). See benchmarks/index_tradeoff.py",
+    )
 
 
 def _add_threads(parser) -> None:
@@ -139,10 +154,10 @@ def _add_serving(sub) -> None:
         "index",
         help="build, add to and remove from an index folder of a gallery (ONNX embedder + faiss)",
         description="index build: embed a gallery (a folder of images, or a CSV) with an ONNX embedder exported "
-                    "by keras-roadmap (onnxruntime, no TensorFlow) into an index folder (faiss IndexIDMap2, "
-                    "ids, paths, labels, the embedder and its serving contract); index add / index remove keep it "
-                    "up to date, atomically. The old form `index --model M --images DIR --index X.faiss --ids "
-                    "X.json` still writes a single faiss file and id map.",
+        "by keras-roadmap (onnxruntime, no TensorFlow) into an index folder (faiss IndexIDMap2, "
+        "ids, paths, labels, the embedder and its serving contract); index add / index remove keep it "
+        "up to date, atomically. The old form `index --model M --images DIR --index X.faiss --ids "
+        "X.json` still writes a single faiss file and id map.",
     )
     actions = idx.add_subparsers(dest="index_action", metavar="ACTION", parser_class=_Parser)
     old = idx.add_argument_group("old form (a .faiss file and an id map instead of an index folder)")
@@ -155,10 +170,13 @@ def _add_serving(sub) -> None:
     _add_threads(old)
     idx.set_defaults(handler=_run_index)
 
-    build = actions.add_parser("build", help="embed a gallery into a new index folder",
-                               description="Embed every image of --images (a folder: the class is the parent "
-                                           "folder's name; or an open-metric-learning CSV) with --model and write "
-                                           "the index folder --out (an index already there is replaced atomically).")
+    build = actions.add_parser(
+        "build",
+        help="embed a gallery into a new index folder",
+        description="Embed every image of --images (a folder: the class is the parent "
+        "folder's name; or an open-metric-learning CSV) with --model and write "
+        "the index folder --out (an index already there is replaced atomically).",
+    )
     build.add_argument("--model", required=True, help="ONNX embedder written by `keras-roadmap export` or a recipe")
     build.add_argument("--images", required=True, help="gallery: a folder of images or a CSV (label, path, ...)")
     build.add_argument("--out", required=True, help="index folder to write")
@@ -167,22 +185,31 @@ def _add_serving(sub) -> None:
     _add_threads(build)
     build.set_defaults(handler=_run_index_build)
 
-    add = actions.add_parser("add", help="add image files (or folders of them) to an index folder",
-                             description="Embed FILEs with the index's own embedder and add them under new ids. "
-                                         "A file already there (same path or same bytes) is an error unless "
-                                         "--skip-existing.")
+    add = actions.add_parser(
+        "add",
+        help="add image files (or folders of them) to an index folder",
+        description="Embed FILEs with the index's own embedder and add them under new ids. "
+        "A file already there (same path or same bytes) is an error unless "
+        "--skip-existing.",
+    )
     add.add_argument("files", nargs="+", metavar="FILE", help="image files or folders")
     add.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
-    add.add_argument("--label", default=None,
-                     help="class of the added images (default: the parent folder's name for files inside a folder "
-                          "gallery, else none)")
+    add.add_argument(
+        "--label",
+        default=None,
+        help="class of the added images (default: the parent folder's name for files inside a folder "
+        "gallery, else none)",
+    )
     add.add_argument("--skip-existing", action="store_true", help="skip (and list) files already in the index")
     _add_batch_size(add)
     _add_threads(add)
     add.set_defaults(handler=_run_index_add)
 
-    rem = actions.add_parser("remove", help="remove images from an index folder by id or path",
-                             description="Remove images by id (see `search --format json`) or by path.")
+    rem = actions.add_parser(
+        "remove",
+        help="remove images from an index folder by id or path",
+        description="Remove images by id (see `search --format json`) or by path.",
+    )
     rem.add_argument("entries", nargs="+", metavar="ID|PATH", help="ids or image paths")
     rem.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
     _add_threads(rem)
@@ -192,13 +219,12 @@ def _add_serving(sub) -> None:
         "search",
         help="query an index folder (or a faiss file + id map) with images",
         description="Embed the query images and print their top-k neighbours (rank, cosine score, id, class, "
-                    "path). --index is an index folder from `index build` (its own embedder is used unless --model "
-                    "is given), or, with --ids and --model, a faiss file from the old `index` form.",
+        "path). --index is an index folder from `index build` (its own embedder is used unless --model "
+        "is given), or, with --ids and --model, a faiss file from the old `index` form.",
     )
     sea.add_argument("queries", nargs="+", help="query image files or folders")
     sea.add_argument("--index", required=True, help="index folder (or, with --ids, a .faiss file)")
-    sea.add_argument("--model", default=None,
-                     help="ONNX embedder (default: the index folder's own; needed with --ids)")
+    sea.add_argument("--model", default=None, help="ONNX embedder (default: the index folder's own; needed with --ids)")
     sea.add_argument("--ids", default=None, help="id map of the old `index` form")
     sea.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
     sea.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
@@ -209,14 +235,17 @@ def _add_serving(sub) -> None:
     srv = sub.add_parser(
         "serve",
         help="serve an index folder over HTTP (POST /search, GET /healthz, a page at /)",
-        description="Serve an index folder with FastAPI + uvicorn (pip install \"keras-roadmap[serve]\"): POST "
-                    "/search (multipart field `file`, query parameter k) answers the top-k neighbours as JSON; "
-                    "GET / is a page to drop an image on. Binds 127.0.0.1 unless --host says otherwise.",
+        description='Serve an index folder with FastAPI + uvicorn (pip install "keras-roadmap[serve]"): POST '
+        "/search (multipart field `file`, query parameter k) answers the top-k neighbours as JSON; "
+        "GET / is a page to drop an image on. Binds 127.0.0.1 unless --host says otherwise.",
     )
     srv.add_argument("--index", required=True, help="index folder from `keras-roadmap index build`")
     srv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    srv.add_argument("--host", default="127.0.0.1",
-                     help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
+    )
     srv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default 10)")
     _add_threads(srv)
     srv.set_defaults(handler=_run_serve)
@@ -227,18 +256,24 @@ def _add_train(sub) -> None:
         "train",
         help=f"train a recipe ({', '.join(RECIPES)}) end to end",
         description="Train ROADMAP with a recipe's settings (its YAML config: --print-config prints it), then "
-                    "evaluate the best embedder, draw the retrieval grid and recall curve, and export it to "
-                    "ONNX. Checks every needed package before it starts. `keras-roadmap recipes` lists the recipes.",
+        "evaluate the best embedder, draw the retrieval grid and recall curve, and export it to "
+        "ONNX. Checks every needed package before it starts. `keras-roadmap recipes` lists the recipes.",
     )
-    tr.add_argument("name", metavar="NAME", help=f"recipe: {', '.join(RECIPES)}, or custom (your own images: "
-                                                 "`keras-roadmap train custom --help`)")
+    tr.add_argument(
+        "name",
+        metavar="NAME",
+        help=f"recipe: {', '.join(RECIPES)}, or custom (your own images: `keras-roadmap train custom --help`)",
+    )
     add_train_arguments(tr)
     tr.set_defaults(handler=_run_train)
 
 
 def _add_recipes(sub) -> None:
-    rec = sub.add_parser("recipes", help="list the recipes of `keras-roadmap train NAME`, one line each",
-                         description="List the recipes of `keras-roadmap train NAME` with a one-line description.")
+    rec = sub.add_parser(
+        "recipes",
+        help="list the recipes of `keras-roadmap train NAME`, one line each",
+        description="List the recipes of `keras-roadmap train NAME` with a one-line description.",
+    )
     rec.set_defaults(handler=_run_recipes)
 
 
@@ -276,12 +311,23 @@ def _add_convert_weights(sub) -> None:
     )
     conv.add_argument("src", help="checkpoint: .pth/.pt/.bin state dict or .safetensors")
     conv.add_argument("dst", help="output file, ending in .weights.h5")
-    conv.add_argument("--model", required=True,
-                      help="embedder name: resnet50, resnet50_max_ln, deit_small, deit_small_distilled, deit_base")
-    conv.add_argument("--embedding-dim", type=int, default=None,
-                      help="projection size (default: the model's, 512 for ResNet-50, none for DeiT)")
-    conv.add_argument("--image-size", type=int, default=224,
-                      help="input side the embedder is built for (default 224; DeiT checkpoints fix it)")
+    conv.add_argument(
+        "--model",
+        required=True,
+        help="embedder name: resnet50, resnet50_max_ln, deit_small, deit_small_distilled, deit_base",
+    )
+    conv.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=None,
+        help="projection size (default: the model's, 512 for ResNet-50, none for DeiT)",
+    )
+    conv.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="input side the embedder is built for (default 224; DeiT checkpoints fix it)",
+    )
     conv.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation (default 0)")
     conv.set_defaults(handler=_run_convert_weights)
 
@@ -298,21 +344,29 @@ def _run_convert_weights(args: argparse.Namespace) -> int:
     from keras_roadmap.models.convert import ARCHITECTURES, is_checkpoint_path, load_checkpoint
 
     if args.model not in ARCHITECTURES:
-        raise CLIError(f"--model {args.model!r} loads no torch/timm checkpoint; choose one of: {', '.join(sorted(ARCHITECTURES))}")
+        raise CLIError(
+            f"--model {args.model!r} loads no torch/timm checkpoint; choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        )
     if not is_checkpoint_path(args.src):
         raise CLIError(f"{args.src} is not a checkpoint file (.pth, .pt, .bin or .safetensors)")
     keras.utils.set_random_seed(args.seed)
     try:
-        model = build_embedder(args.model, embedding_dim=args.embedding_dim, weights="random",
-                               input_shape=(args.image_size, args.image_size, 3))
+        model = build_embedder(
+            args.model,
+            embedding_dim=args.embedding_dim,
+            weights="random",
+            input_shape=(args.image_size, args.image_size, 3),
+        )
         summary = load_checkpoint(model, args.model, args.src)
     except (ValueError, ImportError) as exc:
         raise CLIError(str(exc).replace("\n", " ")) from exc
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     model.save_weights(args.dst)
     ignored = ", ".join(summary["ignored"][:6]) + (" ..." if len(summary["ignored"]) > 6 else "")
-    print(f"{args.dst}: {args.model} with {summary['loaded']} backbone tensors from {args.src}"
-          f" (not used: {ignored or 'none'}); head initialised with seed {args.seed}.")
+    print(
+        f"{args.dst}: {args.model} with {summary['loaded']} backbone tensors from {args.src}"
+        f" (not used: {ignored or 'none'}); head initialised with seed {args.seed}."
+    )
     return 0
 
 
@@ -420,9 +474,11 @@ def _serving_call(function, args) -> int:
 def _run_index(args: argparse.Namespace) -> int:
     missing = [f"--{flag}" for flag in ("model", "images", "index", "ids") if getattr(args, flag) is None]
     if missing:
-        raise CLIError("give an action: `index build --model M --images GALLERY --out IDX` (or `index add`, "
-                       "`index remove`), or the old form with --model, --images, --index and --ids "
-                       f"(missing: {', '.join(missing)})")
+        raise CLIError(
+            "give an action: `index build --model M --images GALLERY --out IDX` (or `index add`, "
+            "`index remove`), or the old form with --model, --images, --index and --ids "
+            f"(missing: {', '.join(missing)})"
+        )
     for flag in ("index", "ids"):
         check_output_path(getattr(args, flag), f"--{flag}")
     from keras_roadmap.serving import cli as serving_cli

@@ -93,8 +93,16 @@ class CollapseMonitor(keras.callbacks.Callback):
     Steps are the optimizer's iteration count, so a resumed run continues the count.
     """
 
-    def __init__(self, threshold=COLLAPSE_THRESHOLD, patience=COLLAPSE_PATIENCE, min_loss_drop=MIN_LOSS_DROP, *,
-                 probe=None, every_n_steps=10, verbose=1):
+    def __init__(
+        self,
+        threshold=COLLAPSE_THRESHOLD,
+        patience=COLLAPSE_PATIENCE,
+        min_loss_drop=MIN_LOSS_DROP,
+        *,
+        probe=None,
+        every_n_steps=10,
+        verbose=1,
+    ):
         super().__init__()
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must be a cosine in (0, 1), got {threshold!r}.")
@@ -160,9 +168,7 @@ class CollapseMonitor(keras.callbacks.Callback):
         self._raise_alarm(step, cosine, start, loss_start, loss, drop)
 
     def _raise_alarm(self, step, cosine, start, loss_start, loss, drop):
-        trend = (
-            "" if drop is None else f" while the loss moved {100 * drop:.1f}% ({loss_start:.4g} -> {loss:.4g})"
-        )
+        trend = "" if drop is None else f" while the loss moved {100 * drop:.1f}% ({loss_start:.4g} -> {loss:.4g})"
         message = (
             f"Embedding collapse: the mean pairwise cosine of the batch embeddings has stayed above "
             f"{self.threshold:g} for {step - start} steps (now {cosine:.3f}, step {step}){trend}. The model maps "
@@ -173,7 +179,11 @@ class CollapseMonitor(keras.callbacks.Callback):
             "that a shared background does not dominate (e.g. subtract the dataset mean)."
         )
         self.alarm = {
-            "step": step, "cosine": cosine, "streak_start": start, "loss_start": loss_start, "loss_now": loss,
+            "step": step,
+            "cosine": cosine,
+            "streak_start": start,
+            "loss_start": loss_start,
+            "loss_now": loss,
             "message": message,
         }
         warnings.warn(message, RuntimeWarning, stacklevel=2)

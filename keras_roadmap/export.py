@@ -308,8 +308,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0,
         preset, image_size = _resolve_preset(model, input_shape, preset, image_size)
     elif image_size is not None and input_shape is not None and len(input_shape) != 4:
         raise ExportError(
-            f"image_size={image_size} only applies to image models (N, H, W, 3); this model "
-            f"takes {input_shape}."
+            f"image_size={image_size} only applies to image models (N, H, W, 3); this model takes {input_shape}."
         )
 
     model_dtype = _model_input_dtype(model)
@@ -348,8 +347,7 @@ def _plan(model, *, with_preprocessing, image_size, l2_normalize, probe, seed=0,
         y = model(x, training=False)
         if isinstance(y, (list, tuple, dict)):
             raise NotAnEmbedderError(
-                "The model returns several outputs; an embedder for export must return one "
-                "(batch, D) tensor."
+                "The model returns several outputs; an embedder for export must return one (batch, D) tensor."
             )
         if len(y.shape) != 2:
             raise NotAnEmbedderError(
@@ -479,7 +477,9 @@ def _make_parent(path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as err:
         blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), parent)
-        raise ExportError(f"cannot write {path}: {blocker} is a file, not a folder; choose another output path.") from err
+        raise ExportError(
+            f"cannot write {path}: {blocker} is a file, not a folder; choose another output path."
+        ) from err
     except OSError as err:
         raise ExportError(f"cannot create the folder {parent} for {path}: {err.strerror or err}.") from err
 
@@ -543,8 +543,14 @@ def to_saved_model(
 
     _validate_common(path, atol)
     started = time.perf_counter()
-    plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
-                 l2_normalize=l2_normalize, probe=probe, preset=preset)
+    plan = _plan(
+        model,
+        with_preprocessing=with_preprocessing,
+        image_size=image_size,
+        l2_normalize=l2_normalize,
+        probe=probe,
+        preset=preset,
+    )
     output_dim = _output_dim_of(plan)  # also surfaces NotAnEmbedderError before writing anything
     path = pathlib.Path(path)
     if path.is_file():
@@ -568,8 +574,7 @@ def to_saved_model(
             return signature(**{plan.input_name: tf.constant(batch)})[OUTPUT_NAME].numpy()
 
         diff, output_dim = _check(plan, run)
-    return _finish(plan, path=path, fmt="saved_model", output_dim=output_dim, diff=diff,
-                   atol=atol, started=started)
+    return _finish(plan, path=path, fmt="saved_model", output_dim=output_dim, diff=diff, atol=atol, started=started)
 
 
 def _import_export_deps(*names):
@@ -766,8 +771,14 @@ def to_onnx(
     ort = _import_export_deps("onnxruntime")[0] if verify else None
 
     started = time.perf_counter()
-    plan = _plan(model, with_preprocessing=with_preprocessing, image_size=image_size,
-                 l2_normalize=l2_normalize, probe=probe, preset=preset)
+    plan = _plan(
+        model,
+        with_preprocessing=with_preprocessing,
+        image_size=image_size,
+        l2_normalize=l2_normalize,
+        probe=probe,
+        preset=preset,
+    )
     output_dim = _output_dim_of(plan)
     path = pathlib.Path(path)
     if path.is_dir():
@@ -820,8 +831,7 @@ def to_onnx(
             return session.run([OUTPUT_NAME], {plan.input_name: batch})[0]
 
         diff, output_dim = _check(plan, run)
-    return _finish(plan, path=path, fmt="onnx", output_dim=output_dim, diff=diff, atol=atol,
-                   started=started)
+    return _finish(plan, path=path, fmt="onnx", output_dim=output_dim, diff=diff, atol=atol, started=started)
 
 
 def export(model, path, *, format: str, **kwargs) -> ExportReport:

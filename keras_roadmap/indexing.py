@@ -94,11 +94,15 @@ def build_index(
         if nlist > n:
             raise ValueError(f"`nlist`={nlist} IVF cells need at least as many vectors; got {n}.")
         nprobe = checks.positive_int(nprobe, "nprobe") if nprobe is not None else max(1, nlist // 32)
-        train_size = checks.positive_int(train_size, "train_size") if train_size is not None else _TRAIN_PER_CELL * nlist
+        train_size = (
+            checks.positive_int(train_size, "train_size") if train_size is not None else _TRAIN_PER_CELL * nlist
+        )
         train_size = max(min(train_size, n), nlist)
         quantizer = faiss.IndexFlatIP(dim) if metric == "inner_product" else faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)  # faiss keeps a reference to quantizer
-        sample = np.random.default_rng(seed).choice(n, size=train_size, replace=False) if train_size < n else slice(None)
+        sample = (
+            np.random.default_rng(seed).choice(n, size=train_size, replace=False) if train_size < n else slice(None)
+        )
         index.train(np.ascontiguousarray(x[sample]))
         index.nprobe = min(nprobe, nlist)
         params.update(nlist=int(nlist), nprobe=int(index.nprobe), train_size=int(train_size), seed=int(seed))

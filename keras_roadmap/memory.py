@@ -86,7 +86,9 @@ class CrossBatchMemory(keras.layers.Layer):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         self.size = validation.integer("size", size, owner="CrossBatchMemory", minimum=1)
-        self.embedding_dim = validation.integer("embedding_dim", embedding_dim, owner="CrossBatchMemory", minimum=1, allow_none=True)
+        self.embedding_dim = validation.integer(
+            "embedding_dim", embedding_dim, owner="CrossBatchMemory", minimum=1, allow_none=True
+        )
         self.unique = validation.boolean("unique", unique, owner="CrossBatchMemory")
         self.activate_after = validation.integer("activate_after", activate_after, owner="CrossBatchMemory", minimum=0)
         self.weight = validation.number("weight", weight, owner="CrossBatchMemory", minimum=0)
@@ -133,7 +135,9 @@ class CrossBatchMemory(keras.layers.Layer):
                     "(images, {'label': labels, 'sample_id': ids}) or use unique=False (FIFO)."
                 )
             if not is_integer_ids(sample_ids):
-                raise ValueError(f"CrossBatchMemory got sample ids of dtype {_dtype_name(sample_ids)}: {_STRING_IDS_HELP}")
+                raise ValueError(
+                    f"CrossBatchMemory got sample ids of dtype {_dtype_name(sample_ids)}: {_STRING_IDS_HELP}"
+                )
             ids = ops.reshape(ops.convert_to_tensor(sample_ids), (-1,))
             in_range = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, self.size))
             return ops.cast(ops.where(in_range, ids, self.size), "int32")

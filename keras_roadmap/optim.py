@@ -262,9 +262,7 @@ class TorchAdam(_GroupedDecayOptimizer):
         if self.built:
             return
         super().build(var_list)
-        self._momentums, self._velocities = self.add_optimizer_variables(
-            var_list, ["momentum", "velocity"]
-        )
+        self._momentums, self._velocities = self.add_optimizer_variables(var_list, ["momentum", "velocity"])
 
     def _apply_update(self, gradient, variable, lr, index):
         dtype = variable.dtype
@@ -364,16 +362,11 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         milestones = [int(m) for m in milestones]
         increasing = all(b > a for a, b in zip(milestones, milestones[1:], strict=False))
         if any(m < 1 for m in milestones) or not increasing:
-            raise ValueError(
-                f"milestones must be strictly increasing epoch numbers >= 1, got {milestones}."
-            )
+            raise ValueError(f"milestones must be strictly increasing epoch numbers >= 1, got {milestones}.")
         if int(steps_per_epoch) != steps_per_epoch or int(steps_per_epoch) < 1:
             raise ValueError(f"steps_per_epoch must be an int >= 1, got {steps_per_epoch!r}.")
         if float(initial_learning_rate) <= 0 or float(gamma) <= 0:
-            raise ValueError(
-                "initial_learning_rate and gamma must be > 0, got "
-                f"{initial_learning_rate} and {gamma}."
-            )
+            raise ValueError(f"initial_learning_rate and gamma must be > 0, got {initial_learning_rate} and {gamma}.")
         self.initial_learning_rate = float(initial_learning_rate)
         self.milestones = milestones
         self.steps_per_epoch = int(steps_per_epoch)
@@ -506,9 +499,7 @@ def build_optimizer(
     learning_rate = backbone_lr
     if milestones:
         if steps_per_epoch is None:
-            raise ValueError(
-                "milestones are in epochs: pass steps_per_epoch (e.g. len(train_dataset))."
-            )
+            raise ValueError("milestones are in epochs: pass steps_per_epoch (e.g. len(train_dataset)).")
         learning_rate = MultiStepDecay(backbone_lr, milestones, steps_per_epoch, gamma=gamma)
     cls = TorchSGD if name == "sgd" else TorchAdam
     return cls(

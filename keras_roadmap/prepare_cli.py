@@ -12,15 +12,19 @@ def add_parser(sub) -> None:
         "prepare",
         help="split a folder of images (or check a CSV) by class and report on the data",
         description="Read DATA (ROOT/<class>/<image>, ROOT/<category>/<class>/<image> or an OML-style CSV), "
-                    "decode every image once, split the classes so that none is on both sides (stratified by "
-                    "category), and write the split CSV (label, path, split, is_query, is_gallery[, category]) "
-                    "plus OUT's .report.json: classes and images per side, class sizes, single-image classes, "
-                    "duplicate files, unreadable files with the reason.",
+        "decode every image once, split the classes so that none is on both sides (stratified by "
+        "category), and write the split CSV (label, path, split, is_query, is_gallery[, category]) "
+        "plus OUT's .report.json: classes and images per side, class sizes, single-image classes, "
+        "duplicate files, unreadable files with the reason.",
     )
     pre.add_argument("data", metavar="DATA", help="image folder or CSV")
     pre.add_argument("--out", required=True, help="split CSV to write (the report goes next to it: NAME.report.json)")
-    pre.add_argument("--test-classes", type=float, default=None,
-                     help="fraction of the classes held out for testing (default 0.5; folders only)")
+    pre.add_argument(
+        "--test-classes",
+        type=float,
+        default=None,
+        help="fraction of the classes held out for testing (default 0.5; folders only)",
+    )
     pre.add_argument("--seed", type=int, default=None, help="split seed (default 0; folders only)")
     pre.add_argument("--dedupe", action="store_true", help="drop exact duplicate files (same bytes) but the first")
     pre.add_argument("--workers", type=int, default=None, help="decoding threads (default 2 x CPUs, at most 8)")
@@ -38,7 +42,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
     try:
-        prepared = prepare_images(args.data, test_classes=args.test_classes, seed=args.seed, dedupe=args.dedupe, workers=args.workers)
+        prepared = prepare_images(
+            args.data, test_classes=args.test_classes, seed=args.seed, dedupe=args.dedupe, workers=args.workers
+        )
     except (DatasetFormatError, ImportError) as err:
         raise CLIError(" ".join(str(err).split())) from err
     csv_path, json_path = write_prepared(prepared, args.out)

@@ -149,11 +149,19 @@ class _Evaluation:
         self.same_source = g is None
         self.metric = metric
         if self.same_source:
-            _, self.per_query = retrieval_metrics(q, q_labels, metric=metric, ks=CATEGORY_KS, return_per_query=True, progress=False)
+            _, self.per_query = retrieval_metrics(
+                q, q_labels, metric=metric, ks=CATEGORY_KS, return_per_query=True, progress=False
+            )
         else:
             _, self.per_query = retrieval_metrics(
-                g, g_labels, query_embeddings=q, query_labels=q_labels, metric=metric, ks=CATEGORY_KS,
-                return_per_query=True, progress=False,
+                g,
+                g_labels,
+                query_embeddings=q,
+                query_labels=q_labels,
+                metric=metric,
+                ks=CATEGORY_KS,
+                return_per_query=True,
+                progress=False,
             )
 
     @classmethod
@@ -167,7 +175,9 @@ class _Evaluation:
             return cls(q, q_labels, q_paths, None, None, None, metric)
         g, g_labels, g_paths = _unpack(gallery, "gallery")
         if g.shape[1] != q.shape[1]:
-            raise ValueError(f"query embeddings have dimension {q.shape[1]} but gallery {g.shape[1]}; they must come from the same model.")
+            raise ValueError(
+                f"query embeddings have dimension {q.shape[1]} but gallery {g.shape[1]}; they must come from the same model."
+            )
         return cls(q, q_labels, q_paths, g, g_labels, g_paths, metric)
 
     @property
@@ -191,7 +201,9 @@ def _unpack(data, name):
     if paths is not None:
         paths = [str(p) for p in paths]
         if len(paths) != emb.shape[0]:
-            raise ValueError(f"{name}['paths'] has {len(paths)} entries but {name}['embeddings'] {emb.shape[0]} rows; they must match.")
+            raise ValueError(
+                f"{name}['paths'] has {len(paths)} entries but {name}['embeddings'] {emb.shape[0]} rows; they must match."
+            )
     return emb, labels, paths
 
 
@@ -249,7 +261,11 @@ def _metrics_table(trained, untrained):
         keys += sorted(key for key in untrained if key not in keys)
     if not keys:
         return _note("The metrics dict is empty.")
-    head = "<tr><th>metric</th><th>trained</th>" + ("<th>untrained</th><th>gain</th>" if untrained is not None else "") + "</tr>"
+    head = (
+        "<tr><th>metric</th><th>trained</th>"
+        + ("<th>untrained</th><th>gain</th>" if untrained is not None else "")
+        + "</tr>"
+    )
     rows = []
     for key in keys:
         cells = [f"<td>{_e(_metric_name(key))}</td>", _cell(trained.get(key))]
@@ -340,13 +356,16 @@ def _per_category(evaluation, categories):
     for name in sorted(set(names)):
         mask = names == name
         summary = summarise_per_query(evaluation.per_query, CATEGORY_KS, rows=mask)
-        cells = [f"<td>{_e(name)}</td>", _cell(summary["num_queries"]), _cell(int(np.unique(evaluation.q_labels[mask]).size))]
+        cells = [
+            f"<td>{_e(name)}</td>",
+            _cell(summary["num_queries"]),
+            _cell(int(np.unique(evaluation.q_labels[mask]).size)),
+        ]
         cells += [_cell(summary[f"recall@{kk}"]) for kk in CATEGORY_KS]
         cells += [_cell(summary[key]) for key in ("map@r", "r_precision", "map")]
         rows.append(f"<tr data-category='{_e(name)}'>" + "".join(cells) + "</tr>")
-    return (
-        f"<table class='categories'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
-        + _note("Trained model; each category's queries against the whole gallery (the same rankings as the table above).")
+    return f"<table class='categories'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>" + _note(
+        "Trained model; each category's queries against the whole gallery (the same rankings as the table above)."
     )
 
 
@@ -362,7 +381,11 @@ def _class_sizes(class_sizes, evaluation):
     if class_sizes is None:
         if evaluation is None:
             return _note("No class sizes were given.")
-        labels = evaluation.q_labels if evaluation.same_source else np.concatenate([evaluation.q_labels, evaluation.g_labels])
+        labels = (
+            evaluation.q_labels
+            if evaluation.same_source
+            else np.concatenate([evaluation.q_labels, evaluation.g_labels])
+        )
         class_sizes = collections.Counter(int(label) for label in labels)
         source = "counted from the evaluation set's labels"
     sizes = np.asarray([int(v) for v in dict(class_sizes).values()], dtype=np.int64)
@@ -395,16 +418,22 @@ def _worst_queries(evaluation, k, num_worst):
     valid = np.flatnonzero(np.isfinite(ap))
     lone = len(ap) - valid.size
     if valid.size == 0:
-        return _note("Every query is alone in its class (no other image to find), so no query has an average precision.")
+        return _note(
+            "Every query is alone in its class (no other image to find), so no query has an average precision."
+        )
     refs, ref_labels, ref_paths = evaluation.references
     k = min(k, refs.shape[0] - int(evaluation.same_source))
     worst = valid[np.argsort(ap[valid], kind="stable")[:num_worst]]
-    neighbours, scores = _top_k(evaluation.q[worst], refs, worst if evaluation.same_source else None, k, evaluation.metric)
+    neighbours, scores = _top_k(
+        evaluation.q[worst], refs, worst if evaluation.same_source else None, k, evaluation.metric
+    )
     notes = []
     if evaluation.q_paths is None or ref_paths is None:
         notes.append(_note("No image paths were given: the strips show labels only."))
     if lone:
-        notes.append(_note(f"{lone} queries are alone in their class and have no average precision; they are not ranked here."))
+        notes.append(
+            _note(f"{lone} queries are alone in their class and have no average precision; they are not ranked here.")
+        )
     thumbs: dict = {}
     strips = []
     for row, qi in enumerate(worst):
@@ -413,14 +442,23 @@ def _worst_queries(evaluation, k, num_worst):
         for rank, (j, score) in enumerate(zip(neighbours[row], scores[row]), start=1):
             right = ref_labels[j] == q_label
             mark = "✓" if right else "✗"
-            tiles.append(_tile(_path(ref_paths, j), thumbs, "right" if right else "wrong",
-                               f"#{rank} {mark} {float(score):.3f}", f"class {ref_labels[j]}"))
+            tiles.append(
+                _tile(
+                    _path(ref_paths, j),
+                    thumbs,
+                    "right" if right else "wrong",
+                    f"#{rank} {mark} {float(score):.3f}",
+                    f"class {ref_labels[j]}",
+                )
+            )
         info = (
             f"<p class='meta'>query {int(qi)}{_path_text(evaluation.q_paths, qi)} · class {_e(q_label)} · "
             f"AP {ap[qi]:.4f} · {int(evaluation.per_query['num_relevant'][qi])} other images of its class · "
             f"nearest of its class at rank {int(evaluation.per_query['first_pos_rank'][qi])}</p>"
         )
-        strips.append(f"<div class='strip-block' data-query='{int(qi)}' data-ap='{float(ap[qi])!r}'>{info}<div class='strip'>{''.join(tiles)}</div></div>")
+        strips.append(
+            f"<div class='strip-block' data-query='{int(qi)}' data-ap='{float(ap[qi])!r}'>{info}<div class='strip'>{''.join(tiles)}</div></div>"
+        )
     intro = _note(
         f"The {len(worst)} queries of lowest average precision (trained model), each followed by its top {k}: "
         "green ✓ = same class as the query, red ✗ = another class; the number is the similarity score."
@@ -456,7 +494,11 @@ def _tile(path, cache, css, head, label):
         if path not in cache:
             cache[path] = _thumbnail(path)
         uri, problem = cache[path]
-        picture = f"<img src='{uri}' alt='{_e(pathlib.Path(path).name)}' title='{_e(path)}'>" if uri else f"<div class='noimg' title='{_e(problem)}'>unreadable</div>"
+        picture = (
+            f"<img src='{uri}' alt='{_e(pathlib.Path(path).name)}' title='{_e(path)}'>"
+            if uri
+            else f"<div class='noimg' title='{_e(problem)}'>unreadable</div>"
+        )
     return f"<figure class='tile {css}'>{picture}<figcaption><div class='mark'>{_e(head)}</div>{_e(label)}</figcaption></figure>"
 
 

@@ -106,9 +106,7 @@ class MPerClassSampler:
                 f"lower batch_size or raise samples_per_class."
             )
         if len(self.labels) < self.batch_size:
-            raise ValueError(
-                f"{len(self.labels)} images cannot fill one batch of {batch_size}; lower batch_size."
-            )
+            raise ValueError(f"{len(self.labels)} images cannot fill one batch of {batch_size}; lower batch_size.")
 
     def __len__(self) -> int:
         """Batches per epoch: `len(labels) // batch_size`."""
@@ -180,7 +178,9 @@ class HierarchicalSampler:
                 f"batch_size / samples_per_class = {self.classes_per_batch} classes must be even: half of them "
                 f"come from each super-category of the pair."
             )
-        self.batches_per_super_pair = validation.integer("batches_per_super_pair", batches_per_super_pair, owner="HierarchicalSampler", minimum=1)
+        self.batches_per_super_pair = validation.integer(
+            "batches_per_super_pair", batches_per_super_pair, owner="HierarchicalSampler", minimum=1
+        )
         self.seed = int(seed)
         self.consecutive = bool(consecutive)
 
@@ -264,7 +264,7 @@ class FixedStepsSampler:
         blocks = [self.base.batches(e) for e in range(first // per, (last - 1) // per + 1)]
         stream = np.concatenate(blocks, axis=0)
         offset = (first // per) * per
-        return stream[first - offset:last - offset]
+        return stream[first - offset : last - offset]
 
     def __iter__(self):
         return iter(self.batches(0))

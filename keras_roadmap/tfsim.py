@@ -36,9 +36,7 @@ def _tfsim():
     try:
         import tensorflow_similarity
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "tensorflow-similarity is not installed: pip install 'keras-roadmap[tfsim]'"
-        ) from error
+        raise ImportError("tensorflow-similarity is not installed: pip install 'keras-roadmap[tfsim]'") from error
     return tensorflow_similarity
 
 

@@ -18,7 +18,6 @@ than memory allows (embedding-gradient caching); under ``tf.distribute.MirroredS
 same code ranks against the global batch and keeps the memory identical on every replica.
 """
 
-
 import keras
 from keras import ops
 
@@ -33,7 +32,9 @@ def split_targets(y):
     if isinstance(y, dict):
         label_key = next((k for k in ("label", "labels") if k in y), None)
         if label_key is None:
-            raise ValueError(f"The dataset's targets are a dict with keys {sorted(y)}; expected 'label' (and 'sample_id').")
+            raise ValueError(
+                f"The dataset's targets are a dict with keys {sorted(y)}; expected 'label' (and 'sample_id')."
+            )
         id_key = next((k for k in ("sample_id", "sample_ids") if k in y), None)
         return y[label_key], (y[id_key] if id_key else None)
     return y, None
@@ -273,7 +274,11 @@ class RetrievalTrainer(keras.Model):
         batch_loss = ops.cast(self._retrieval_loss()(labels, embeddings), "float32") * _num_replicas()
         self.total_tracker.update_state(batch_loss)
         self.batch_tracker.update_state(batch_loss)
-        logs = {m.name: m.result() for m in self.metrics if m not in (self.memory_tracker, self.cosine_tracker, self.degenerate_tracker)}
+        logs = {
+            m.name: m.result()
+            for m in self.metrics
+            if m not in (self.memory_tracker, self.cosine_tracker, self.degenerate_tracker)
+        }
         if keras.backend.backend() == "tensorflow":
             from keras_roadmap import _keras_compat
 

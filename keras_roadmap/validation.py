@@ -43,7 +43,9 @@ def number(name, value, *, owner=None, minimum=None, maximum=None, min_open=Fals
     value = float(value)
     bounds = _range_text(minimum, maximum, min_open, max_open)
     if not math.isfinite(value):
-        raise ValueError(f"{_where(owner, name)} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}.")
+        raise ValueError(
+            f"{_where(owner, name)} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}."
+        )
     low_bad = minimum is not None and (value <= minimum if min_open else value < minimum)
     high_bad = maximum is not None and (value >= maximum if max_open else value > maximum)
     if low_bad or high_bad:
@@ -58,7 +60,9 @@ def integer(name, value, *, owner=None, minimum=None, maximum=None, allow_none=F
     _require_type(name, value, owner, numbers.Integral, "an integer", allow_none)
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{_where(owner, name)} must be an integer {_range_text(minimum, maximum, False, False)}, got {value!r}.")
+        raise ValueError(
+            f"{_where(owner, name)} must be an integer {_range_text(minimum, maximum, False, False)}, got {value!r}."
+        )
     return value
 
 
@@ -79,9 +83,7 @@ def choice(name, value, choices, *, owner=None):
 def ordered(low_name, low, high_name, high, *, owner=None):
     """``low <= high`` (both already checked numbers)."""
     if low > high:
-        raise ValueError(
-            f"{owner + ': ' if owner else ''}`{low_name}` ({low!r}) must be <= `{high_name}` ({high!r})."
-        )
+        raise ValueError(f"{owner + ': ' if owner else ''}`{low_name}` ({low!r}) must be <= `{high_name}` ({high!r}).")
 
 
 # --------------------------------------------------------------- domain checks of the losses
@@ -118,7 +120,9 @@ def trainer_args(encoder, memory, chunk_size, *, memory_type):
     import keras
 
     if not isinstance(encoder, keras.layers.Layer):
-        raise TypeError(f"RetrievalTrainer: `encoder` must be a Keras model mapping inputs to (B, D) embeddings, got {type(encoder).__name__}.")
+        raise TypeError(
+            f"RetrievalTrainer: `encoder` must be a Keras model mapping inputs to (B, D) embeddings, got {type(encoder).__name__}."
+        )
     if memory is not None and not isinstance(memory, memory_type):
         raise TypeError(f"RetrievalTrainer: `memory` must be None or a CrossBatchMemory, got {type(memory).__name__}.")
     integer("chunk_size", chunk_size, owner="RetrievalTrainer", minimum=1, allow_none=True)

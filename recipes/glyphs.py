@@ -82,8 +82,17 @@ def parse_args(argv=None):
     if args.smoke:
         args.seeds, args.steps, args.epochs, args.classes_per_batch, args.copies = 1, 4, 2, 8, 1
         args.memory_size, args.gap_batches = 64, 4
-    positive = ("seeds", "steps", "epochs", "classes_per_batch", "samples_per_class", "memory_size", "copies",
-                "memory_seeds", "gap_batches")
+    positive = (
+        "seeds",
+        "steps",
+        "epochs",
+        "classes_per_batch",
+        "samples_per_class",
+        "memory_size",
+        "copies",
+        "memory_seeds",
+        "gap_batches",
+    )
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -118,8 +127,11 @@ def load_data(args):
 
     start = time.perf_counter()
     dataset = build_glyph_dataset(
-        args.fonts_dir, args.cache_dir, copies=args.copies,
-        characters=SMOKE_CHARACTERS if args.smoke else None, min_fonts=8,
+        args.fonts_dir,
+        args.cache_dir,
+        copies=args.copies,
+        characters=SMOKE_CHARACTERS if args.smoke else None,
+        min_fonts=8,
     )
     seconds = time.perf_counter() - start
     train_x, train_y = dataset.split("train")
@@ -206,18 +218,30 @@ def train_one(method, seed, train, test, args):
     )
     callbacks = []
     if seed == 0 and method in GAP_CURVES and args.plot:
-        callbacks.append(DecomposabilityGap(
-            train, every_n_epochs=1, measure_before_training=True, embed_fn=lambda x: embed(encoder, x), **gap_kwargs
-        ))
+        callbacks.append(
+            DecomposabilityGap(
+                train,
+                every_n_epochs=1,
+                measure_before_training=True,
+                embed_fn=lambda x: embed(encoder, x),
+                **gap_kwargs,
+            )
+        )
     data = make_dataset(*train, train_batches(train[1], args, seed)).repeat()
     start = time.perf_counter()
     history = model.fit(
-        data, epochs=args.epochs, steps_per_epoch=args.steps // args.epochs, callbacks=callbacks, shuffle=False,
+        data,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps // args.epochs,
+        callbacks=callbacks,
+        shuffle=False,
         verbose=0,
     )
     train_seconds = time.perf_counter() - start
     record = {
-        "method": method, "seed": seed, "train_seconds": train_seconds,
+        "method": method,
+        "seed": seed,
+        "train_seconds": train_seconds,
         "final_loss": float(history.history["loss"][-1]),
     }
     record.update(evaluate(embed(encoder, test[0]), test[1]))
@@ -295,9 +319,17 @@ def plot_gap_curves(records, path):
     titles = {"raw_pixels": "Raw pixels", "untrained": "Untrained network"}
     titles.update({k: v["title"] for k, v in METHODS.items()})
     methods = list(dict.fromkeys(r["method"] for r in records))
-    colours = {"roadmap": "tab:red", "supap": "tab:blue", "smoothap": "tab:green", "calibration": "tab:purple",
-               "multisimilarity": "tab:orange", "roadmap_memory": "tab:red", "supap_memory": "tab:blue",
-               "raw_pixels": "0.45", "untrained": "0.65"}
+    colours = {
+        "roadmap": "tab:red",
+        "supap": "tab:blue",
+        "smoothap": "tab:green",
+        "calibration": "tab:purple",
+        "multisimilarity": "tab:orange",
+        "roadmap_memory": "tab:red",
+        "supap_memory": "tab:blue",
+        "raw_pixels": "0.45",
+        "untrained": "0.65",
+    }
     fig, (ax_metrics, ax_gap, ax_curve) = plt.subplots(
         1, 3, figsize=(16, 5.6), dpi=100, gridspec_kw={"width_ratios": [1.25, 1.0, 1.1]}
     )
@@ -312,14 +344,18 @@ def plot_gap_curves(records, path):
             y = row + offset
             ax.scatter(values, [y] * len(values), color=colour, marker=marker, s=22, alpha=0.8, zorder=3)
             mean, std = float(np.mean(values)), float(np.std(values))
-            ax.errorbar(mean, y, xerr=std if len(values) > 1 else None, fmt="|", color="black", ms=12,
-                        capsize=3, zorder=4)
+            ax.errorbar(
+                mean, y, xerr=std if len(values) > 1 else None, fmt="|", color="black", ms=12, capsize=3, zorder=4
+            )
         ax.scatter([], [], color="gray", marker=marker, label=label)
 
     spread(ax_metrics, "recall@1", 0.17, "o", "R@1")
     spread(ax_metrics, "map@r", -0.17, "s", "mAP@R")
-    ax_metrics.set(xlim=(0, 1), xlabel="unseen test classes (one dot per seed, | = mean ± std)",
-                   title="Retrieval on unseen characters")
+    ax_metrics.set(
+        xlim=(0, 1),
+        xlabel="unseen test classes (one dot per seed, | = mean ± std)",
+        title="Retrieval on unseen characters",
+    )
     # Between the mAP@R and the R@1 clusters (x ~ 0.6) the axes are empty.
     ax_metrics.legend(loc="center", bbox_to_anchor=(0.6, 0.5), fontsize=10)
     spread(ax_gap, "gap", 0.0, "D", "gap")
@@ -333,10 +369,15 @@ def plot_gap_curves(records, path):
     curves = {r["method"]: r["gap_curve"] for r in records if "gap_curve" in r}
     for method, curve in curves.items():
         line = "--" if METHODS.get(method, {}).get("memory") else "-"
-        ax_curve.plot([c["step"] for c in curve], [c["gap"] for c in curve], color=colours.get(method, "gray"),
-                      linestyle=line, marker=".", label=titles.get(method, method))
-    ax_curve.set(xlabel="training step", ylabel="decomposability gap (train set)",
-                 title="Gap during training (seed 0)")
+        ax_curve.plot(
+            [c["step"] for c in curve],
+            [c["gap"] for c in curve],
+            color=colours.get(method, "gray"),
+            linestyle=line,
+            marker=".",
+            label=titles.get(method, method),
+        )
+    ax_curve.set(xlabel="training step", ylabel="decomposability gap (train set)", title="Gap during training (seed 0)")
     ax_curve.grid(alpha=0.3)
     if curves:
         ax_curve.legend(fontsize=10)
@@ -392,9 +433,13 @@ def main(argv=None):
     result = {
         "config": {k: v for k, v in vars(args).items()},
         "dataset": {
-            "num_images": int(len(dataset.labels)), "num_classes": len(dataset.characters),
-            "train_classes": int(len(dataset.train_classes)), "test_classes": int(len(dataset.test_classes)),
-            "train_images": int(len(train[1])), "test_images": int(len(test[1])), "fonts": list(dataset.fonts),
+            "num_images": int(len(dataset.labels)),
+            "num_classes": len(dataset.characters),
+            "train_classes": int(len(dataset.train_classes)),
+            "test_classes": int(len(dataset.test_classes)),
+            "train_images": int(len(train[1])),
+            "test_images": int(len(test[1])),
+            "fonts": list(dataset.fonts),
         },
         "runs": records,
         "summary": {m: {k: {"mean": v[0], "std": v[1], "n": v[2]} for k, v in s.items()} for m, s in summary.items()},

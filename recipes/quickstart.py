@@ -31,7 +31,9 @@ def quickstart_config(args):
     from keras_roadmap.recipes.run import glyph_settings
 
     raw = load_yaml(config_path("glyphs"))
-    config = resolve_config(raw, source=str(config_path("glyphs")), overrides={"epochs": args.epochs, "seed": args.seed})
+    config = resolve_config(
+        raw, source=str(config_path("glyphs")), overrides={"epochs": args.epochs, "seed": args.seed}
+    )
     config.glyphs = {**glyph_settings(raw, False), "copies": 1}
     if args.characters:
         config.glyphs["characters"] = args.characters
@@ -76,8 +78,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10, ~30 steps each)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--characters", default=None,
-                        help="restrict the classes to these characters (tests); default: all of them")
+    parser.add_argument(
+        "--characters", default=None, help="restrict the classes to these characters (tests); default: all of them"
+    )
     parser.add_argument("--verbose", choices=("auto", "0", "1", "2"), default="auto")
     args = parser.parse_args(argv)
 
@@ -100,8 +103,10 @@ def main(argv=None):
         shutil.rmtree(out)  # a fresh run each time (the recipe would resume from a backup)
     tree = prepare_glyphs(config, out / "glyph_images")
     splits = assembly.load_splits("glyphs", tree)
-    print(f"train: {len(splits.train)} images of {splits.train.num_classes} characters; "
-          f"test: {len(splits.gallery)} images of {splits.gallery.num_classes} other characters")
+    print(
+        f"train: {len(splits.train)} images of {splits.train.num_classes} characters; "
+        f"test: {len(splits.gallery)} images of {splits.gallery.num_classes} other characters"
+    )
 
     keras.utils.set_random_seed(config.seed)
     before, _ = test_table(config, assembly.build_encoder(config), splits)

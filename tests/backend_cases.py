@@ -92,13 +92,17 @@ def encoder(seed=1):
     rng = np.random.default_rng(seed)
     inputs = keras.Input((IN_DIM,))
     model = keras.Model(inputs, keras.layers.Dense(DIM)(inputs))
-    model.set_weights([rng.normal(size=(IN_DIM, DIM)).astype("float32") * 0.5, rng.normal(size=(DIM,)).astype("float32") * 0.1])
+    model.set_weights(
+        [rng.normal(size=(IN_DIM, DIM)).astype("float32") * 0.5, rng.normal(size=(DIM,)).astype("float32") * 0.1]
+    )
     return model
 
 
 def data(n=24):
     rng = np.random.default_rng(5)
-    return rng.normal(size=(n, IN_DIM)).astype("float32"), np.tile(np.array([0, 0, 1, 1, 2, 2, 3, 3]), n // 8).astype("int64")
+    return rng.normal(size=(n, IN_DIM)).astype("float32"), np.tile(np.array([0, 0, 1, 1, 2, 2, 3, 3]), n // 8).astype(
+        "int64"
+    )
 
 
 def fit_cases(out):
@@ -117,7 +121,12 @@ def fit_cases(out):
         out[f"fit/jit_{jit}/loss"] = np.asarray(history.history["loss"], "float64")
 
     targets = {"label": y, "sample_id": np.arange(len(y), dtype="int64")}
-    for name, memory, chunk in (("plain", False, None), ("memory", True, None), ("memory_chunk", True, 3), ("chunk", False, 3)):
+    for name, memory, chunk in (
+        ("plain", False, None),
+        ("memory", True, None),
+        ("memory_chunk", True, 3),
+        ("chunk", False, 3),
+    ):
         for jit in (False, True):
             mem = CrossBatchMemory(size=32, embedding_dim=DIM) if memory else None
             trainer = RetrievalTrainer(encoder(), memory=mem, chunk_size=chunk)
@@ -131,7 +140,9 @@ def fit_cases(out):
             if memory:
                 for var in ("embeddings", "labels", "filled", "steps"):
                     out[f"{key}/memory_{var}"] = np.asarray(keras.ops.convert_to_numpy(getattr(mem, var)), "float64")
-            out[f"{key}/eval"] = np.asarray(trainer.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)["batch_loss"], "float64")
+            out[f"{key}/eval"] = np.asarray(
+                trainer.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)["batch_loss"], "float64"
+            )
 
 
 def evaluation_cases(out):
@@ -141,9 +152,15 @@ def evaluation_cases(out):
     from keras_roadmap.losses import ROADMAPLoss
 
     labels = np.repeat(np.arange(6), 4).astype("int64")
-    out["sampler/mperclass"] = MPerClassSampler(labels, batch_size=8, samples_per_class=2, seed=3).batches(epoch=1).astype("float64")
+    out["sampler/mperclass"] = (
+        MPerClassSampler(labels, batch_size=8, samples_per_class=2, seed=3).batches(epoch=1).astype("float64")
+    )
     supers = labels // 3
-    out["sampler/hierarchical"] = HierarchicalSampler(labels, supers, batch_size=8, samples_per_class=2, seed=3).batches(epoch=1).astype("float64")
+    out["sampler/hierarchical"] = (
+        HierarchicalSampler(labels, supers, batch_size=8, samples_per_class=2, seed=3)
+        .batches(epoch=1)
+        .astype("float64")
+    )
     x, y = data()
     model = encoder()
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=ROADMAPLoss(), jit_compile=False)
@@ -174,7 +191,9 @@ def data_parallel_cases(out):
     y_sharded = jax.device_put(y, distribution.get_data_layout(y.shape).backend_layout)
     out["dp/num_shards"] = np.asarray(len(emb_sharded.addressable_shards), "float64")
     out["dp/loss_single"] = np.asarray(single, "float64")
-    out["dp/loss_sharded"] = np.asarray(float(jax.jit(lambda labels, e: loss(labels, e))(y_sharded, emb_sharded)), "float64")
+    out["dp/loss_sharded"] = np.asarray(
+        float(jax.jit(lambda labels, e: loss(labels, e))(y_sharded, emb_sharded)), "float64"
+    )
 
     def fitted(dist):
         if dist is not None:
@@ -188,7 +207,9 @@ def data_parallel_cases(out):
             keras.distribution.set_distribution(None)
 
     single_w, dp_w = fitted(None), fitted(distribution)
-    out["dp/fit_weight_diff"] = np.asarray(max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w, strict=False)), "float64")
+    out["dp/fit_weight_diff"] = np.asarray(
+        max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, dp_w, strict=False)), "float64"
+    )
     out["dp/fit_update"] = np.asarray(
         max(float(np.max(np.abs(a - b))) for a, b in zip(single_w, encoder().get_weights(), strict=False)), "float64"
     )

@@ -15,8 +15,9 @@ def export_embedder(path, dim=16, image_size=32, seed=4):
     h = keras.layers.Conv2D(8, 3, activation="relu")(x)
     h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
-    ex.to_onnx(keras.Model(x, keras.layers.Dense(dim)(h)), path, with_preprocessing=True,
-               preset="sop", image_size=image_size)
+    ex.to_onnx(
+        keras.Model(x, keras.layers.Dense(dim)(h)), path, with_preprocessing=True, preset="sop", image_size=image_size
+    )
     return path
 
 

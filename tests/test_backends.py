@@ -24,11 +24,22 @@ TIMEOUT_S = 1500
 
 
 def _run(python, backend, args, tmp, extra_env=None):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        **(extra_env or {}),
+    }
     env["PYTHONPATH"] = ROOT
     out = os.path.join(tmp, f"{backend}{'_dp' if args else ''}.npz")
     proc = subprocess.run(
-        [python, os.path.join(HERE, "backend_cases.py"), *args, out], capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT_S
+        [python, os.path.join(HERE, "backend_cases.py"), *args, out],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=TIMEOUT_S,
     )
     assert proc.returncode == 0, f"{backend} run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
     return dict(np.load(out))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_roadmap import CrossBatchMemory, ROADMAPLoss, RetrievalTrainer
+from keras_roadmap import CrossBatchMemory, RetrievalTrainer, ROADMAPLoss
 
 
 def _trainer(size=16):

@@ -29,8 +29,13 @@ print(f"SECONDS={time.perf_counter() - started:.3f}")
 
 
 def probe(*argv):
-    result = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -56,7 +61,8 @@ def test_train_help_lists_every_recipe_and_the_verbose_flag():
 
 
 def test_recipes_lists_every_recipe_with_its_line_without_tensorflow():
-    from keras_roadmap.recipes.catalog import RECIPES as TABLE, config_path
+    from keras_roadmap.recipes.catalog import RECIPES as TABLE
+    from keras_roadmap.recipes.catalog import config_path
 
     out = probe("recipes")
     assert "HEAVY=\n" in out, out
@@ -103,8 +109,19 @@ def test_out_under_a_regular_file(tmp_path, capsys):
     _one_line(capsys, rc, "is a file, not a directory", str(blocker))
     rc = main(["train", "cub", "--smoke", "--out", str(blocker / "run")])
     _one_line(capsys, rc, "is a file, not a directory")
-    rc = main(["index", "--model", str(model), "--images", str(tmp_path), "--index", str(blocker / "i.faiss"),
-               "--ids", str(tmp_path / "i.json")])
+    rc = main(
+        [
+            "index",
+            "--model",
+            str(model),
+            "--images",
+            str(tmp_path),
+            "--index",
+            str(blocker / "i.faiss"),
+            "--ids",
+            str(tmp_path / "i.json"),
+        ]
+    )
     _one_line(capsys, rc, "--index", "is a file, not a directory")
 
 
@@ -116,8 +133,10 @@ def test_unknown_recipe_and_format(tmp_path, capsys):
 
 
 def test_hints_use_the_cli_spelling():
-    message = ("with_preprocessing=True and the model's input size is dynamic: pass image_size "
-               "(e.g. image_size=224, or --image-size 224 on the command line).")
+    message = (
+        "with_preprocessing=True and the model's input size is dynamic: pass image_size "
+        "(e.g. image_size=224, or --image-size 224 on the command line)."
+    )
     assert "image_size" not in cli_spelling(message)
     assert "--image-size 224" in cli_spelling(message) and "--with-preprocessing" in cli_spelling(message)
     assert cli_spelling("pass image_size=32 (or leave it out).") == "pass --image-size 32 (or leave it out)."
@@ -127,8 +146,9 @@ def test_hints_use_the_cli_spelling():
 def test_quiet_import_drops_tensorflow_startup_lines():
     code = "from keras_roadmap._quiet import import_tensorflow; import_tensorflow(); import sys; print('ok')"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO)
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
     assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr, result.stderr
     assert time.perf_counter() - started < 300

@@ -72,8 +72,9 @@ def test_monitor_argument_checks():
 def collapsed_embedder(seed=0):
     """Dense on all-positive inputs with a large shared offset: every embedding points the same way."""
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, kernel_initializer="ones"),
-                             keras.layers.UnitNormalization()])
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(8, kernel_initializer="ones"), keras.layers.UnitNormalization()]
+    )
 
 
 def test_probe_mode_on_plain_fit_reads_the_model():
@@ -105,6 +106,7 @@ def test_trainer_logs_the_step_cosine():
 
 # ---- calibration warm-up -------------------------------------------------------------------
 
+
 def batch(seed=0):
     rng = np.random.default_rng(seed)
     return np.repeat(np.arange(4), 4), rng.normal(size=(16, 6)).astype("float32")
@@ -122,7 +124,9 @@ def test_warmup_ramps_the_calibration_weight(step, factor):
 def test_default_is_the_paper_and_warmup_is_serialised():
     labels, x = batch()
     assert ROADMAPLoss().get_config()["calibration_warmup_steps"] == 0
-    assert float(ROADMAPLoss()(labels, x)) == pytest.approx(float(SupAPLoss()(labels, x)) + float(CalibrationLoss()(labels, x)), rel=1e-6)
+    assert float(ROADMAPLoss()(labels, x)) == pytest.approx(
+        float(SupAPLoss()(labels, x)) + float(CalibrationLoss()(labels, x)), rel=1e-6
+    )
     restored = ROADMAPLoss.from_config(ROADMAPLoss(calibration_warmup_steps=300).get_config())
     assert restored.calibration_warmup_steps == 300
     with pytest.raises(ValueError, match="set_step_counter"):
@@ -187,11 +191,10 @@ def test_plain_fit_with_the_optimizer_step_counter():
 def test_when_roadmap_helps_snippet_runs():
     """Runs the "When ROADMAP helps" code block of docs/evidence.md as written, on tiny stand-ins."""
     import tensorflow as tf
-
     from docs_blocks import REPO, code_for
 
     section = (REPO / "docs" / "evidence.md").read_text()
-    section = section[section.index("## When ROADMAP helps"):]
+    section = section[section.index("## When ROADMAP helps") :]
     [code] = code_for("docs/evidence.md", "test_when_roadmap_helps_snippet_runs")
     assert code in section
     rng = np.random.default_rng(4)
@@ -202,7 +205,9 @@ def test_when_roadmap_helps_snippet_runs():
         return keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.UnitNormalization()])
 
     namespace = {
-        "encoder": embedder(), "model": embedder(), "images_of_a_batch": x[:16],
+        "encoder": embedder(),
+        "model": embedder(),
+        "images_of_a_batch": x[:16],
         "train_ds": tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
     }
     exec(compile(code, "docs/evidence.md", "exec"), namespace)

@@ -43,15 +43,19 @@ def test_roadmap_defaults_stay_collapsed_where_supap_and_the_warmup_escape(study
     informative (all near the untrained level): the longer study (60 steps, README "When ROADMAP
     helps") compares the losses' retrieval quality.
     """
-    args = study.parse_args(["--steps", str(STEPS), "--size", "16", "--width", "8", "--classes", "200", "--warmup-steps", "100",
-                             "--no-xla"])
+    args = study.parse_args(
+        ["--steps", str(STEPS), "--size", "16", "--width", "8", "--classes", "200", "--warmup-steps", "100", "--no-xla"]
+    )
     train, test = study.make_data(args)
     runs = {
         method: [study.run_one(method, seed, train, test, args, monitor_kwargs={"patience": 10}) for seed in SEEDS]
         for method in ("roadmap", "supap", "roadmap_warmup")
     }
     for method, records in runs.items():
-        print(method, [(round(r["last_batch_cosine"], 3), round(r["map@r"], 3), r["warned"], r["escape_step"]) for r in records])
+        print(
+            method,
+            [(round(r["last_batch_cosine"], 3), round(r["map@r"], 3), r["warned"], r["escape_step"]) for r in records],
+        )
     for records in runs.values():
         assert all(r["first_batch_cosine"] > 0.95 for r in records)  # a collapsed start
     roadmap, supap, warmup = runs["roadmap"], runs["supap"], runs["roadmap_warmup"]

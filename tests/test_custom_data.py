@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from keras_roadmap import cli
-from keras_roadmap.data import class_split, custom, prepare
+from keras_roadmap.data import class_split, custom
 from keras_roadmap.data.presets import TRANSPARENT_BACKGROUND
 from keras_roadmap.errors import DatasetFormatError
 from keras_roadmap.samplers import FixedStepsSampler, MPerClassSampler
@@ -59,7 +59,11 @@ def test_category_layout_names_classes_by_category(tmp_path):
     images = custom.read_images(tmp_path / "d")
     assert images.layout == "folder+category"
     assert {(r.label, r.category) for r in images.records} == {
-        ("bags/item0", "bags"), ("bags/item1", "bags"), ("shoes/item0", "shoes"), ("shoes/item1", "shoes")}
+        ("bags/item0", "bags"),
+        ("bags/item1", "bags"),
+        ("shoes/item0", "shoes"),
+        ("shoes/item1", "shoes"),
+    }
 
 
 def test_mixed_layout_and_symlink_loop_and_missing_path(tmp_path):
@@ -88,26 +92,42 @@ def write_csv(path, text):
 def test_csv_relative_paths_unicode_and_flags(tmp_path):
     png(tmp_path / "data" / "imgs" / "é a.png")
     png(tmp_path / "data" / "imgs" / "b.png")
-    csv_path = write_csv(tmp_path / "data" / "df.csv",
-                         "label,path,split,is_query,is_gallery,category\n"
-                         "chaise longue,imgs/é a.png,train,,,meubles\n"
-                         "7,imgs/b.png,validation,1,0,\n")
+    csv_path = write_csv(
+        tmp_path / "data" / "df.csv",
+        "label,path,split,is_query,is_gallery,category\n"
+        "chaise longue,imgs/é a.png,train,,,meubles\n"
+        "7,imgs/b.png,validation,1,0,\n",
+    )
     images = custom.read_images(csv_path)
     first, second = images.records
     assert first.path == str(tmp_path / "data" / "imgs" / "é a.png") and first.label == "chaise longue"
     assert first.category == "meubles" and first.split == "train" and first.is_query is None
-    assert second.label == "7" and second.split == "validation" and (second.is_query, second.is_gallery) == (True, False)
+    assert (
+        second.label == "7" and second.split == "validation" and (second.is_query, second.is_gallery) == (True, False)
+    )
 
 
-@pytest.mark.parametrize("body, message", [
-    ("label,path,split\nx,a.png,train\n", "missing column.*is_query, is_gallery"),
-    ("label,path,split,is_query,is_gallery\nx,a.png,holdout,,\n", r"df.csv:2: column `split` must be train or validation"),
-    ("label,path,split,is_query,is_gallery\nx,nope.png,train,,\n", "1 listed image.*do not exist.*nope.png"),
-    ("label,path,split,is_query,is_gallery\nx,a.png,train,,\ny,a.png,train,,\n", r"df.csv:3: column `path` 'a.png' is already listed on line 2"),
-    ("label,path,split,is_query,is_gallery\n,a.png,train,,\n", r"df.csv:2: column `label` is empty"),
-    ("label,path,split,is_query,is_gallery\n3.0,a.png,train,,\n", r"df.csv:2: column `label` is '3.0', a float"),
-    ("label,path,split,is_query,is_gallery\nx,a.png,validation,maybe,1\n", r"df.csv:2: column `is_query` must be 1/0"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("label,path,split\nx,a.png,train\n", "missing column.*is_query, is_gallery"),
+        (
+            "label,path,split,is_query,is_gallery\nx,a.png,holdout,,\n",
+            r"df.csv:2: column `split` must be train or validation",
+        ),
+        ("label,path,split,is_query,is_gallery\nx,nope.png,train,,\n", "1 listed image.*do not exist.*nope.png"),
+        (
+            "label,path,split,is_query,is_gallery\nx,a.png,train,,\ny,a.png,train,,\n",
+            r"df.csv:3: column `path` 'a.png' is already listed on line 2",
+        ),
+        ("label,path,split,is_query,is_gallery\n,a.png,train,,\n", r"df.csv:2: column `label` is empty"),
+        ("label,path,split,is_query,is_gallery\n3.0,a.png,train,,\n", r"df.csv:2: column `label` is '3.0', a float"),
+        (
+            "label,path,split,is_query,is_gallery\nx,a.png,validation,maybe,1\n",
+            r"df.csv:2: column `is_query` must be 1/0",
+        ),
+    ],
+)
 def test_bad_csv_names_the_line_and_column(tmp_path, body, message):
     png(tmp_path / "a.png")
     with pytest.raises(DatasetFormatError, match=message):
@@ -124,7 +144,9 @@ def test_inspect_reports_conversions_and_bad_files(tmp_path):
         "cmyk.jpg": lambda p: Image.fromarray(RNG.integers(0, 255, (8, 8, 3), dtype=np.uint8)).convert("CMYK").save(p),
         "deep.png": lambda p: Image.fromarray(RNG.integers(0, 65535, (8, 8), dtype=np.uint16)).save(p),
         "rgba.png": lambda p: png(p, (8, 8, 4), "RGBA"),
-        "anim.gif": lambda p: Image.new("RGB", (8, 8), "red").save(p, save_all=True, append_images=[Image.new("RGB", (8, 8), "blue")]),
+        "anim.gif": lambda p: Image.new("RGB", (8, 8), "red").save(
+            p, save_all=True, append_images=[Image.new("RGB", (8, 8), "blue")]
+        ),
         "empty.jpg": lambda p: p.write_bytes(b""),
         "text.png": lambda p: p.write_text("not an image"),
         "cut.png": lambda p: p.write_bytes(_png_bytes()[:60]),
@@ -169,7 +191,9 @@ def test_tf_decoder_composites_as_pil_does(tmp_path):
 
     png(tmp_path / "rgba.png", (9, 7, 4), "RGBA")
     Image.fromarray(RNG.integers(0, 256, (9, 7, 2), dtype=np.uint8), "LA").save(tmp_path / "la.png")
-    Image.fromarray(RNG.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P").save(tmp_path / "p.png", transparency=0)
+    Image.fromarray(RNG.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P").save(
+        tmp_path / "p.png", transparency=0
+    )
     png(tmp_path / "rgba.webp", (9, 7, 4), "RGBA", format="WEBP", lossless=True)
     for name in ("rgba.png", "la.png", "p.png", "rgba.webp"):
         ours = decode_image(tf.io.read_file(str(tmp_path / name))).numpy()
@@ -199,13 +223,16 @@ def test_split_is_by_class_seeded_and_stratified(tmp_path):
     assert len(other) > 1
 
 
-@pytest.mark.parametrize("make, fraction, message", [
-    (lambda root: root.mkdir(), 0.5, "no images found"),
-    (lambda root: folder(root, classes=1, per_class=3), 0.5, "found 1 class"),
-    (lambda root: folder(root, classes=5, per_class=1), 0.5, "every one of the 5 classes has a single image"),
-    (lambda root: folder(root, classes=5, per_class=2), 0.9, r"--test-classes 0.9 holds out 4 of the 5 classes"),
-    (lambda root: folder(root, classes=5, per_class=2), 1.5, "strictly between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "make, fraction, message",
+    [
+        (lambda root: root.mkdir(), 0.5, "no images found"),
+        (lambda root: folder(root, classes=1, per_class=3), 0.5, "found 1 class"),
+        (lambda root: folder(root, classes=5, per_class=1), 0.5, "every one of the 5 classes has a single image"),
+        (lambda root: folder(root, classes=5, per_class=2), 0.9, r"--test-classes 0.9 holds out 4 of the 5 classes"),
+        (lambda root: folder(root, classes=5, per_class=2), 1.5, "strictly between 0 and 1"),
+    ],
+)
 def test_split_refuses_what_cannot_be_measured(tmp_path, make, fraction, message):
     make(tmp_path / "d")
     with pytest.raises(DatasetFormatError, match=message):
@@ -253,7 +280,10 @@ def test_prepare_writes_the_csv_and_a_report_of_everything(tmp_path, capsys):
     assert report["files"]["images_listed"] == 27 and report["files"]["images_used"] == 26
     assert report["unreadable"] == [{"path": str(root / "class0" / "zero.jpg"), "reason": "empty file (0 bytes)"}]
     assert report["skipped"][0]["path"] == str(root / "class0" / "readme.txt")
-    assert report["single_image_classes"]["count"] == 1 and "gallery-only" in report["single_image_classes"]["what_happens"]
+    assert (
+        report["single_image_classes"]["count"] == 1
+        and "gallery-only" in report["single_image_classes"]["what_happens"]
+    )
     assert report["duplicates"]["groups"] == 1 and report["duplicates"]["with_different_labels"] == 1
     assert report["train"]["classes"] + report["test"]["classes"] == 9
     assert "Single-image classes: 1" in out and "Unreadable, not used" in out
@@ -274,12 +304,15 @@ def test_prepare_warns_about_duplicates_across_the_split_and_dedupe_drops_them(t
     assert report["files"]["images_used"] == 24
 
 
-@pytest.mark.parametrize("make, extra, message", [
-    (lambda root: root.mkdir(), [], "no images found"),
-    (lambda root: folder(root, classes=1), [], "found 1 class"),
-    (lambda root: folder(root, classes=4, per_class=1), [], "single image"),
-    (lambda root: folder(root, classes=5, per_class=2), ["--test-classes", "0.2"], "each side needs at least 2"),
-])
+@pytest.mark.parametrize(
+    "make, extra, message",
+    [
+        (lambda root: root.mkdir(), [], "no images found"),
+        (lambda root: folder(root, classes=1), [], "found 1 class"),
+        (lambda root: folder(root, classes=4, per_class=1), [], "single image"),
+        (lambda root: folder(root, classes=5, per_class=2), ["--test-classes", "0.2"], "each side needs at least 2"),
+    ],
+)
 def test_prepare_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, extra, message):
     make(tmp_path / "d")
     code, out, err = run_cli(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "o" / "s.csv"), *extra], capsys)

@@ -106,7 +106,7 @@ def test_replica_losses_sum_to_the_single_device_loss(tmp_path):
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULTS "):])
+    result = json.loads(lines[-1][len("RESULTS ") :])
     assert len(result["replicas"]) == 2
     # Each replica alone would see a different mean: only the gathered, count-summed form sums up.
     assert abs(result["replicas"][0] - result["replicas"][1]) > 1e-3

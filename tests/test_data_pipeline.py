@@ -174,11 +174,17 @@ def test_bad_images_and_backends_are_rejected():
     with pytest.raises(ValueError, match="channels"):
         eval_transform(tf.zeros((8, 8, 4)))
     with pytest.raises(ValueError, match="keras_cv' was removed"):
-        make_train_dataset((np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
-                           MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2), backend="keras_cv")
+        make_train_dataset(
+            (np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
+            MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2),
+            backend="keras_cv",
+        )
     with pytest.raises(ValueError, match=r"backend must be one of"):
-        make_train_dataset((np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
-                           MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2), backend="torchvision")
+        make_train_dataset(
+            (np.zeros((8, 8, 8, 3), np.uint8), np.repeat(np.arange(4), 2)),
+            MPerClassSampler(np.repeat(np.arange(4), 2), 4, 2),
+            backend="torchvision",
+        )
 
 
 def test_normalisation_matches_imagenet_statistics():
@@ -211,8 +217,9 @@ def test_train_pipeline_is_deterministic_and_seeded(tmp_path):
 
     def run(aug_seed, sampler_seed, parallel=tf.data.AUTOTUNE):
         sampler = MPerClassSampler(split.labels, 8, 2, seed=sampler_seed)
-        ds = make_train_dataset(split, sampler, image_size=SIZE, seed=aug_seed, backend="tf_image",
-                                epochs=1, num_parallel_calls=parallel)
+        ds = make_train_dataset(
+            split, sampler, image_size=SIZE, seed=aug_seed, backend="tf_image", epochs=1, num_parallel_calls=parallel
+        )
         return [(x, y.numpy()) for x, y in batches(ds)]
 
     reference = run(1, 1)
@@ -256,12 +263,14 @@ def test_model_fit_consumes_train_dataset_with_roadmap_loss():
     labels = np.repeat(np.arange(12), 4)
     sampler = MPerClassSampler(labels, 16, 4, seed=0)
     ds = make_train_dataset((images, labels), sampler, image_size=16, backend="tf_image")
-    model = keras.Sequential([
-        keras.Input((16, 16, 3)),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(8),
-        keras.layers.UnitNormalization(),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(8),
+            keras.layers.UnitNormalization(),
+        ]
+    )
     model.compile("sgd", ROADMAPLoss())
     history = model.fit(ds, epochs=2, steps_per_epoch=len(sampler), shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
@@ -269,8 +278,9 @@ def test_model_fit_consumes_train_dataset_with_roadmap_loss():
 
 def test_hierarchical_sampler_drives_the_pipeline(tmp_path):
     split = make_sop_tree(tmp_path, num_classes=8, per_class=3)
-    sampler = HierarchicalSampler(split.labels, split.super_labels, batch_size=8, samples_per_class=2,
-                                  batches_per_super_pair=3, seed=0)
+    sampler = HierarchicalSampler(
+        split.labels, split.super_labels, batch_size=8, samples_per_class=2, batches_per_super_pair=3, seed=0
+    )
     ds = make_train_dataset(split, sampler, image_size=SIZE, backend="tf_image", epochs=1)
     got = [y.numpy() for _, y in ds]
     assert len(got) == len(sampler) == 3
@@ -300,7 +310,7 @@ def test_eval_pipeline_decodes_grayscale_png_and_rgba(tmp_path):
     split = make_sop_tree(tmp_path, num_classes=2, per_class=2)
     Image.fromarray(np.full((30, 40), 200, np.uint8), mode="L").save(split.paths[0], format="JPEG")
     Image.fromarray(np.full((30, 40, 4), 100, np.uint8), mode="RGBA").save(split.paths[1], format="PNG")
-    (x, target), = list(make_eval_dataset(split, 8, image_size=SIZE, with_sample_ids=True))
+    ((x, target),) = list(make_eval_dataset(split, 8, image_size=SIZE, with_sample_ids=True))
     x = x.numpy()
     assert x.shape == (4, SIZE, SIZE, 3)
     gray = (200 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
@@ -309,7 +319,9 @@ def test_eval_pipeline_decodes_grayscale_png_and_rgba(tmp_path):
     from keras_roadmap.data.presets import TRANSPARENT_BACKGROUND
 
     blended = np.floor(100 * 100 / 255 + np.asarray(TRANSPARENT_BACKGROUND) * (1 - 100 / 255) + 0.5)
-    np.testing.assert_allclose(x[1, 4, 4], (blended / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-3)
+    np.testing.assert_allclose(
+        x[1, 4, 4], (blended / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-3
+    )
     np.testing.assert_array_equal(target["sample_id"].numpy(), [0, 1, 2, 3])
     np.testing.assert_array_equal(target["label"].numpy(), [0, 0, 1, 1])
 
@@ -336,7 +348,9 @@ def test_skip_mode_in_eval_drops_the_image_with_its_label_and_id(tmp_path):
     split = make_sop_tree(tmp_path, corrupt={2: b"garbage bytes", 9: truncated_jpeg()})
     log = CorruptImageLog()
     with pytest.warns(RuntimeWarning, match="skipping unreadable image") as caught:
-        out = list(make_eval_dataset(split, 5, image_size=SIZE, on_corrupt="skip", corrupt_log=log, with_sample_ids=True))
+        out = list(
+            make_eval_dataset(split, 5, image_size=SIZE, on_corrupt="skip", corrupt_log=log, with_sample_ids=True)
+        )
     assert sorted(str(w.message).split()[-1] for w in caught) == sorted([split.paths[2], split.paths[9]])
     ids = np.concatenate([t["sample_id"].numpy() for _, t in out])
     labels = np.concatenate([t["label"].numpy() for _, t in out])
@@ -351,8 +365,16 @@ def test_skip_mode_in_training_drops_whole_batches_only(tmp_path):
     sampler = MPerClassSampler(split.labels, 4, 2, seed=0)
     log = CorruptImageLog()
     with pytest.warns(RuntimeWarning, match="0_0.JPG"):
-        ds = make_train_dataset(split, sampler, image_size=SIZE, backend="tf_image", epochs=3,
-                                on_corrupt="skip", corrupt_log=log, with_sample_ids=True)
+        ds = make_train_dataset(
+            split,
+            sampler,
+            image_size=SIZE,
+            backend="tf_image",
+            epochs=3,
+            on_corrupt="skip",
+            corrupt_log=log,
+            with_sample_ids=True,
+        )
         got = [(x.numpy(), t["sample_id"].numpy()) for x, t in ds]
     planned = np.concatenate([sampler.batches(e) for e in range(3)])
     with_bad = [b for b in planned if 0 in b]

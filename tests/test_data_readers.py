@@ -125,7 +125,9 @@ def test_cub_label_out_of_range_names_line(tmp_path):
     lines = path.read_text().splitlines()
     lines[4] = "5 201"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetFormatError, match=r"image_class_labels.txt:5: expected '<image_id:int> <class_id in 1..200>'"):
+    with pytest.raises(
+        DatasetFormatError, match=r"image_class_labels.txt:5: expected '<image_id:int> <class_id in 1..200>'"
+    ):
         load_cub(root)
 
 
@@ -151,8 +153,10 @@ def test_cub_duplicate_image_id(tmp_path):
 def make_inat(root: pathlib.Path):
     """Train: categories 10, 11 (Plantae), 20 (Aves); test: 12 (Plantae), 21, 22 (Aves); 3 images each."""
     rows = []
-    for split, cats in (("train", [(10, "Plantae"), (11, "Plantae"), (20, "Aves")]),
-                        ("test", [(12, "Plantae"), (21, "Aves"), (22, "Aves")])):
+    for split, cats in (
+        ("train", [(10, "Plantae"), (11, "Plantae"), (20, "Aves")]),
+        ("test", [(12, "Plantae"), (21, "Aves"), (22, "Aves")]),
+    ):
         for cat, kingdom in cats:
             for k in range(3):
                 rows.append((split, f"train_val2018/{kingdom}/{cat}/{cat:04d}{k:028x}.jpg", noise(cat * 10 + k)))
@@ -191,7 +195,9 @@ def test_inaturalist_malformed_path(tmp_path):
 
 def test_inaturalist_missing_image(tmp_path):
     root = make_inat(tmp_path)
-    (root / "train_val2018/Aves/21").joinpath(sorted(p.name for p in (root / "train_val2018/Aves/21").iterdir())[0]).unlink()
+    (root / "train_val2018/Aves/21").joinpath(
+        sorted(p.name for p in (root / "train_val2018/Aves/21").iterdir())[0]
+    ).unlink()
     with pytest.raises(FileNotFoundError, match=r"Inaturalist_test_set1.txt:4: .*train_val2018/Aves/21/"):
         load_inaturalist(root, "test")
 

@@ -10,12 +10,14 @@ from keras_roadmap.samplers import MPerClassSampler
 
 
 def embedder(shape):
-    return keras.Sequential([
-        keras.Input(shape),
-        keras.layers.Flatten(),
-        keras.layers.Dense(8),
-        keras.layers.UnitNormalization(),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input(shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8),
+            keras.layers.UnitNormalization(),
+        ]
+    )
 
 
 def class_blocks(labels, classes, per_class):
@@ -32,7 +34,9 @@ def test_multishot_memory_sampler_is_a_drop_in_source():
     # Learnable: each class is a fixed random pattern plus noise.
     patterns = rng.normal(size=(15, 12, 12, 3))
     images = (patterns[labels] + 0.3 * rng.normal(size=(60, 12, 12, 3))).astype("float32")
-    tfsim = MultiShotMemorySampler(images, labels, classes_per_batch=4, examples_per_class_per_batch=2, steps_per_epoch=10)
+    tfsim = MultiShotMemorySampler(
+        images, labels, classes_per_batch=4, examples_per_class_per_batch=2, steps_per_epoch=10
+    )
     for step in range(5):
         x, y = tfsim[step]
         assert x.shape == (8, 12, 12, 3)
@@ -61,10 +65,12 @@ def test_our_pipeline_and_tfsim_feed_the_same_model():
     labels = np.repeat(np.arange(10), 4)
     model = embedder((16, 16, 3))
     model.compile("sgd", loss=ROADMAPLoss())
-    ours = make_train_dataset((images, labels), MPerClassSampler(labels, 8, 2, seed=0), image_size=16,
-                              backend="tf_image", epochs=1)
-    tfsim = MultiShotMemorySampler(images.astype("float32"), labels, classes_per_batch=4,
-                                   examples_per_class_per_batch=2, steps_per_epoch=2)
+    ours = make_train_dataset(
+        (images, labels), MPerClassSampler(labels, 8, 2, seed=0), image_size=16, backend="tf_image", epochs=1
+    )
+    tfsim = MultiShotMemorySampler(
+        images.astype("float32"), labels, classes_per_batch=4, examples_per_class_per_batch=2, steps_per_epoch=2
+    )
     spec = ours.element_spec
     x, y = tfsim[0]
     assert tuple(spec[0].shape[1:]) == x.shape[1:] and spec[0].shape[0] == len(y) == 8

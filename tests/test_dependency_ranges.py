@@ -18,10 +18,26 @@ sys.path.insert(0, str(REPO / "constraints"))
 from check_installed import pins  # noqa: E402
 
 # Extras whose lowest end is not installed by `make test-lowest` (the doc says why for each).
-NOT_IN_LOWEST_RUN = {"jax", "tensorflow-similarity", "torch", "torchvision", "timm", "safetensors",
-                     # the serving, docs and wheel-check tools: only their highest end is tested
-                     "fastapi", "uvicorn", "python-multipart", "build", "twine", "httpx2", "playwright",
-                     "mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python"}
+NOT_IN_LOWEST_RUN = {
+    "jax",
+    "tensorflow-similarity",
+    "torch",
+    "torchvision",
+    "timm",
+    "safetensors",
+    # the serving, docs and wheel-check tools: only their highest end is tested
+    "fastapi",
+    "uvicorn",
+    "python-multipart",
+    "build",
+    "twine",
+    "httpx2",
+    "playwright",
+    "mkdocs",
+    "mkdocs-material",
+    "mkdocstrings",
+    "mkdocstrings-python",
+}
 
 
 def declared():

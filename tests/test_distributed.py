@@ -49,7 +49,9 @@ def _encoder(seed, in_dim=6, dim=4):
     inputs = keras.Input((in_dim,))
     outputs = keras.layers.Dense(dim, use_bias=True)(inputs)
     model = keras.Model(inputs, outputs)
-    model.set_weights([rng.normal(size=(in_dim, dim)).astype("float32") * 0.5, rng.normal(size=(dim,)).astype("float32") * 0.1])
+    model.set_weights(
+        [rng.normal(size=(in_dim, dim)).astype("float32") * 0.5, rng.normal(size=(dim,)).astype("float32") * 0.1]
+    )
     return model
 
 
@@ -125,7 +127,9 @@ def _keras_and_trainer_steps(strategy, results):
     def plain_model(include_self):
         def build():
             model = _encoder(1)
-            model.compile(optimizer=keras.optimizers.SGD(0.05), loss=ROADMAPLoss(include_self=include_self), jit_compile=False)
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.05), loss=ROADMAPLoss(include_self=include_self), jit_compile=False
+            )
             return model
 
         return build
@@ -135,7 +139,9 @@ def _keras_and_trainer_steps(strategy, results):
         _, mirrored, mirrored_loss = _fit_one_step(strategy, plain_model(include_self), x, labels)
         results[f"keras_fit_include_self_{include_self}"] = {
             "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored, strict=False)),
-            "update_size": max(float(np.max(np.abs(a - b))) for a, b in zip(single, _encoder(1).get_weights(), strict=False)),
+            "update_size": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(single, _encoder(1).get_weights(), strict=False)
+            ),
             "single_loss": single_loss,
             "mirrored_loss": mirrored_loss,
         }
@@ -146,7 +152,10 @@ def _keras_and_trainer_steps(strategy, results):
     single_model, _, _ = _fit_one_step(None, plain_model(False), x15, labels15)
     mirrored_model, _, _ = _fit_one_step(strategy, plain_model(False), x15, labels15)
     results["keras_fit_uneven_last_batch"] = {
-        "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_model.get_weights(), mirrored_model.get_weights(), strict=False)),
+        "weight_diff": max(
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(single_model.get_weights(), mirrored_model.get_weights(), strict=False)
+        ),
     }
 
     # Trainer with a keyed memory, three steps (memory terms from the first step), plain and
@@ -156,7 +165,9 @@ def _keras_and_trainer_steps(strategy, results):
 
     def trainer(chunk_size):
         def build():
-            model = RetrievalTrainer(_encoder(2), memory=CrossBatchMemory(size=32, embedding_dim=4), chunk_size=chunk_size)
+            model = RetrievalTrainer(
+                _encoder(2), memory=CrossBatchMemory(size=32, embedding_dim=4), chunk_size=chunk_size
+            )
             model.compile(optimizer=keras.optimizers.SGD(0.05), loss=ROADMAPLoss(include_self=False), jit_compile=False)
             return model
 
@@ -174,22 +185,33 @@ def _keras_and_trainer_steps(strategy, results):
     single_model, single_history = fit(None, trainer(None))
     single_eval = single_model.evaluate(xs, ys, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)["batch_loss"]
     single_weights = single_model.encoder.get_weights()
-    single_memory = {k: np.asarray(getattr(single_model.memory, k)) for k in ("embeddings", "labels", "filled", "steps")}
+    single_memory = {
+        k: np.asarray(getattr(single_model.memory, k)) for k in ("embeddings", "labels", "filled", "steps")
+    }
     for chunk_size in (None, 3):
         model, history = fit(strategy, trainer(chunk_size))
         memory = model.memory
-        copies = {k: [np.asarray(t) for t in strategy.experimental_local_results(getattr(memory, k).value)] for k in single_memory}
+        copies = {
+            k: [np.asarray(t) for t in strategy.experimental_local_results(getattr(memory, k).value)]
+            for k in single_memory
+        }
         results[f"trainer_memory_chunk_{chunk_size}"] = {
             "num_copies": len(copies["embeddings"]),
             "replica_copy_diff": max(float(np.max(np.abs(c[0].astype("float64") - c[1]))) for c in copies.values()),
-            "memory_vs_single": max(float(np.max(np.abs(c[0].astype("float64") - single_memory[k]))) for k, c in copies.items()),
+            "memory_vs_single": max(
+                float(np.max(np.abs(c[0].astype("float64") - single_memory[k]))) for k, c in copies.items()
+            ),
             "filled": int(copies["filled"][0].sum()),
             "steps": int(copies["steps"][0]),
-            "weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(single_weights, model.encoder.get_weights(), strict=False)),
+            "weight_diff": max(
+                float(np.max(np.abs(a - b))) for a, b in zip(single_weights, model.encoder.get_weights(), strict=False)
+            ),
             "loss_diff": abs(single_history["loss"][-1] - history["loss"][-1]),
             "memory_loss_diff": abs(single_history["memory_loss"][-1] - history["memory_loss"][-1]),
             "memory_loss": history["memory_loss"][-1],
-            "eval_diff": abs(model.evaluate(xs, ys, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)["batch_loss"] - single_eval),
+            "eval_diff": abs(
+                model.evaluate(xs, ys, batch_size=GLOBAL_BATCH, verbose=0, return_dict=True)["batch_loss"] - single_eval
+            ),
         }
 
 

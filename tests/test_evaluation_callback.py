@@ -25,7 +25,12 @@ def _clustered(seed, n_classes=8, per_class=12, dim=16, noise=1.2):
 def _model():
     keras.utils.set_random_seed(1)
     model = keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(8), keras.layers.UnitNormalization()]
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(8),
+            keras.layers.UnitNormalization(),
+        ]
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=ROADMAPLoss())
     return model
@@ -83,7 +88,9 @@ def test_dataset_input_query_gallery_omit_mode_and_progress_line(capsys):
     assert len(history.history["val_map@r"]) == 2
     lines = [line for line in capsys.readouterr().out.splitlines() if "retrieval" in line]
     assert len(lines) == 2
-    assert re.fullmatch(r"Epoch 1: retrieval on 16 queries \(\d+\.\ds\) - val_recall@1: [01]\.\d{4} - val_map@r: [01]\.\d{4}", lines[0])
+    assert re.fullmatch(
+        r"Epoch 1: retrieval on 16 queries \(\d+\.\ds\) - val_recall@1: [01]\.\d{4} - val_map@r: [01]\.\d{4}", lines[0]
+    )
     assert lines[1].startswith("Epoch 3: ")
     direct = retrieval_metrics(
         model.predict(_clustered(4, per_class=6)[0], verbose=0),
@@ -152,4 +159,3 @@ def test_unbatched_dataset_and_multi_output_model_raise():
     evaluation.set_model(diverged)
     with pytest.raises(ValueError, match="NaN or inf"):
         evaluation.evaluate()
-

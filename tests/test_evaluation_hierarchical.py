@@ -6,8 +6,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from keras_roadmap.evaluation.hierarchical import hierarchical_retrieval_metrics  # no Keras import
-from keras_roadmap.evaluation.hierarchical import ranking_metrics
+from keras_roadmap.evaluation.hierarchical import (
+    hierarchical_retrieval_metrics,  # no Keras import
+    ranking_metrics,
+)
 
 DATA = pathlib.Path(__file__).parent / "data" / "official_happier"
 CASES = sorted(p.stem for p in DATA.glob("metrics_*.npz"))

@@ -66,8 +66,13 @@ def test_short_neighbour_list_matches_fixture(search_k):
     # With 1 or 5 listed neighbours nearly every query goes through the exact full-row recount.
     z = load_fixture("metrics_split_n3000_d64_c300.npz")
     metrics, per_query = retrieval_metrics(
-        z["reference"], z["reference_labels"], query_embeddings=z["query"], query_labels=z["query_labels"],
-        ks=tuple(z["recall_ks"]), search_k=search_k, return_per_query=True,
+        z["reference"],
+        z["reference_labels"],
+        query_embeddings=z["query"],
+        query_labels=z["query_labels"],
+        ks=tuple(z["recall_ks"]),
+        search_k=search_k,
+        return_per_query=True,
     )
     for ours, theirs in PML_KEYS.items():
         assert metrics[ours] == pytest.approx(float(z[theirs]), abs=1e-6), ours
@@ -108,9 +113,7 @@ HAND_SAME = dict(
 @pytest.mark.parametrize("ks, search_k", [((1, 2, 4, 1000), None), ((1,), 1), ((1, 2), 2)])
 def test_hand_computed_same_source(metric, ks, search_k):
     # search_k 1 or 2 leaves positives out of the k-NN list: the exact recount path answers.
-    metrics, per_query = retrieval_metrics(
-        **HAND_SAME, ks=ks, metric=metric, search_k=search_k, return_per_query=True
-    )
+    metrics, per_query = retrieval_metrics(**HAND_SAME, ks=ks, metric=metric, search_k=search_k, return_per_query=True)
     assert metrics["precision@1"] == pytest.approx(2 / 3)
     assert metrics["r_precision"] == pytest.approx(1 / 2)
     assert metrics["map@r"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 4) / 3)
@@ -164,7 +167,9 @@ def test_exact_ties_are_broken_by_reference_index(metric, search_k):
     # first (smaller index): ranking B+ ... -> A at rank 2, AP 1/2. For query 2 (tied with 1,
     # its exact duplicate, ranked first) the A row 0 and the C row 3 tie: 0 first -> rank 2.
     e = np.array([[1, 0], [0, 1], [0, 1], [-1, 0]], np.float32)
-    metrics, per_query = retrieval_metrics(e, [0, 1, 0, 2], ks=(1,), metric=metric, search_k=search_k, return_per_query=True)
+    metrics, per_query = retrieval_metrics(
+        e, [0, 1, 0, 2], ks=(1,), metric=metric, search_k=search_k, return_per_query=True
+    )
     np.testing.assert_allclose(per_query["ap"], [0.5, np.nan, 0.5, np.nan])
     np.testing.assert_array_equal(per_query["first_pos_rank"], [2, 0, 2, 0])
     assert metrics["precision@1"] == 0.0

@@ -122,8 +122,9 @@ def test_dense_round_trip(dense_model, tmp_path, fmt, l2):
 @pytest.mark.parametrize("with_preprocessing,l2", [(False, False), (True, True)])
 def test_cnn_round_trip(cnn_model, tmp_path, fmt, with_preprocessing, l2):
     kwargs = {"preset": PRESET} if with_preprocessing else {}
-    report = EXPORTERS[fmt](cnn_model, tmp_path / "art", with_preprocessing=with_preprocessing,
-                            l2_normalize=l2, **kwargs)
+    report = EXPORTERS[fmt](
+        cnn_model, tmp_path / "art", with_preprocessing=with_preprocessing, l2_normalize=l2, **kwargs
+    )
     assert report.output_dim == 12 and report.max_abs_diff <= 1e-4
     rng = np.random.default_rng(6)
     for batch in (1, 7):
@@ -157,8 +158,9 @@ def test_preprocessing_is_the_pipeline_transform_and_matches_pil():
         assert diff.mean() <= 0.01 and diff.max() <= 0.05, (shape, diff.mean(), diff.max())
     # The old call form (image size only) is the default "sop" preset at that size.
     images = rng.integers(0, 256, (1, 50, 70, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(ex.imagenet_eval_preprocess(tf.constant(images), IMAGE_SIZE).numpy(),
-                                  _pipeline_preprocess(images, "sop@28"))
+    np.testing.assert_array_equal(
+        ex.imagenet_eval_preprocess(tf.constant(images), IMAGE_SIZE).numpy(), _pipeline_preprocess(images, "sop@28")
+    )
 
 
 def test_onnx_baked_preprocessing_is_the_pipeline_transform(tmp_path):
@@ -263,22 +265,45 @@ def test_explicit_probe_is_used(dense_model, tmp_path):
 @pytest.mark.parametrize(
     "build,kwargs,error,message",
     [
-        (lambda: keras.Model(i := keras.Input((8,)), keras.layers.Reshape((2, 4))(i)), {},
-         ex.NotAnEmbedderError, "Not an embedder.*rank 3"),
-        (lambda: keras.Model([a := keras.Input((3,)), b := keras.Input((3,))],
-                             keras.layers.Concatenate()([a, b])), {},
-         ex.NotAnEmbedderError, "2 inputs"),
+        (
+            lambda: keras.Model(i := keras.Input((8,)), keras.layers.Reshape((2, 4))(i)),
+            {},
+            ex.NotAnEmbedderError,
+            "Not an embedder.*rank 3",
+        ),
+        (
+            lambda: keras.Model([a := keras.Input((3,)), b := keras.Input((3,))], keras.layers.Concatenate()([a, b])),
+            {},
+            ex.NotAnEmbedderError,
+            "2 inputs",
+        ),
         (_dense_embedder, {"with_preprocessing": True}, ex.ExportError, "needs an image model"),
-        (_cnn_embedder, {"with_preprocessing": True, "image_size": 32}, ex.ExportError,
-         "does not match the model's input size 28"),
-        (_cnn_embedder, {"with_preprocessing": True, "preset": "cub"}, ex.ExportError,
-         "preset 'cub' crops 224 px but the model takes 28 px"),
-        (_cnn_embedder, {"with_preprocessing": True, "preset": "imagenet"}, ex.ExportError,
-         "Unknown transform preset 'imagenet'"),
+        (
+            _cnn_embedder,
+            {"with_preprocessing": True, "image_size": 32},
+            ex.ExportError,
+            "does not match the model's input size 28",
+        ),
+        (
+            _cnn_embedder,
+            {"with_preprocessing": True, "preset": "cub"},
+            ex.ExportError,
+            "preset 'cub' crops 224 px but the model takes 28 px",
+        ),
+        (
+            _cnn_embedder,
+            {"with_preprocessing": True, "preset": "imagenet"},
+            ex.ExportError,
+            "Unknown transform preset 'imagenet'",
+        ),
         (_cnn_embedder, {"preset": "sop"}, ex.ExportError, "preset only applies with with_preprocessing"),
         (lambda: _cnn_embedder(dynamic=True), {}, ex.ExportError, "dynamic axes"),
-        (_cnn_embedder, {"with_preprocessing": True, "probe": np.zeros((1, 40, 40, 3), "float32")},
-         ex.ExportError, "probe must be uint8 images"),
+        (
+            _cnn_embedder,
+            {"with_preprocessing": True, "probe": np.zeros((1, 40, 40, 3), "float32")},
+            ex.ExportError,
+            "probe must be uint8 images",
+        ),
         (_dense_embedder, {"opset": 9}, ex.ExportError, "opset must be"),
     ],
 )

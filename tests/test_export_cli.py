@@ -51,8 +51,21 @@ def _assert_one_line_error(capsys, rc, *fragments):
 
 def test_export_onnx_with_preprocessing(embedder_file, tmp_path, capsys):
     out = tmp_path / "nested" / "m.onnx"
-    rc = main(["export", "--model", embedder_file, "--format", "onnx", "--out", str(out),
-               "--opset", "16", "--with-preprocessing", "--l2-normalize"])
+    rc = main(
+        [
+            "export",
+            "--model",
+            embedder_file,
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--opset",
+            "16",
+            "--with-preprocessing",
+            "--l2-normalize",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert rc == 0 and out.is_file()
     assert "exported onnx" in stdout and "'images' uint8" in stdout and "[?, 6]" in stdout
@@ -63,14 +76,14 @@ def test_export_onnx_with_preprocessing(embedder_file, tmp_path, capsys):
 
 
 def test_missing_file(tmp_path, capsys):
-    rc = main(["export", "--model", str(tmp_path / "nope.keras"), "--format", "onnx",
-               "--out", str(tmp_path / "m.onnx")])
+    rc = main(
+        ["export", "--model", str(tmp_path / "nope.keras"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    )
     _assert_one_line_error(capsys, rc, "model file not found", "nope.keras")
 
 
 def test_not_an_embedder(not_embedder_file, tmp_path, capsys):
-    rc = main(["export", "--model", not_embedder_file, "--format", "saved_model",
-               "--out", str(tmp_path / "sm")])
+    rc = main(["export", "--model", not_embedder_file, "--format", "saved_model", "--out", str(tmp_path / "sm")])
     _assert_one_line_error(capsys, rc, "Not an embedder", "rank 4")
     assert not (tmp_path / "sm").exists()
 
@@ -119,8 +132,9 @@ def test_subprocess_export_of_model_trained_with_roadmap_loss(tmp_path):
     model = keras.Model(x, keras.layers.UnitNormalization()(keras.layers.Dense(4)(x)))
     model.compile(optimizer="adam", loss=ROADMAPLoss())
     rng = np.random.default_rng(0)
-    model.fit(rng.standard_normal((16, 10)).astype("float32"), np.repeat(np.arange(4), 4),
-              batch_size=16, epochs=1, verbose=0)
+    model.fit(
+        rng.standard_normal((16, 10)).astype("float32"), np.repeat(np.arange(4), 4), batch_size=16, epochs=1, verbose=0
+    )
     model_path = tmp_path / "trained.keras"
     model.save(model_path)
     with open(model_path, "rb") as handle:  # the loss config really is in the file
@@ -131,9 +145,23 @@ def test_subprocess_export_of_model_trained_with_roadmap_loss(tmp_path):
 
     out = tmp_path / "sm"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_roadmap.cli", "export", "--model", str(model_path),
-         "--format", "saved_model", "--out", str(out)],
-        capture_output=True, text=True, env=_subprocess_env(), cwd=str(tmp_path), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_roadmap.cli",
+            "export",
+            "--model",
+            str(model_path),
+            "--format",
+            "saved_model",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        cwd=str(tmp_path),
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "exported saved_model" in result.stdout and "max |diff| vs Keras" in result.stdout
@@ -141,13 +169,29 @@ def test_subprocess_export_of_model_trained_with_roadmap_loss(tmp_path):
     import tensorflow as tf
 
     probe = rng.standard_normal((5, 10)).astype("float32")
-    served = tf.saved_model.load(str(out)).signatures["serving_default"](features=tf.constant(probe))  # named as the Keras input
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](
+        features=tf.constant(probe)
+    )  # named as the Keras input
     np.testing.assert_allclose(served["embeddings"].numpy(), model.predict_on_batch(probe), atol=1e-5)
 
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_roadmap.cli", "export", "--model", str(tmp_path / "missing.keras"),
-         "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
-        capture_output=True, text=True, env=_subprocess_env(), cwd=str(tmp_path), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_roadmap.cli",
+            "export",
+            "--model",
+            str(tmp_path / "missing.keras"),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "m.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        cwd=str(tmp_path),
+        timeout=300,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     # Other stderr lines, if any, are TensorFlow's C++ start-up logging.
@@ -173,8 +217,9 @@ def test_help_does_not_import_tensorflow_beyond_the_package():
         "after = {m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')}\n"
         "print('NEW_HEAVY_MODULES=%d' % len(after - before))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_subprocess_env(), timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_subprocess_env(), timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "--with-preprocessing" in result.stdout
     assert "NEW_HEAVY_MODULES=0" in result.stdout

@@ -56,8 +56,14 @@ def _serving_embed(onnx_path, paths):
 def test_a_jpeg_gets_the_same_embedding_through_onnx_and_evaluation(tmp_path, preset):
     model = _cnn()
     paths = _photo_jpegs(tmp_path)
-    split = RetrievalSplit(name="photos", paths=paths, labels=np.arange(len(paths)), super_labels=None,
-                           sample_ids=np.arange(len(paths)), class_names=[str(i) for i in range(len(paths))])
+    split = RetrievalSplit(
+        name="photos",
+        paths=paths,
+        labels=np.arange(len(paths)),
+        super_labels=None,
+        sample_ids=np.arange(len(paths)),
+        class_names=[str(i) for i in range(len(paths))],
+    )
     # The pipeline decodes JPEGs as PIL does (accurate DCT): the same pixels on both sides.
     import tensorflow as tf
 
@@ -85,20 +91,64 @@ def test_model_file_records_its_preset_and_the_cli_bakes_it_in(tmp_path, capsys)
     write_model_preset(path, "sop@64")  # replaces the first record
     assert read_model_preset(path).name == "sop@64"
     reloaded = keras.models.load_model(path)  # Keras ignores the extra archive entry
-    np.testing.assert_allclose(reloaded.predict_on_batch(np.zeros((1, 64, 64, 3))),
-                               model.predict_on_batch(np.zeros((1, 64, 64, 3))), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict_on_batch(np.zeros((1, 64, 64, 3))), model.predict_on_batch(np.zeros((1, 64, 64, 3))), atol=1e-6
+    )
 
-    assert main(["export", "--model", str(path), "--format", "onnx", "--out", str(tmp_path / "a.onnx"),
-                 "--with-preprocessing"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(path),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "a.onnx"),
+                "--with-preprocessing",
+            ]
+        )
+        == 0
+    )
     assert json.loads(json.dumps(ex.read_onnx_contract(tmp_path / "a.onnx")))["preprocessing"]["preset"] == "sop@64"
-    assert main(["export", "--model", str(path), "--format", "onnx", "--out", str(tmp_path / "b.onnx"),
-                 "--with-preprocessing", "--preset", "cub@64"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(path),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "b.onnx"),
+                "--with-preprocessing",
+                "--preset",
+                "cub@64",
+            ]
+        )
+        == 0
+    )
     pre = ex.read_onnx_contract(tmp_path / "b.onnx")["preprocessing"]
     assert pre["preset"] == "cub@64" and pre["steps"][:2] == ["Resize(73)", "CenterCrop(64)"]
     assert "preset cub@64" in capsys.readouterr().out
     # A preset whose crop is not the model's input size is refused with the fix in the message.
-    assert main(["export", "--model", str(path), "--format", "onnx", "--out", str(tmp_path / "c.onnx"),
-                 "--with-preprocessing", "--preset", "sop"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(path),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "c.onnx"),
+                "--with-preprocessing",
+                "--preset",
+                "sop",
+            ]
+        )
+        == 2
+    )
     assert "crops 224 px but the model takes 64 px" in capsys.readouterr().err
 
 

@@ -42,7 +42,10 @@ def run_script(command, *args):
     target = os.path.join(SCRIPTS, command) if command.endswith(".py") else command
     result = subprocess.run(
         [sys.executable, "-c", _WRAPPER, target, *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO),
     )
     assert "HEAVY_MODULES=\n" in result.stderr + "\n", result.stderr
     return result
@@ -81,12 +84,12 @@ def deployment(tmp_path_factory):
     ex.to_onnx(model, model_path, with_preprocessing=True)  # L2 left to the serving side
     images = _write_images(root / "photos")
     index, ids = root / "out" / "photos.faiss", root / "out" / "photos.json"
-    result = run_script("index", "--model", model_path, "--images", root / "photos",
-                        "--index", index, "--ids", ids, "--batch-size", 2)
+    result = run_script(
+        "index", "--model", model_path, "--images", root / "photos", "--index", index, "--ids", ids, "--batch-size", 2
+    )
     assert result.returncode == 0, result.stderr
     assert "indexed 8 images (dim 16, flat index)" in result.stdout
-    return {"root": root, "model": model_path, "images": images, "index": index, "ids": ids,
-            "keras_model": model}
+    return {"root": root, "model": model_path, "images": images, "index": index, "ids": ids, "keras_model": model}
 
 
 def test_index_and_id_map_contents(deployment):
@@ -113,9 +116,20 @@ def test_index_and_id_map_contents(deployment):
 def test_each_query_finds_itself_first(deployment, tmp_path):
     queries = [deployment["images"][1], deployment["images"][6]]
     out_json = tmp_path / "results.json"
-    result = run_script("search", *queries, "--model", deployment["model"],
-                        "--index", deployment["index"], "--ids", deployment["ids"],
-                        "--k", 3, "--json", out_json)
+    result = run_script(
+        "search",
+        *queries,
+        "--model",
+        deployment["model"],
+        "--index",
+        deployment["index"],
+        "--ids",
+        deployment["ids"],
+        "--k",
+        3,
+        "--json",
+        out_json,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads(out_json.read_text())
     assert [r["query"] for r in results] == [str(q) for q in queries]
@@ -132,13 +146,29 @@ def test_each_query_finds_itself_first(deployment, tmp_path):
 def test_csv_id_map_and_folder_query(deployment, tmp_path):
     ids_csv, index = tmp_path / "ids.csv", tmp_path / "i.faiss"
     photos = deployment["root"] / "photos"
-    assert run_script("index", "--model", deployment["model"], "--images", photos,
-                      "--index", index, "--ids", ids_csv).returncode == 0
+    assert (
+        run_script(
+            "index", "--model", deployment["model"], "--images", photos, "--index", index, "--ids", ids_csv
+        ).returncode
+        == 0
+    )
     with open(ids_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["id"]) for r in rows] == list(range(8))
-    result = run_script("search", photos / "class_2", "--model", deployment["model"],
-                        "--index", index, "--ids", ids_csv, "--k", 20, "--json", tmp_path / "r.json")
+    result = run_script(
+        "search",
+        photos / "class_2",
+        "--model",
+        deployment["model"],
+        "--index",
+        index,
+        "--ids",
+        ids_csv,
+        "--k",
+        20,
+        "--json",
+        tmp_path / "r.json",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "r.json").read_text())
     assert len(results) == 2  # class_2 holds img_2 and img_5
@@ -152,8 +182,19 @@ def test_approximate_index_types_keep_their_settings(deployment, tmp_path, index
     import faiss
 
     index, ids = tmp_path / "i.faiss", tmp_path / "ids.json"
-    result = run_script("index", "--model", deployment["model"], "--images", deployment["root"] / "photos",
-                        "--index", index, "--ids", ids, "--index-type", index_type)
+    result = run_script(
+        "index",
+        "--model",
+        deployment["model"],
+        "--images",
+        deployment["root"] / "photos",
+        "--index",
+        index,
+        "--ids",
+        ids,
+        "--index-type",
+        index_type,
+    )
     assert result.returncode == 0, result.stderr
     assert f"{index_type} index" in result.stdout
     built = faiss.read_index(str(index))
@@ -162,15 +203,38 @@ def test_approximate_index_types_keep_their_settings(deployment, tmp_path, index
     settings = json.loads((tmp_path / "i.faiss.json").read_text())
     assert settings["index_type"] == index_type and settings["ntotal"] == 8
     query = deployment["images"][3]
-    result = run_script("search", query, "--model", deployment["model"], "--index", index, "--ids", ids,
-                        "--k", 2, "--json", tmp_path / "r.json")
+    result = run_script(
+        "search",
+        query,
+        "--model",
+        deployment["model"],
+        "--index",
+        index,
+        "--ids",
+        ids,
+        "--k",
+        2,
+        "--json",
+        tmp_path / "r.json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "r.json").read_text())[0]["results"][0]["path"] == str(query)
 
 
 def test_unknown_index_type_is_one_line(deployment, tmp_path):
-    result = run_script("index", "--model", deployment["model"], "--images", deployment["root"] / "photos",
-                        "--index", tmp_path / "i.faiss", "--ids", tmp_path / "ids.json", "--index-type", "lsh")
+    result = run_script(
+        "index",
+        "--model",
+        deployment["model"],
+        "--images",
+        deployment["root"] / "photos",
+        "--index",
+        tmp_path / "i.faiss",
+        "--ids",
+        tmp_path / "ids.json",
+        "--index-type",
+        "lsh",
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if not line.startswith("HEAVY_MODULES=")]
     assert len(lines) == 1 and "flat, ivf, hnsw" in lines[0] and "lsh" in lines[0], result.stderr
@@ -191,14 +255,32 @@ def test_serving_errors_are_one_line(deployment, tmp_path):
     x = keras.Input((8,))
     plain = tmp_path / "plain.onnx"
     ex.to_onnx(keras.Model(x, keras.layers.Dense(4)(x)), plain)
-    raw = run_script("index", "--model", plain, "--images", deployment["root"] / "photos",
-                     "--index", tmp_path / "i.faiss", "--ids", tmp_path / "i.json")
+    raw = run_script(
+        "index",
+        "--model",
+        plain,
+        "--images",
+        deployment["root"] / "photos",
+        "--index",
+        tmp_path / "i.faiss",
+        "--ids",
+        tmp_path / "i.json",
+    )
     assert raw.returncode == 2 and "--with-preprocessing" in raw.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    none = run_script("index", "--model", deployment["model"], "--images", empty,
-                      "--index", tmp_path / "i.faiss", "--ids", tmp_path / "i.json")
+    none = run_script(
+        "index",
+        "--model",
+        deployment["model"],
+        "--images",
+        empty,
+        "--index",
+        tmp_path / "i.faiss",
+        "--ids",
+        tmp_path / "i.json",
+    )
     assert none.returncode == 2 and "no images" in none.stderr
 
     # Another 16-d model than the index was built with: a warning; another dimension: an error.
@@ -218,12 +300,33 @@ def test_serving_errors_are_one_line(deployment, tmp_path):
 
 def test_old_script_wrappers_and_class_labels(deployment, tmp_path):
     index, ids = tmp_path / "w.faiss", tmp_path / "w.json"
-    built = run_script("embed_and_index.py", "--model", deployment["model"], "--images",
-                       deployment["root"] / "photos", "--index", index, "--ids", ids)
+    built = run_script(
+        "embed_and_index.py",
+        "--model",
+        deployment["model"],
+        "--images",
+        deployment["root"] / "photos",
+        "--index",
+        index,
+        "--ids",
+        ids,
+    )
     assert built.returncode == 0 and "indexed 8 images" in built.stdout, built.stderr
     query = deployment["images"][4]  # photos/class_1/img_4.jpg
-    found = run_script("search.py", query, "--model", deployment["model"], "--index", index, "--ids", ids,
-                       "--k", 2, "--json", tmp_path / "r.json")
+    found = run_script(
+        "search.py",
+        query,
+        "--model",
+        deployment["model"],
+        "--index",
+        index,
+        "--ids",
+        ids,
+        "--k",
+        2,
+        "--json",
+        tmp_path / "r.json",
+    )
     assert found.returncode == 0, found.stderr
     first = json.loads((tmp_path / "r.json").read_text())[0]["results"][0]
     assert first["label"] == "class_1" and "class class_1" in found.stdout
@@ -236,8 +339,11 @@ def test_contract_key_matches_the_exporter():
 
 
 def test_serving_import_pulls_no_tensorflow():
-    code = ("import sys, keras_roadmap.serving; "
-            "print(any(m in ('tensorflow', 'keras') or m.startswith(('tensorflow.', 'keras.')) for m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    code = (
+        "import sys, keras_roadmap.serving; "
+        "print(any(m in ('tensorflow', 'keras') or m.startswith(('tensorflow.', 'keras.')) for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO)
+    )
     assert out.stdout.strip() == "False", out.stderr

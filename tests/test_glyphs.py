@@ -10,7 +10,12 @@ from keras_roadmap.data import glyphs
 
 # Text fonts (6), Computer Modern fonts (a text one and two symbol ones) and a symbol stub.
 TEXT_FONTS = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf", "cmr10.ttf"
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSansMono.ttf",
+    "STIXGeneral.ttf",
+    "cmr10.ttf",
 )
 NON_TEXT_FONTS = ("cmex10.ttf", "cmsy10.ttf", "STIXSizOneSymReg.ttf", "DejaVuSansDisplay.ttf")
 # Latin A / Greek Alpha / Cyrillic A are drawn identically; so are o / omicron.

@@ -23,10 +23,22 @@ def test_smoke_compare_end_to_end(recipe, tmp_path):
     out, plot = tmp_path / "results.json", tmp_path / "gap.png"
     # One plain loss, the tf-similarity baseline and a memory run (gap curve + plot) keep the
     # test short while going through every code path of the full comparison.
-    result = recipe.main([
-        "--compare", "--smoke", "--methods", "roadmap", "multisimilarity", "supap_memory",
-        "--out", str(out), "--plot", str(plot), "--cache-dir", str(tmp_path / "cache"),
-    ])
+    result = recipe.main(
+        [
+            "--compare",
+            "--smoke",
+            "--methods",
+            "roadmap",
+            "multisimilarity",
+            "supap_memory",
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["table"] == result["table"]
     methods = [r["method"] for r in saved["runs"]]
@@ -62,6 +74,7 @@ def test_arguments(recipe):
 def test_tfsim_adapter_matches_tfsim_and_compiles(recipe):
     import tensorflow as tf
     import tensorflow_similarity as tfsim
+
     inner = tfsim.losses.MultiSimilarityLoss(reduction="sum_over_batch_size")
     adapter = recipe.TFSimilarityLossAdapter(inner)
     labels = tf.constant(np.repeat(np.arange(6), 4))

@@ -39,7 +39,9 @@ def fitted(chunk_size, *, jit_compile=False, memory=False, batchnorm=False, step
 
 
 def max_weight_diff(a, b):
-    return max(float(np.max(np.abs(u - v))) for u, v in zip(a.encoder.get_weights(), b.encoder.get_weights(), strict=False))
+    return max(
+        float(np.max(np.abs(u - v))) for u, v in zip(a.encoder.get_weights(), b.encoder.get_weights(), strict=False)
+    )
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -47,7 +49,9 @@ def test_cached_step_equals_full_batch_step(jit_compile):
     plain, plain_history = fitted(None, jit_compile=jit_compile)
     cached, cached_history = fitted(4, jit_compile=jit_compile)
     untrained = small_cnn(7)
-    moved = max(float(np.max(np.abs(u - v))) for u, v in zip(plain.encoder.get_weights(), untrained.get_weights(), strict=False))
+    moved = max(
+        float(np.max(np.abs(u - v))) for u, v in zip(plain.encoder.get_weights(), untrained.get_weights(), strict=False)
+    )
     assert moved > 1e-3
     assert max_weight_diff(plain, cached) < 1e-5
     assert cached_history["loss"][-1] == pytest.approx(plain_history["loss"][-1], rel=1e-5)
@@ -80,9 +84,13 @@ def test_chunk_as_large_as_the_batch_is_the_plain_step():
 
 @pytest.mark.parametrize(
     "chunk_size,error,message",
-    [(0, ValueError, "`chunk_size` must be an integer >= 1, got 0"), (-2, ValueError, "must be an integer >= 1, got -2"),
-     (2.5, TypeError, "`chunk_size` must be an integer or None, got 2.5"), (True, TypeError, "or None, got True"),
-     ("64", TypeError, "or None, got '64'")],
+    [
+        (0, ValueError, "`chunk_size` must be an integer >= 1, got 0"),
+        (-2, ValueError, "must be an integer >= 1, got -2"),
+        (2.5, TypeError, "`chunk_size` must be an integer or None, got 2.5"),
+        (True, TypeError, "or None, got True"),
+        ("64", TypeError, "or None, got '64'"),
+    ],
 )
 def test_bad_chunk_size_is_a_clear_error(chunk_size, error, message):
     # TypeError for a wrong type, ValueError for a wrong value (keras_roadmap.validation).

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 from serving_fixtures import with_contract, with_projection, write_gallery, write_image
 
@@ -31,8 +30,13 @@ sys.exit(code)
 
 def cli(*argv, env=None):
     """`keras-roadmap ARGV` in a fresh interpreter (asserts it imported no TensorFlow/Keras)."""
-    result = subprocess.run([sys.executable, "-c", _NO_TF, *map(str, argv)], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TF, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+    )
     assert "HEAVY=\n" in result.stderr + "\n", result.stderr
     return result
 
@@ -99,8 +103,23 @@ def test_remove_then_add_back_gives_the_fresh_build_results(onnx_embedder, galle
     root, images = gallery
     fresh, updated = tmp_path / "fresh.idx", tmp_path / "updated.idx"
     for out in (fresh, updated):
-        assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"),
-                     "--out", str(out), "--index-type", index_type]) == 0
+        assert (
+            main(
+                [
+                    "index",
+                    "build",
+                    "--model",
+                    str(onnx_embedder),
+                    "--images",
+                    str(root / "photos"),
+                    "--out",
+                    str(out),
+                    "--index-type",
+                    index_type,
+                ]
+            )
+            == 0
+        )
     id_of = {e["path"]: e["id"] for e in IndexStore.open(str(updated), load_embedder=False).entries}
     assert main(["index", "remove", "--index", str(updated), str(images[2]), str(id_of[str(images[6])])]) == 0
     assert "2 removed" in capsys.readouterr().out  # one by path, one by id
@@ -113,7 +132,9 @@ def test_remove_then_add_back_gives_the_fresh_build_results(onnx_embedder, galle
     expected = search_json(capsys, fresh, images, 9)
     for got, want in zip(after, expected):
         assert [(h["path"], h["label"]) for h in got["results"]] == [(h["path"], h["label"]) for h in want["results"]]
-        np.testing.assert_allclose([h["score"] for h in got["results"]], [h["score"] for h in want["results"]], atol=1e-6)
+        np.testing.assert_allclose(
+            [h["score"] for h in got["results"]], [h["score"] for h in want["results"]], atol=1e-6
+        )
     assert IndexStore.open(str(updated)).manifest["index_params"]["index_type"] == index_type
 
 
@@ -123,9 +144,14 @@ def test_csv_gallery_and_category_folders(onnx_embedder, gallery, tmp_path, caps
     rows = ["label,path,split,is_query,is_gallery"]
     for i, path in enumerate(images):
         split = "train" if i < 3 else "validation"
-        rows.append(f"{path.parent.name},{os.path.relpath(path, tmp_path)},{split},1,{int(i % 2 == 1) if i >= 3 else ''}")
+        rows.append(
+            f"{path.parent.name},{os.path.relpath(path, tmp_path)},{split},1,{int(i % 2 == 1) if i >= 3 else ''}"
+        )
     table.write_text("\n".join(rows) + "\n")
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(table), "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(table), "--out", str(tmp_path / "c")])
+        == 0
+    )
     assert "the 3 rows with is_gallery = 1 of 9" in capsys.readouterr().out
     entries = IndexStore.open(str(tmp_path / "c"), load_embedder=False).entries
     assert [e["path"] for e in entries] == [str(images[i]) for i in (3, 5, 7)]
@@ -133,12 +159,19 @@ def test_csv_gallery_and_category_folders(onnx_embedder, gallery, tmp_path, caps
     shop = tmp_path / "shop"
     for i in range(4):
         write_image(shop / ("shoes" if i < 2 else "bags") / f"model_{i % 2}" / f"{i}.jpg", i)
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(shop), "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(shop), "--out", str(tmp_path / "s")])
+        == 0
+    )
     later = write_image(shop / "bags" / "model_1" / "new.jpg", 7)
     assert main(["index", "add", "--index", str(tmp_path / "s"), str(later)]) == 0
     entries = IndexStore.open(str(tmp_path / "s"), load_embedder=False).entries
-    assert {(e["label"], e["category"]) for e in entries} == {("shoes/model_0", "shoes"), ("shoes/model_1", "shoes"),
-                                                              ("bags/model_0", "bags"), ("bags/model_1", "bags")}
+    assert {(e["label"], e["category"]) for e in entries} == {
+        ("shoes/model_0", "shoes"),
+        ("shoes/model_1", "shoes"),
+        ("bags/model_0", "bags"),
+        ("bags/model_1", "bags"),
+    }
     assert entries[-1]["path"] == str(later) and entries[-1]["label"] == "bags/model_1"
 
 
@@ -146,14 +179,25 @@ def test_csv_gallery_and_category_folders(onnx_embedder, gallery, tmp_path, caps
 def test_a_kill_mid_update_leaves_the_old_index(onnx_embedder, gallery, tmp_path, capsys):
     root, images = gallery
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)])
+        == 0
+    )
     old_manifest = (idx / "manifest.json").read_text()
     new_image = write_image(tmp_path / "new" / "x.jpg", 11)
     mark = tmp_path / "stalled"
-    env = dict(os.environ, PYTHONPATH=str(REPO), KERAS_ROADMAP_TEST_STALL_IN="index_manifest",
-               KERAS_ROADMAP_TEST_STALL_MARK=str(mark))
-    proc = subprocess.Popen([sys.executable, "-m", "keras_roadmap.cli", "index", "add", "--index", str(idx), str(new_image)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        KERAS_ROADMAP_TEST_STALL_IN="index_manifest",
+        KERAS_ROADMAP_TEST_STALL_MARK=str(mark),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_roadmap.cli", "index", "add", "--index", str(idx), str(new_image)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -178,15 +222,23 @@ def test_a_kill_mid_update_leaves_the_old_index(onnx_embedder, gallery, tmp_path
 def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_path, capsys):
     root, images = gallery
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)])
+        == 0
+    )
     capsys.readouterr()
     manifest = (idx / "manifest.json").read_text()
     known = {e["path"]: e["id"] for e in json.loads(manifest)["entries"]}[str(images[3])]
 
     copy = tmp_path / "copy.jpg"
     shutil.copy(images[3], copy)
-    one_error_line(capsys, main(["index", "add", "--index", str(idx), str(images[3])]),
-                   str(images[3]), f"already in the index as id {known}", "--skip-existing")
+    one_error_line(
+        capsys,
+        main(["index", "add", "--index", str(idx), str(images[3])]),
+        str(images[3]),
+        f"already in the index as id {known}",
+        "--skip-existing",
+    )
     one_error_line(capsys, main(["index", "add", "--index", str(idx), str(copy)]), "same bytes as", str(images[3]))
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image")
@@ -196,20 +248,36 @@ def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_p
     assert f"already in the index as id {known}; skipped" in capsys.readouterr().out
     assert (idx / "manifest.json").read_text() == manifest
 
-    one_error_line(capsys, main(["index", "remove", "--index", str(idx), "42", "nope.jpg"]), "not in the index", "42, nope.jpg")
+    one_error_line(
+        capsys, main(["index", "remove", "--index", str(idx), "42", "nope.jpg"]), "not in the index", "42, nope.jpg"
+    )
     assert (idx / "manifest.json").read_text() == manifest
 
     other_size = with_contract(onnx_embedder, tmp_path / "other_size.onnx", image_size=24)
-    one_error_line(capsys, main(["search", "--index", str(idx), str(images[0]), "--model", str(other_size)]),
-                   "preprocesses differently (image_size 24, the index's embedder 32)", str(onnx_embedder))
+    one_error_line(
+        capsys,
+        main(["search", "--index", str(idx), str(images[0]), "--model", str(other_size)]),
+        "preprocesses differently (image_size 24, the index's embedder 32)",
+        str(onnx_embedder),
+    )
     other_dim = with_projection(onnx_embedder, tmp_path / "other_dim.onnx", dim=5)
-    one_error_line(capsys, main(["search", "--index", str(idx), str(images[0]), "--model", str(other_dim)]),
-                   "outputs 5-d embeddings but the index holds 16-d ones")
+    one_error_line(
+        capsys,
+        main(["search", "--index", str(idx), str(images[0]), "--model", str(other_dim)]),
+        "outputs 5-d embeddings but the index holds 16-d ones",
+    )
 
-    one_error_line(capsys, main(["search", "--index", str(tmp_path / "missing"), str(images[0])]),
-                   "no keras-roadmap index there", "index build")
-    one_error_line(capsys, main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"),
-                                 "--out", str(root)]), "non-empty folder that holds no keras-roadmap index")
+    one_error_line(
+        capsys,
+        main(["search", "--index", str(tmp_path / "missing"), str(images[0])]),
+        "no keras-roadmap index there",
+        "index build",
+    )
+    one_error_line(
+        capsys,
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(root)]),
+        "non-empty folder that holds no keras-roadmap index",
+    )
     broken = tmp_path / "broken"
     shutil.copytree(idx, broken)
     faiss_file = broken / json.loads(manifest)["faiss_file"]
@@ -219,8 +287,10 @@ def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_p
     one_error_line(capsys, main(["search", "--index", str(broken), str(images[0])]), str(faiss_file), "missing")
     (broken / "manifest.json").write_text(manifest[: len(manifest) // 2])
     one_error_line(capsys, main(["index", "add", "--index", str(broken), str(copy)]), "manifest.json is damaged")
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"),
-                 "--out", str(broken)]) == 0  # what the message says to do works in place
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(broken)])
+        == 0
+    )  # what the message says to do works in place
     assert IndexStore.open(str(broken)).size == 9
     capsys.readouterr()
     embedder_copy = idx / json.loads(manifest)["embedder"]["file"]
@@ -228,8 +298,12 @@ def test_bad_input_is_one_line_and_changes_nothing(onnx_embedder, gallery, tmp_p
     one_error_line(capsys, main(["search", "--index", str(idx), str(images[0])]), "does not match the SHA-256")
     assert search_json(capsys, idx, [images[0]], 1, "--model", str(onnx_embedder))[0]["results"][0]["id"] == 0
 
-    one_error_line(capsys, main(["index", "--model", str(onnx_embedder), "--images", str(root)]),
-                   "index build --model M --images GALLERY --out IDX", "missing: --index, --ids")
+    one_error_line(
+        capsys,
+        main(["index", "--model", str(onnx_embedder), "--images", str(root)]),
+        "index build --model M --images GALLERY --out IDX",
+        "missing: --index, --ids",
+    )
     single = tmp_path / "old.faiss"
     single.write_bytes(b"")
     one_error_line(capsys, main(["search", "--index", str(single), str(images[0])]), "is a file", "--ids")
@@ -243,7 +317,10 @@ def test_two_writers_queue_on_the_lock(onnx_embedder, gallery, tmp_path, capsys)
 
     root, _ = gallery
     idx = tmp_path / "idx"
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)])
+        == 0
+    )
     new = write_image(tmp_path / "late" / "y.jpg", 12)
     with open(idx / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another writer is busy

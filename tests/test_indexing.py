@@ -15,7 +15,9 @@ def clustered(n=2000, dim=16, classes=40, seed=0):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
 
 
-@pytest.mark.parametrize("kind, extra", [("flat", {}), ("ivf", {"nlist": 16, "nprobe": 4}), ("hnsw", {"hnsw_m": 8, "ef_search": 32})])
+@pytest.mark.parametrize(
+    "kind, extra", [("flat", {}), ("ivf", {"nlist": 16, "nprobe": 4}), ("hnsw", {"hnsw_m": 8, "ef_search": 32})]
+)
 def test_settings_survive_save_and_load_and_search_agrees(tmp_path, kind, extra):
     x, y = clustered()
     index = build_index(x, kind, **extra)

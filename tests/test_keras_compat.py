@@ -74,18 +74,30 @@ def test_backup_and_restore_file_names(tmp_path):
     model.compile(optimizer="sgd", loss="mse")
     backup = tmp_path / "backup"
     model.fit(
-        np.ones((4, 3)), np.ones((4, 1)), epochs=2, verbose=0,
+        np.ones((4, 3)),
+        np.ones((4, 1)),
+        epochs=2,
+        verbose=0,
         callbacks=[keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)],
     )
-    assert _keras_compat.backup_weights_path(backup).is_file(), f"BackupAndRestore wrote {sorted(p.name for p in backup.iterdir())}"
+    assert _keras_compat.backup_weights_path(backup).is_file(), (
+        f"BackupAndRestore wrote {sorted(p.name for p in backup.iterdir())}"
+    )
     metadata = json.loads(_keras_compat.backup_metadata_path(backup).read_text())
     assert metadata["epoch"] == 2, f"BackupAndRestore metadata changed: {metadata}"
 
 
 def test_no_private_keras_api_outside_the_compat_module():
     # `keras.src` imports and the private Keras methods we know of, anywhere in the package.
-    private = ("keras.src", "._flatten_layers", "._get_regularization_losses", "._get_variable_index",
-               "._use_weight_decay", "latest.weights.h5", "training_metadata.json")
+    private = (
+        "keras.src",
+        "._flatten_layers",
+        "._get_regularization_losses",
+        "._get_variable_index",
+        "._use_weight_decay",
+        "latest.weights.h5",
+        "training_metadata.json",
+    )
     offenders = []
     for path in sorted((REPO / "keras_roadmap").rglob("*.py")):
         if path.name == "_keras_compat.py":
@@ -141,6 +153,8 @@ def test_searchsorted_with_a_length_known_only_at_run_time():
     values = np.array([2, 3, 9, -1, 7], "int32")
     spec = tf.TensorSpec([None], tf.int32)
     for side in ("left", "right"):
-        search = tf.function(lambda s, v, side=side: _keras_compat.searchsorted(s, v, side=side), input_signature=[spec, spec])
+        search = tf.function(
+            lambda s, v, side=side: _keras_compat.searchsorted(s, v, side=side), input_signature=[spec, spec]
+        )
         found = np.asarray(search(sorted_sequence, values))
         np.testing.assert_array_equal(found, np.searchsorted(sorted_sequence, values, side=side), err_msg=side)

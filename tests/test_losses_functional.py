@@ -27,8 +27,17 @@ from keras_roadmap.losses import (
 PAIRS = [(ROADMAPLoss, roadmap), (SupAPLoss, supap), (SmoothAPLoss, smooth_ap), (CalibrationLoss, calibration)]
 # Non-default parameters for each loss, so that a parameter the function forgot would show.
 PARAMS = {
-    ROADMAPLoss: {"tau": 0.05, "rho": 20.0, "delta": 0.1, "start": 0.2, "offset": 1.1, "pos_margin": 0.8,
-                  "neg_margin": 0.3, "ap_weight": 0.7, "calibration_weight": 2.0},
+    ROADMAPLoss: {
+        "tau": 0.05,
+        "rho": 20.0,
+        "delta": 0.1,
+        "start": 0.2,
+        "offset": 1.1,
+        "pos_margin": 0.8,
+        "neg_margin": 0.3,
+        "ap_weight": 0.7,
+        "calibration_weight": 2.0,
+    },
     SupAPLoss: {"tau": 0.05, "rho": 20.0, "delta": 0.1, "start": 0.2, "offset": 1.1},
     SmoothAPLoss: {"tau": 0.05},
     CalibrationLoss: {"pos_margin": 0.8, "neg_margin": 0.3},
@@ -131,14 +140,27 @@ def test_signatures_come_from_the_parameter_tables():
     assert _positional(ROADMAPLoss) == _positional(roadmap) == supap_params + margins + weights
     # Positional calls keep the documented order.
     config = ROADMAPLoss(0.02, 50.0, 0.04, 0.3, 1.2, 0.85, 0.55, 0.5, 3.0).get_config()
-    assert [config[name] for name, _ in supap_params + margins + weights] == [0.02, 50.0, 0.04, 0.3, 1.2, 0.85, 0.55, 0.5, 3.0]
+    assert [config[name] for name, _ in supap_params + margins + weights] == [
+        0.02,
+        50.0,
+        0.04,
+        0.3,
+        1.2,
+        0.85,
+        0.55,
+        0.5,
+        3.0,
+    ]
 
 
 def test_configs_come_from_the_parameter_tables():
     for cls, table in ((SupAPLoss, SUPAP_DEFAULTS), (CalibrationLoss, CALIBRATION_DEFAULTS)):
         assert {k: cls().get_config()[k] for k in table} == table
     config = ROADMAPLoss().get_config()
-    assert {k: config[k] for k in {**SUPAP_DEFAULTS, **CALIBRATION_DEFAULTS}} == {**SUPAP_DEFAULTS, **CALIBRATION_DEFAULTS}
+    assert {k: config[k] for k in {**SUPAP_DEFAULTS, **CALIBRATION_DEFAULTS}} == {
+        **SUPAP_DEFAULTS,
+        **CALIBRATION_DEFAULTS,
+    }
 
 
 def test_presets_are_defined_once():
@@ -169,7 +191,9 @@ def test_recipe_loss_follows_the_preset():
 def test_a_loss_written_against_the_old_private_names_still_works():
     class Legacy(RetrievalLoss):
         def _ratio_terms(self, pairs):
-            return [(1.0, keras.ops.sum(pairs.scores), keras.ops.cast(keras.ops.size(pairs.scores), pairs.scores.dtype))]
+            return [
+                (1.0, keras.ops.sum(pairs.scores), keras.ops.cast(keras.ops.size(pairs.scores), pairs.scores.dtype))
+            ]
 
     labels, emb = batch()
     expected = float(np.mean(emb @ emb.T))

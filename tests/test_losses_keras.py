@@ -159,7 +159,12 @@ def test_inaturalist_presets():
 
 def small_embedder(dim_in=16, dim_out=8):
     return keras.Sequential(
-        [keras.Input((dim_in,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(dim_out), keras.layers.UnitNormalization()]
+        [
+            keras.Input((dim_in,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(dim_out),
+            keras.layers.UnitNormalization(),
+        ]
     )
 
 

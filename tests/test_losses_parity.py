@@ -107,7 +107,9 @@ def test_memory_losses_match_official(name):
     labels, emb, mem_labels, mem_emb = z["labels"], z["emb"], z["mem_labels"], z["mem_emb"]
     has_pos = z["mem_pos_count"] > 0
     for key in ("supap", "smoothap", "calib"):
-        value, grad = value_and_grad(lambda x, key=key: losses[key].call_with_reference(labels, x, mem_labels, mem_emb), emb)
+        value, grad = value_and_grad(
+            lambda x, key=key: losses[key].call_with_reference(labels, x, mem_labels, mem_emb), emb
+        )
         assert np.isfinite(value), f"{name}: {key} memory loss must be finite"
         expected = z[f"mem_{key}_loss"]
         if key != "calib" and not has_pos.all():

@@ -1,7 +1,6 @@
 """RecallAtKLoss (RS@k) and simix (SiMix) against the official code's float64 fixtures, plus the
 Keras protocol. Fixtures: ``tests/data/official_happier/rsk_*.npz`` and ``simix_*.npz``."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -25,7 +24,9 @@ def test_matches_official(name):
 def test_labels_not_row_order_define_the_classes():
     z = load("rsk_c8_m4")
     perm = np.random.default_rng(0).permutation(len(z["labels"]))
-    value, grad = value_and_grad(lambda x: RecallAtKLoss(pairs_per_chunk=5, dtype="float64")(z["labels"][perm], x), z["embeddings"][perm])
+    value, grad = value_and_grad(
+        lambda x: RecallAtKLoss(pairs_per_chunk=5, dtype="float64")(z["labels"][perm], x), z["embeddings"][perm]
+    )
     np.testing.assert_allclose(value, float(z["value"]), atol=1e-6)
     np.testing.assert_allclose(grad, z["grad"][perm], atol=1e-6)
 
@@ -84,11 +85,15 @@ def test_fit_under_xla_in_float64_lowers_the_loss_and_save_load(tmp_path):
     labels = np.repeat(np.arange(16), 4).astype("int64")
     x = (rng.normal(size=(16, 8))[labels] + 0.8 * rng.normal(size=(64, 8))).astype("float32")
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.UnitNormalization()])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=RecallAtKLoss(tau=0.05, dtype="float64"), jit_compile=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=RecallAtKLoss(tau=0.05, dtype="float64"), jit_compile=True
+    )
 
     def batch_loss():  # eager, on the model's embeddings, as fit's batches of 32 see them
         emb = model.predict(x, batch_size=64, verbose=0).astype("float64")
-        return np.mean([float(RecallAtKLoss(tau=0.05, dtype="float64")(labels[i : i + 32], emb[i : i + 32])) for i in (0, 32)])
+        return np.mean(
+            [float(RecallAtKLoss(tau=0.05, dtype="float64")(labels[i : i + 32], emb[i : i + 32])) for i in (0, 32)]
+        )
 
     before = batch_loss()
     history = model.fit(x, labels, batch_size=32, epochs=4, shuffle=False, verbose=0).history["loss"]

@@ -14,8 +14,8 @@ from keras_roadmap import (
     CalibrationLoss,
     ClusterLoss,
     CosineAnnealingDecay,
-    ROADMAPPlusPlusLoss,
     RetrievalTrainer,
+    ROADMAPPlusPlusLoss,
     SupAPLoss,
     SupNDCGLoss,
     SupRecallLoss,
@@ -74,7 +74,8 @@ def test_rank_losses_match_the_official_code(case, key):
     loss = RANK_LOSSES[key]()
     if "ref_labels" in data:
         value, grad = value_and_grad(
-            lambda x: loss.call_with_reference(data["labels"], x, data["ref_labels"], data["ref_embeddings"]), data["embeddings"]
+            lambda x: loss.call_with_reference(data["labels"], x, data["ref_labels"], data["ref_embeddings"]),
+            data["embeddings"],
         )
     else:
         value, grad = value_and_grad(lambda x: loss(data["labels"], x), data["embeddings"])
@@ -113,15 +114,21 @@ def test_cluster_and_roadmap_plus_plus_match_the_official_code(case):
 def test_functional_forms_equal_the_classes():
     data = fixture("uneven_b20_d8")
     y, x = data["labels"], data["embeddings"]
-    assert float(suprecall(y, x, at_k=[1, 4], temp=0.5, dtype="float64")) == pytest.approx(float(SupRecallLoss([1, 4], 0.5, **F64)(y, x)), rel=1e-12)
-    assert float(supndcg(y, x, start=0.0, offset=1.0, dtype="float64")) == pytest.approx(float(SupNDCGLoss.inaturalist(**F64)(y, x)), rel=1e-12)
+    assert float(suprecall(y, x, at_k=[1, 4], temp=0.5, dtype="float64")) == pytest.approx(
+        float(SupRecallLoss([1, 4], 0.5, **F64)(y, x)), rel=1e-12
+    )
+    assert float(supndcg(y, x, start=0.0, offset=1.0, dtype="float64")) == pytest.approx(
+        float(SupNDCGLoss.inaturalist(**F64)(y, x)), rel=1e-12
+    )
     ref = fixture("reference_b10_m24_d8")
     args = (ref["labels"], ref["embeddings"], ref["ref_labels"], ref["ref_embeddings"])
     assert float(suprecall(*args, dtype="float64")) == pytest.approx(float(ref["suprecall_value"]), rel=1e-6)
     assert float(supndcg(*args, dtype="float64")) == pytest.approx(float(ref["supndcg_value"]), rel=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda: SupRecallLoss(pairs_per_chunk=23, **F64), lambda: SupNDCGLoss(pairs_per_chunk=23, **F64)])
+@pytest.mark.parametrize(
+    "make", [lambda: SupRecallLoss(pairs_per_chunk=23, **F64), lambda: SupNDCGLoss(pairs_per_chunk=23, **F64)]
+)
 def test_chunks_and_recomputed_scores_change_nothing(monkeypatch, make):
     data = fixture("uneven_ties_b18_d8")
     base = value_and_grad(lambda x: make()(data["labels"], x), data["embeddings"])
@@ -172,7 +179,10 @@ def test_defaults_are_the_official_config_values():
     recall = SupRecallLoss()
     assert recall.at_k == (1, 2, 4, 8, 16) and recall.temp == 1.0 and recall.calibration_weight == 0.0
     assert recall.supap_parameters == {"tau": 0.01, "rho": 100.0, "delta": 0.05, "start": 0.5, "offset": 1.44}
-    assert (SupRecallLoss.with_calibration().recall_weight, SupRecallLoss.with_calibration().calibration_weight) == (0.5, 0.5)
+    assert (SupRecallLoss.with_calibration().recall_weight, SupRecallLoss.with_calibration().calibration_weight) == (
+        0.5,
+        0.5,
+    )
     assert SupNDCGLoss.inaturalist().supap_parameters["start"] == 0.0
     plus = ROADMAPPlusPlusLoss(5, 3)
     assert (plus.ap_weight, plus.cluster_weight, plus.cluster.temperature) == (0.9, 0.1, 0.05)
@@ -215,7 +225,9 @@ def embedder(dim_in=16, dim=8, extra=()):
     return keras.Sequential([keras.Input((dim_in,)), keras.layers.Dense(dim), keras.layers.UnitNormalization(), *extra])
 
 
-@pytest.mark.parametrize("make", [lambda: SupRecallLoss.with_calibration(), lambda: SupNDCGLoss()], ids=["suprecall", "supndcg"])
+@pytest.mark.parametrize(
+    "make", [lambda: SupRecallLoss.with_calibration(), lambda: SupNDCGLoss()], ids=["suprecall", "supndcg"]
+)
 def test_fit_lowers_the_loss_and_save_load_round_trip(tmp_path, make):
     keras.utils.set_random_seed(0)
     x, y = clustered()
@@ -254,7 +266,9 @@ def test_proxies_get_their_own_learning_rate_in_fit_and_survive_save_load(tmp_pa
     with pytest.raises(ValueError, match="proxies=model.get_layer"):
         restored.loss(y, x[:, :8])  # its own proxies copy is no model weight: never a silent no-op
     rebound = ROADMAPPlusPlusLoss(8, 8, proxies=restored.get_layer("cluster_proxies"))
-    np.testing.assert_allclose(float(rebound(y, restored.predict(x, verbose=0))), float(loss(y, model.predict(x, verbose=0))), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(rebound(y, restored.predict(x, verbose=0))), float(loss(y, model.predict(x, verbose=0))), rtol=1e-5
+    )
 
 
 def test_cosine_annealing_matches_the_torch_closed_form():
@@ -271,7 +285,9 @@ def test_retrieval_trainer_trains_the_proxies():
     x, y = clustered()
     loss = ROADMAPPlusPlusLoss(num_classes=8, embedding_dim=8, seed=0)
     trainer = RetrievalTrainer(embedder(extra=[loss.proxies]))
-    trainer.compile(optimizer=TorchAdam(1e-2, group_learning_rates={"cluster_proxies": 0.1}), loss=loss, jit_compile=False)
+    trainer.compile(
+        optimizer=TorchAdam(1e-2, group_learning_rates={"cluster_proxies": 0.1}), loss=loss, jit_compile=False
+    )
     before = loss.proxies.proxies.numpy().copy()
     first = trainer.evaluate(x, y, batch_size=32, verbose=0)
     trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)

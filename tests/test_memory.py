@@ -21,7 +21,9 @@ def test_keyed_mode_overwrites_the_slot_of_a_seen_id():
     slots = memory.enqueue(second, [11, 15], sample_ids=[1, 5])
     np.testing.assert_array_equal(np.asarray(slots), [1, 5])
     np.testing.assert_array_equal(np.asarray(memory.filled)[:8], [1, 1, 1, 0, 0, 1, 0, 0])
-    np.testing.assert_allclose(np.asarray(memory.embeddings)[[0, 1, 2, 5]], np.stack([first[0], second[0], first[2], second[1]]))
+    np.testing.assert_allclose(
+        np.asarray(memory.embeddings)[[0, 1, 2, 5]], np.stack([first[0], second[0], first[2], second[1]])
+    )
     np.testing.assert_array_equal(np.asarray(memory.labels)[[0, 1, 2, 5]], [10, 11, 12, 15])
     assert memory.num_filled() == 4
     assert int(memory.steps) == 2
@@ -52,7 +54,10 @@ def test_keyed_mode_without_ids_is_a_clear_error():
         memory.enqueue(unit_rows(2, 2), [0, 1])
 
 
-@pytest.mark.parametrize("kwargs,message", [({"size": 0}, "`size` must be an integer >= 1"), ({"size": 4, "activate_after": -1}, "activate_after")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"size": 0}, "`size` must be an integer >= 1"), ({"size": 4, "activate_after": -1}, "activate_after")],
+)
 def test_bad_memory_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CrossBatchMemory(**kwargs)
@@ -61,7 +66,12 @@ def test_bad_memory_arguments(kwargs, message):
 def embedder(dim_in=12, dim_out=6, seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((dim_in,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(dim_out), keras.layers.UnitNormalization()]
+        [
+            keras.Input((dim_in,)),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(dim_out),
+            keras.layers.UnitNormalization(),
+        ]
     )
 
 
@@ -94,7 +104,8 @@ def test_activate_after_delays_the_memory_terms():
     trainer = RetrievalTrainer(embedder(), memory=CrossBatchMemory(size=1000, activate_after=3))
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ROADMAPLoss())
     memory_losses = [
-        trainer.train_on_batch(x, {"label": y, "sample_id": i}, return_dict=True)["memory_loss"] for x, y, i in zip(xs, ys, ids, strict=False)
+        trainer.train_on_batch(x, {"label": y, "sample_id": i}, return_dict=True)["memory_loss"]
+        for x, y, i in zip(xs, ys, ids, strict=False)
     ]
     assert memory_losses[:3] == [0.0, 0.0, 0.0]
     assert all(v > 0 for v in memory_losses[3:])
@@ -106,9 +117,14 @@ def test_xla_step_equals_eager_step(unique):
     xs, ys, ids = toy_batches(3)
     results = []
     for jit in (False, True):
-        trainer = RetrievalTrainer(embedder(seed=3), memory=CrossBatchMemory(size=1000 if unique else 32, unique=unique))
+        trainer = RetrievalTrainer(
+            embedder(seed=3), memory=CrossBatchMemory(size=1000 if unique else 32, unique=unique)
+        )
         trainer.compile(optimizer=keras.optimizers.SGD(0.1), loss=ROADMAPLoss(), jit_compile=jit, run_eagerly=not jit)
-        logs = [trainer.train_on_batch(x, {"label": y, "sample_id": i}, return_dict=True) for x, y, i in zip(xs, ys, ids, strict=False)]
+        logs = [
+            trainer.train_on_batch(x, {"label": y, "sample_id": i}, return_dict=True)
+            for x, y, i in zip(xs, ys, ids, strict=False)
+        ]
         results.append((logs, [w.numpy() for w in trainer.encoder.weights], np.asarray(trainer.memory.embeddings)))
     (eager_logs, eager_w, eager_mem), (xla_logs, xla_w, xla_mem) = results
     for a, b in zip(eager_logs, xla_logs, strict=False):
@@ -145,7 +161,9 @@ def test_memory_is_part_of_the_saved_weights_and_the_keras_file(tmp_path):
     fresh = RetrievalTrainer(embedder(seed=9), memory=CrossBatchMemory(size=1000, unique=True, activate_after=1))
     fresh.load_weights(tmp_path / "w.weights.h5")
     for name in ("embeddings", "labels", "filled", "steps"):
-        np.testing.assert_array_equal(np.asarray(getattr(fresh.memory, name)), np.asarray(getattr(trainer.memory, name)))
+        np.testing.assert_array_equal(
+            np.asarray(getattr(fresh.memory, name)), np.asarray(getattr(trainer.memory, name))
+        )
     trainer.save(tmp_path / "trainer.keras")
     loaded = keras.models.load_model(tmp_path / "trainer.keras")
     assert isinstance(loaded.memory, CrossBatchMemory) and loaded.memory.get_config() == trainer.memory.get_config()
@@ -190,7 +208,9 @@ def test_interrupted_fit_resumes_with_its_memory(tmp_path):
 
     second = new_trainer()
     record = RecordStart()
-    second.fit(data, epochs=4, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), record], verbose=0)
+    second.fit(
+        data, epochs=4, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), record], verbose=0
+    )
     np.testing.assert_array_equal(record.memory_at_start, memory_at_crash)
     assert record.epochs == [2, 3]
 

@@ -69,8 +69,9 @@ def _check_embedder_step(model, images, dim):
 
 
 def test_registry_lists_paper_models():
-    assert {"resnet50", "resnet50_max_ln", "deit_small", "deit_small_distilled", "deit_base",
-            "tiny_cnn"} <= set(list_embedders())
+    assert {"resnet50", "resnet50_max_ln", "deit_small", "deit_small_distilled", "deit_base", "tiny_cnn"} <= set(
+        list_embedders()
+    )
 
 
 def test_unknown_name_lists_known_names():
@@ -159,8 +160,7 @@ def test_saved_embedder_reloads_with_frozen_batchnorm(tmp_path):
     loaded = keras.models.load_model(tmp_path / "tiny.keras")
     x = _images(3, SMALL)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    bns = [layer for layer in loaded.get_layer("backbone").layers
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in loaded.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
     # The paper's frozen BatchNorm comes back: fixed statistics, trainable gamma/beta.
     assert len(bns) == 3 and all(isinstance(bn, FrozenStatsBatchNormalization) and bn.trainable for bn in bns)
     np.testing.assert_array_equal(np.asarray(loaded(x, training=True)), np.asarray(loaded(x)))
@@ -211,9 +211,7 @@ def test_missing_keras_hub_names_the_extra(monkeypatch):
 def test_token_pooling_modes():
     tokens = np.arange(2 * 4 * 3, dtype="float32").reshape(2, 4, 3)
     np.testing.assert_array_equal(TokenPooling("cls")(tokens), tokens[:, 0])
-    np.testing.assert_array_equal(
-        TokenPooling("cls_dist_mean")(tokens), (tokens[:, 0] + tokens[:, 1]) / 2
-    )
+    np.testing.assert_array_equal(TokenPooling("cls_dist_mean")(tokens), (tokens[:, 0] + tokens[:, 1]) / 2)
     np.testing.assert_array_equal(
         TokenPooling("cls_dist_concat")(tokens), np.concatenate([tokens[:, 0], tokens[:, 1]], -1)
     )
@@ -225,9 +223,7 @@ def test_imagenet_to_caffe_matches_keras_caffe_preprocessing():
     rgb255 = np.random.default_rng(0).uniform(0, 255, size=(2, 3, 3, 3)).astype("float32")
     normalised = (rgb255 / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     expected = keras.applications.resnet50.preprocess_input(rgb255.copy())
-    np.testing.assert_allclose(
-        np.asarray(ImageNetToCaffe()(normalised.astype("float32"))), expected, atol=1e-3
-    )
+    np.testing.assert_allclose(np.asarray(ImageNetToCaffe()(normalised.astype("float32"))), expected, atol=1e-3)
 
 
 # --- the real backbones (weights=None, small images, one step each) -------------------------
@@ -295,8 +291,7 @@ def test_deit_embedders_train_one_step(name, kwargs, dim):
 
 @pytest.mark.slow
 def test_distilled_deit_can_concatenate_class_and_distillation_tokens():
-    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_concat",
-                           variant="keras_hub")
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_concat", variant="keras_hub")
     assert model.get_layer("backbone").output_shape[1] == 2 + (32 // 16) ** 2
     out = np.asarray(model(_images(2, SMALL)))
     assert out.shape == (2, 768)
@@ -316,8 +311,7 @@ def test_deit_backbone_from_a_preset_directory(tmp_path):
 
 @pytest.mark.slow
 def test_saved_deit_embedder_reloads(tmp_path):
-    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_mean",
-                           variant="keras_hub")
+    model = build_embedder("deit_small_distilled", input_shape=SMALL, token="cls_dist_mean", variant="keras_hub")
     model.save(tmp_path / "deit.keras")
     loaded = keras.models.load_model(tmp_path / "deit.keras")
     x = _images(2, SMALL)
@@ -384,8 +378,7 @@ def test_embedders_compute_in_float64_under_float64_floatx(float64, name):
     assert keras.backend.standardize_dtype(out.dtype) == "float64"
     # Really float64 inside: the unit norm holds to float64 precision.
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out), axis=1), 1.0, atol=1e-13)
-    assert all(keras.backend.standardize_dtype(t.dtype) == "float64"
-               for t in [model.get_layer("backbone")(x)])
+    assert all(keras.backend.standardize_dtype(t.dtype) == "float64" for t in [model.get_layer("backbone")(x)])
 
 
 def test_paper_backbones_warn_about_random_weights():

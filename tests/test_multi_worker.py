@@ -47,7 +47,9 @@ def _encoder():
     rng = np.random.default_rng(1)
     inputs = keras.Input((IN_DIM,))
     model = keras.Model(inputs, keras.layers.Dense(DIM)(inputs))
-    model.set_weights([rng.normal(size=(IN_DIM, DIM)).astype("float32") * 0.5, rng.normal(size=(DIM,)).astype("float32") * 0.1])
+    model.set_weights(
+        [rng.normal(size=(IN_DIM, DIM)).astype("float32") * 0.5, rng.normal(size=(DIM,)).astype("float32") * 0.1]
+    )
     return model
 
 
@@ -102,7 +104,9 @@ def _state(case, model):
     encoder = model if case == "fit" else model.encoder
     state = {"weights": [np.asarray(w).tolist() for w in encoder.get_weights()]}
     if getattr(model, "memory", None) is not None:
-        state["memory"] = {k: np.asarray(getattr(model.memory, k)).tolist() for k in ("embeddings", "labels", "filled", "steps")}
+        state["memory"] = {
+            k: np.asarray(getattr(model.memory, k)).tolist() for k in ("embeddings", "labels", "filled", "steps")
+        }
     return state
 
 
@@ -245,7 +249,9 @@ def workers(tmp_path_factory):
 
 
 def _max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b, strict=False))
+    return max(
+        float(np.max(np.abs(np.asarray(u, "float64") - np.asarray(v, "float64")))) for u, v in zip(a, b, strict=False)
+    )
 
 
 def test_two_workers_form_one_strategy(workers):

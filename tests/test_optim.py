@@ -51,15 +51,13 @@ class _Param(keras.layers.Layer):
 
     def __init__(self, shape, value, **kwargs):
         super().__init__(**kwargs)
-        self.w = self.add_weight(shape=shape, initializer=keras.initializers.Constant(value),
-                                 name="kernel")
+        self.w = self.add_weight(shape=shape, initializer=keras.initializers.Constant(value), name="kernel")
 
 
 def _problem(grad_scale, steps=5, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(size=s).astype("float32") for k, s in SHAPES.items()}
-    grads = [{k: (grad_scale * rng.normal(size=s)).astype("float32") for k, s in SHAPES.items()}
-             for _ in range(steps)]
+    grads = [{k: (grad_scale * rng.normal(size=s)).astype("float32") for k, s in SHAPES.items()} for _ in range(steps)]
     layers = {k: _Param(SHAPES[k], params[k], name=k.split("/")[0]) for k in SHAPES}
     variables = [layers[k].w for k in SHAPES]
     assert [v.path for v in variables] == list(SHAPES)
@@ -83,9 +81,9 @@ def test_coupled_adam_matches_torch_adam_with_two_learning_rates_and_a_schedule(
     got = _run(opt, grads, variables)
     lrs = [float(schedule(step)) for step in range(len(grads))]
     assert lrs == pytest.approx([1e-2, 1e-2, 3e-3, 3e-3, 9e-4])
-    ref = torch_adam_reference(params, grads, lrs, {"conv/kernel": 1.0,
-                                                    "head_projection/kernel": 2.0},
-                               wd=0.05, decoupled=False)
+    ref = torch_adam_reference(
+        params, grads, lrs, {"conv/kernel": 1.0, "head_projection/kernel": 2.0}, wd=0.05, decoupled=False
+    )
     assert _max_err(got, ref) < 1e-6
     # The test can tell coupled from decoupled decay: keras' Adam(weight_decay) is AdamW-style.
     _, _, fresh = _problem(grad_scale=0.1)
@@ -97,8 +95,7 @@ def test_adam_epsilon_is_placed_as_in_pytorch():
     # Tiny gradients make sqrt(v_hat) comparable to eps, where Keras' placement differs.
     params, grads, variables = _problem(grad_scale=1e-8)
     got = _run(TorchAdam(1e-3), grads, variables)
-    ref = torch_adam_reference(params, grads, [1e-3] * len(grads),
-                               dict.fromkeys(SHAPES, 1.0), wd=0.0, decoupled=False)
+    ref = torch_adam_reference(params, grads, [1e-3] * len(grads), dict.fromkeys(SHAPES, 1.0), wd=0.0, decoupled=False)
     assert _max_err(got, ref) < 1e-6
     _, _, fresh = _problem(grad_scale=1e-8)
     keras_adam = _run(keras.optimizers.Adam(1e-3, epsilon=1e-8), grads, fresh)
@@ -110,15 +107,13 @@ def test_decoupled_adam_matches_torch_adamw_and_keras_adamw():
     opt = build_optimizer(1e-2, optimizer="adamw", weight_decay=0.5)
     assert isinstance(opt, TorchAdam) and opt.decay_style == "decoupled"
     got = _run(opt, grads, variables)
-    ref = torch_adam_reference(params, grads, [1e-2] * len(grads), dict.fromkeys(SHAPES, 1.0),
-                               wd=0.5, decoupled=True)
+    ref = torch_adam_reference(params, grads, [1e-2] * len(grads), dict.fromkeys(SHAPES, 1.0), wd=0.5, decoupled=True)
     assert _max_err(got, ref) < 1e-6
     # Same decay as keras AdamW; eps ~ 0 on both sides so that only the decay is compared
     # (Keras places eps differently, see test_adam_epsilon_is_placed_as_in_pytorch).
     _, _, ours = _problem(grad_scale=0.1)
     _, _, theirs = _problem(grad_scale=0.1)
-    ours = _run(build_optimizer(1e-2, optimizer="adamw", weight_decay=0.5, epsilon=1e-12),
-                grads, ours)
+    ours = _run(build_optimizer(1e-2, optimizer="adamw", weight_decay=0.5, epsilon=1e-12), grads, ours)
     theirs = _run(keras.optimizers.AdamW(1e-2, weight_decay=0.5, epsilon=1e-12), grads, theirs)
     assert _max_err(ours, theirs) < 1e-6
 
@@ -134,10 +129,12 @@ def test_float64_updates_equal_pytorch_to_rounding(decoupled):
     before = w0
     for step in range(1, len(grads) + 1):
         opt.apply([keras.ops.convert_to_tensor(grads[step - 1], "float64")], [variable])
-        ref_before = torch_adam_reference({"w": w0}, [{"w": g} for g in grads[:step - 1]],
-                                          [1e-5] * (step - 1), {"w": 1.0}, 1e-4, decoupled)["w"]
-        ref_after = torch_adam_reference({"w": w0}, [{"w": g} for g in grads[:step]],
-                                         [1e-5] * step, {"w": 1.0}, 1e-4, decoupled)["w"]
+        ref_before = torch_adam_reference(
+            {"w": w0}, [{"w": g} for g in grads[: step - 1]], [1e-5] * (step - 1), {"w": 1.0}, 1e-4, decoupled
+        )["w"]
+        ref_after = torch_adam_reference(
+            {"w": w0}, [{"w": g} for g in grads[:step]], [1e-5] * step, {"w": 1.0}, 1e-4, decoupled
+        )["w"]
         ours = variable.numpy() - before
         want = ref_after - ref_before
         # 1e-7: the learning-rate variable is float32 under the default floatx (2.5e-8 for 1e-5).
@@ -161,15 +158,13 @@ def test_excluded_variables_get_no_decay():
     opt.exclude_from_weight_decay(var_names=["head_projection"])
     got = _run(opt, grads, variables)
     np.testing.assert_array_equal(got["head_projection/kernel"], params["head_projection/kernel"])
-    np.testing.assert_allclose(got["conv/kernel"], params["conv/kernel"] * (1 - 1e-3) ** 3,
-                               rtol=1e-6)
+    np.testing.assert_allclose(got["conv/kernel"], params["conv/kernel"] * (1 - 1e-3) ** 3, rtol=1e-6)
 
 
 def test_multistep_decay_at_the_boundaries_and_config_round_trip():
     schedule = MultiStepDecay(1e-3, milestones=[30, 70], steps_per_epoch=10, gamma=0.3)
     values = {step: float(schedule(step)) for step in (0, 299, 300, 699, 700, 5000)}
-    assert values == pytest.approx({0: 1e-3, 299: 1e-3, 300: 3e-4, 699: 3e-4, 700: 9e-5,
-                                    5000: 9e-5}, rel=1e-6)
+    assert values == pytest.approx({0: 1e-3, 299: 1e-3, 300: 3e-4, 699: 3e-4, 700: 9e-5, 5000: 9e-5}, rel=1e-6)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert isinstance(restored, MultiStepDecay) and restored.get_config() == schedule.get_config()
     assert float(restored(700)) == pytest.approx(9e-5, rel=1e-6)
@@ -216,8 +211,7 @@ def test_optimizer_config_round_trip():
 
 
 def _tiny_model():
-    return build_embedder("tiny_cnn", input_shape=(16, 16, 3), embedding_dim=8, width=4,
-                          freeze_batchnorm=False)
+    return build_embedder("tiny_cnn", input_shape=(16, 16, 3), embedding_dim=8, width=4, freeze_batchnorm=False)
 
 
 def _data(seed=0):
@@ -229,8 +223,9 @@ def _data(seed=0):
 
 def test_compiled_model_save_and_load_keeps_optimizer_state(tmp_path):
     model = _tiny_model()
-    model.compile(optimizer=build_optimizer(1e-2, 2e-2, weight_decay=1e-3, milestones=[1],
-                                            steps_per_epoch=2), loss="mse")
+    model.compile(
+        optimizer=build_optimizer(1e-2, 2e-2, weight_decay=1e-3, milestones=[1], steps_per_epoch=2), loss="mse"
+    )
     x, y = _data()
     for _ in range(3):
         model.train_on_batch(x, y)
@@ -268,8 +263,7 @@ def test_training_under_mixed_precision():
         before = [v.numpy().copy() for v in model.trainable_variables]
         loss = model.train_on_batch(*_data())
         assert np.isfinite(loss)
-        assert all(not np.array_equal(b, v.numpy())
-                   for b, v in zip(before, model.trainable_variables, strict=False))
+        assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables, strict=False))
         assert all(v.dtype == "float32" for v in model.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy(previous)
@@ -278,8 +272,11 @@ def test_training_under_mixed_precision():
 def _two_steps(model, **compile_kwargs):
     # epsilon 1e-3: Adam turns a near-zero gradient into a +-lr step whose sign follows float
     # rounding, so XLA's and eager's last-bit differences could otherwise move one weight by lr.
-    model.compile(optimizer=build_optimizer(1e-2, 2e-2, weight_decay=1e-3, milestones=[1],
-                                            steps_per_epoch=1, epsilon=1e-3), loss="mse", **compile_kwargs)
+    model.compile(
+        optimizer=build_optimizer(1e-2, 2e-2, weight_decay=1e-3, milestones=[1], steps_per_epoch=1, epsilon=1e-3),
+        loss="mse",
+        **compile_kwargs,
+    )
     x, y = _data()
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)

@@ -25,7 +25,9 @@ def doc_commands():
 
 
 def environment(home):
-    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(REPO), MPLCONFIGDIR=str(home / "mpl"), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(
+        os.environ, HOME=str(home), PYTHONPATH=str(REPO), MPLCONFIGDIR=str(home / "mpl"), TF_CPP_MIN_LOG_LEVEL="2"
+    )
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     env.pop("KERAS_ROADMAP_TEST_STALL_IN", None)
     return env
@@ -33,7 +35,10 @@ def environment(home):
 
 def rows(path):
     with open(path, newline="", encoding="utf-8") as handle:
-        return sorted((r["label"], os.path.realpath(os.path.join(os.path.dirname(path), r["path"])), r["split"]) for r in csv.DictReader(handle))
+        return sorted(
+            (r["label"], os.path.realpath(os.path.join(os.path.dirname(path), r["path"])), r["split"])
+            for r in csv.DictReader(handle)
+        )
 
 
 @pytest.mark.slow
@@ -50,8 +55,15 @@ def test_the_page_runs_as_written_and_resumes_after_a_kill(tmp_path):
     train = commands[2]
     mark = tmp_path / "stalled"
     stalled = dict(env, KERAS_ROADMAP_TEST_STALL_IN="history_write:2", KERAS_ROADMAP_TEST_STALL_MARK=str(mark))
-    process = subprocess.Popen(train, shell=True, cwd=tmp_path, env=stalled, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        train,
+        shell=True,
+        cwd=tmp_path,
+        env=stalled,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 900
         while not mark.exists() and process.poll() is None and time.time() < deadline:
@@ -95,20 +107,29 @@ def glyph_like(root, classes, per_class):
     return root
 
 
-@pytest.mark.parametrize("make, extra, message", [
-    (lambda root: root.mkdir(), [], "no images found"),
-    (lambda root: glyph_like(root, 1, 3), [], "found 1 class"),
-    (lambda root: glyph_like(root, 6, 1), [], "single image"),
-    (lambda root: glyph_like(root, 5, 2), ["--test-classes", "0.9"], "each side needs at least 2"),
-    (lambda root: glyph_like(root, 6, 3), ["--loss", "triplet"], "--loss 'triplet' is not one of"),
-    (lambda root: glyph_like(root, 6, 3), ["--batch-size", "10"], "not a multiple of --samples-per-class 4"),
-    (lambda root: glyph_like(root, 6, 3), ["--weights", "imagenet"], "tiny_cnn has no ImageNet weights"),
-    (lambda root: glyph_like(root, 6, 3), ["--batch-size", "64"], "needs 16 classes per batch, but the training side has 3"),
-])
+@pytest.mark.parametrize(
+    "make, extra, message",
+    [
+        (lambda root: root.mkdir(), [], "no images found"),
+        (lambda root: glyph_like(root, 1, 3), [], "found 1 class"),
+        (lambda root: glyph_like(root, 6, 1), [], "single image"),
+        (lambda root: glyph_like(root, 5, 2), ["--test-classes", "0.9"], "each side needs at least 2"),
+        (lambda root: glyph_like(root, 6, 3), ["--loss", "triplet"], "--loss 'triplet' is not one of"),
+        (lambda root: glyph_like(root, 6, 3), ["--batch-size", "10"], "not a multiple of --samples-per-class 4"),
+        (lambda root: glyph_like(root, 6, 3), ["--weights", "imagenet"], "tiny_cnn has no ImageNet weights"),
+        (
+            lambda root: glyph_like(root, 6, 3),
+            ["--batch-size", "64"],
+            "needs 16 classes per batch, but the training side has 3",
+        ),
+    ],
+)
 def test_train_custom_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, extra, message):
     make(tmp_path / "d")
     code, err = train_custom(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), *extra], capsys)
-    assert code == 2 and message in err and err.startswith("keras-roadmap train custom: error: ") and err.count("\n") == 1
+    assert (
+        code == 2 and message in err and err.startswith("keras-roadmap train custom: error: ") and err.count("\n") == 1
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -116,7 +137,9 @@ def test_imagenet_offline_names_the_file_and_where_to_put_it(tmp_path, capsys, m
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     glyph_like(tmp_path / "d", 6, 3)
-    code, err = train_custom(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--backbone", "resnet50",
-                              "--batch-size", "8"], capsys)
+    code, err = train_custom(
+        ["--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--backbone", "resnet50", "--batch-size", "8"],
+        capsys,
+    )
     assert code == 2 and "resnet50-0676ba61.pth" in err and "hub/checkpoints" in err and "--weights none" in err
     assert not (tmp_path / "run").exists()

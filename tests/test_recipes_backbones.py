@@ -6,7 +6,6 @@ of the paper configurations (the head learning rate, decay style, loss preset, m
 embedding size that each config asks for) trains.
 """
 
-
 import numpy as np
 import pytest
 
@@ -29,7 +28,9 @@ def paper_profiles():
 def test_paper_profile_trains_one_step(path, profile):
     import keras
 
-    config = resolve_config(load_yaml(path), source=path.name, overrides={"backbone": profile, "weights": "none", "memory": 64})
+    config = resolve_config(
+        load_yaml(path), source=path.name, overrides={"backbone": profile, "weights": "none", "memory": 64}
+    )
     config.image_size = 32  # divisible by DeiT's patch size; keeps the CPU step small
     encoder = assembly.build_encoder(config)
     assert encoder.output_shape == (None, EXPECTED_DIM[config.model])
@@ -54,5 +55,7 @@ def test_paper_profile_trains_one_step(path, profile):
     # The head (if any) moved with its own learning rate factor.
     head = [v for v in encoder.trainable_variables if v.path.startswith("head_")]
     if config.optimizer["head_lr"] is not None:
-        assert head and optimizer.lr_factor_for(head[0].path) == pytest.approx(config.optimizer["head_lr"] / config.optimizer["backbone_lr"])
+        assert head and optimizer.lr_factor_for(head[0].path) == pytest.approx(
+            config.optimizer["head_lr"] / config.optimizer["backbone_lr"]
+        )
     keras.backend.clear_session()

@@ -26,14 +26,18 @@ def _run_blocked(tmp_path, blocked, *command):
     return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600, env=env)
 
 
-@pytest.mark.parametrize("blocked, named", [(["matplotlib"], "matplotlib"), (["tensorboard", "tf2onnx"], "tf2onnx, tensorboard")])
+@pytest.mark.parametrize(
+    "blocked, named", [(["matplotlib"], "matplotlib"), (["tensorboard", "tf2onnx"], "tf2onnx, tensorboard")]
+)
 def test_missing_extra_stops_before_training_with_the_install_line(tmp_path, blocked, named):
     out = tmp_path / "run"
     result = _run_blocked(tmp_path, blocked, "-m", "keras_roadmap.cli", "train", "cub", "--smoke", "--out", str(out))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
-    assert lines == [f'keras-roadmap train cub: error: `keras-roadmap train cub` needs {named}, not installed: '
-                     'pip install "keras-roadmap[recipes]"'], result.stderr
+    assert lines == [
+        f"keras-roadmap train cub: error: `keras-roadmap train cub` needs {named}, not installed: "
+        'pip install "keras-roadmap[recipes]"'
+    ], result.stderr
     assert "Epoch" not in result.stdout and not (out / "history.csv").exists() and not (out / "smoke_data").exists()
 
 
@@ -73,7 +77,9 @@ def test_long_evaluation_reports_progress(capsys):
     data = tf.data.Dataset.from_tensor_slices((np.ones((10, 3), "float32"), np.zeros(10, "int64"))).batch(4)
     out, _ = embed(model, with_progress(data, total=3, name="gallery", verbose=2))
     printed = capsys.readouterr().out
-    assert out.shape == (10, 2) and "Embedding gallery (3 batches)" in printed and "Embedded gallery: 10 images" in printed
+    assert (
+        out.shape == (10, 2) and "Embedding gallery (3 batches)" in printed and "Embedded gallery: 10 images" in printed
+    )
     embed(model, with_progress(data, total=3, name="gallery", verbose=1))
     assert "3/3" in capsys.readouterr().out  # keras' progress bar
 
@@ -93,11 +99,40 @@ def test_glyph_recipe_smoke_and_served_search(tmp_path, monkeypatch, capsys):
     train_classes = {p.name for p in (tree / "train").iterdir()}
     test_classes = {p.name for p in (tree / "test").iterdir()}
     assert train_classes and test_classes and not train_classes & test_classes  # unseen classes
-    assert main(["index", "--model", str(out / "embedder.onnx"), "--images", str(tree / "test"),
-                 "--index", str(out / "t.faiss"), "--ids", str(out / "t.json")]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--model",
+                str(out / "embedder.onnx"),
+                "--images",
+                str(tree / "test"),
+                "--index",
+                str(out / "t.faiss"),
+                "--ids",
+                str(out / "t.json"),
+            ]
+        )
+        == 0
+    )
     query = sorted((tree / "test").rglob("*.png"))[0]
-    assert main(["search", str(query), "--model", str(out / "embedder.onnx"), "--index", str(out / "t.faiss"),
-                 "--ids", str(out / "t.json"), "--k", "5"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                str(query),
+                "--model",
+                str(out / "embedder.onnx"),
+                "--index",
+                str(out / "t.faiss"),
+                "--ids",
+                str(out / "t.json"),
+                "--k",
+                "5",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.strip().startswith(("1.", "2.", "3.", "4.", "5.")) for line in lines) == 5
     assert f"class {query.parent.name}" in lines[-5] and str(query) in lines[-5]  # itself first

@@ -26,11 +26,21 @@ def resolved(dataset, **overrides):
 
 def test_sop_config_holds_the_paper_setting():
     resnet, deit = resolved("sop"), resolved("sop", backbone="deit_small")
-    assert resnet.sampler == {"name": "hierarchical", "batch_size": 128, "samples_per_class": 4, "batches_per_super_pair": 10}
+    assert resnet.sampler == {
+        "name": "hierarchical",
+        "batch_size": 128,
+        "samples_per_class": 4,
+        "batches_per_super_pair": 10,
+    }
     assert (resnet.model, resnet.embedding_dim, resnet.epochs, resnet.seed) == ("resnet50", 512, 100, 333)
     o = resnet.optimizer
     assert (o["name"], o["backbone_lr"], o["head_lr"], o["weight_decay"], o["milestones"], o["gamma"]) == (
-        "adam", 1e-5, 2e-5, 1e-4, [30, 70], 0.3,
+        "adam",
+        1e-5,
+        2e-5,
+        1e-4,
+        [30, 70],
+        0.3,
     )
     assert (deit.epochs, deit.optimizer["name"], deit.optimizer["milestones"]) == (75, "adamw", [25, 50])
     assert resolved("sop", memory="official").memory["size"] == 59551 and resnet.memory["size"] == 0
@@ -54,7 +64,12 @@ def test_inaturalist_and_inshop_configs():
     assert (m["size"], m["unique"]) == (60000, False)
     assert inat.evaluation["ks"] == [1, 4, 16, 32]
     shop = resolved("inshop")
-    assert shop.sampler == {"name": "hierarchical", "batch_size": 128, "samples_per_class": 8, "batches_per_super_pair": 4}
+    assert shop.sampler == {
+        "name": "hierarchical",
+        "batch_size": 128,
+        "samples_per_class": 8,
+        "batches_per_super_pair": 4,
+    }
     assert shop.evaluation["ks"] == [1, 10, 20, 30, 40, 50]
 
 
@@ -85,11 +100,15 @@ def test_optimizer_follows_the_profile():
 
 
 def args_for(dataset, *argv):
-    return config_from_args(dataset, build_parser(dataset).parse_args(["--out", "x", *argv]), CONFIGS / f"{dataset}.yaml")
+    return config_from_args(
+        dataset, build_parser(dataset).parse_args(["--out", "x", *argv]), CONFIGS / f"{dataset}.yaml"
+    )
 
 
 def test_flags_override_the_file():
-    c = args_for("sop", "--epochs", "3", "--batch-size", "64", "--memory", "1000", "--weights", "none", "--eval-every", "2")
+    c = args_for(
+        "sop", "--epochs", "3", "--batch-size", "64", "--memory", "1000", "--weights", "none", "--eval-every", "2"
+    )
     assert (c.epochs, c.sampler["batch_size"], c.memory["size"], c.weights) == (3, 64, 1000, None)
     assert c.evaluation["every_n_epochs"] == 2
     smoke = args_for("cub", "--smoke")
@@ -132,13 +151,23 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     # Usage problems return exit status 2 with one `...: error: ...` line (no SystemExit, no traceback).
     assert main("cub", ["--out", str(tmp_path)], CONFIGS / "cub.yaml") == 2
     assert "--data-dir is required" in capsys.readouterr().err
-    assert main("cub", ["--out", str(tmp_path), "--config", str(CONFIGS / "sop.yaml"), "--data-dir", "x"],
-                CONFIGS / "cub.yaml") == 2
+    assert (
+        main(
+            "cub",
+            ["--out", str(tmp_path), "--config", str(CONFIGS / "sop.yaml"), "--data-dir", "x"],
+            CONFIGS / "cub.yaml",
+        )
+        == 2
+    )
     assert "is a config for 'sop', not 'cub'" in capsys.readouterr().err
     assert main("cub", ["--out", str(tmp_path), "--data-dir", "x", "--resume"], CONFIGS / "cub.yaml") == 2
     err = capsys.readouterr().err
     assert "no backup to continue from" in err and len(err.strip().splitlines()) == 1
-    status = main("cub", ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty"), "--random-init"], CONFIGS / "cub.yaml")
+    status = main(
+        "cub",
+        ["--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "empty"), "--random-init"],
+        CONFIGS / "cub.yaml",
+    )
     assert status == 2 and "CUB images list not found" in capsys.readouterr().err
     status = main("cub", ["--smoke", "--out", str(tmp_path / "s"), "--batch-size", "64"], CONFIGS / "cub.yaml")
     assert status == 2 and "do not fit cub/train" in capsys.readouterr().err
@@ -236,7 +265,11 @@ def test_best_embedder_checkpoint_saves_the_embedder_on_improvement_only(tmp_pat
     np.testing.assert_array_equal(keras.models.load_model(path).get_weights()[0], embedder.get_weights()[0])
     resumed.on_epoch_end(3, {"val_map@r": 0.6})
     np.testing.assert_array_equal(keras.models.load_model(path).get_weights()[0], other.get_weights()[0])
-    assert json.loads((tmp_path / "best.keras.best.json").read_text()) == {"best": 0.6, "epoch": 3, "monitor": "val_map@r"}
+    assert json.loads((tmp_path / "best.keras.best.json").read_text()) == {
+        "best": 0.6,
+        "epoch": 3,
+        "monitor": "val_map@r",
+    }
 
 
 def test_resumed_training_stream_continues_the_uninterrupted_one(tmp_path):

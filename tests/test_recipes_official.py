@@ -28,8 +28,12 @@ TABLE_START, TABLE_END = "<!-- official-settings-table:start -->", "<!-- officia
 
 
 def profiles():
-    return [(dataset, name) for dataset, entries in OFFICIAL["recipes"].items() if not dataset.startswith("_")
-            for name in entries]
+    return [
+        (dataset, name)
+        for dataset, entries in OFFICIAL["recipes"].items()
+        if not dataset.startswith("_")
+        for name in entries
+    ]
 
 
 def official_settings(dataset: str, profile: str) -> dict:
@@ -39,8 +43,10 @@ def official_settings(dataset: str, profile: str) -> dict:
     files = OFFICIAL["files"]
     command = dict(OFFICIAL["readme_commands"][entry["command"]]) if "command" in entry else {}
     where = f"README command {entry['command']}" if command else None
-    groups = {**{k: command[k] for k in ("optimizer", "model", "transform", "dataset", "loss", "memory") if k in command},
-              **entry.get("files", {})}
+    groups = {
+        **{k: command[k] for k in ("optimizer", "model", "transform", "dataset", "loss", "memory") if k in command},
+        **entry.get("files", {}),
+    }
     out = {}
 
     def put(key, value, source):
@@ -49,7 +55,11 @@ def official_settings(dataset: str, profile: str) -> dict:
 
     def source_of(group, key):
         # A value set on the command line of a README command comes from the command.
-        return where if command and key in command and groups.get(group) == command.get(group) else f"{group}/{groups[group]}.yaml"
+        return (
+            where
+            if command and key in command and groups.get(group) == command.get(group)
+            else f"{group}/{groups[group]}.yaml"
+        )
 
     if "seed" in command:
         put("seed", command["seed"], where)
@@ -61,7 +71,11 @@ def official_settings(dataset: str, profile: str) -> dict:
     sampler = files[f"dataset/{groups['dataset']}.yaml"]["sampler"]
     dataset_file = f"dataset/{groups['dataset']}.yaml"
     put("sampler.name", SAMPLERS[sampler["name"]], dataset_file)
-    put("sampler.batch_size", command.get("batch_size", sampler["batch_size"]), where if "batch_size" in command else dataset_file)
+    put(
+        "sampler.batch_size",
+        command.get("batch_size", sampler["batch_size"]),
+        where if "batch_size" in command else dataset_file,
+    )
     put("sampler.samples_per_class", sampler["samples_per_class"], dataset_file)
     if "batches_per_super_pair" in sampler:
         bpsp = command.get("batches_per_super_pair", sampler["batches_per_super_pair"])
@@ -87,8 +101,13 @@ def official_settings(dataset: str, profile: str) -> dict:
         put("optimizer.gamma", schedule["gamma"], opt_file)
 
     memory_file = f"memory/{groups['memory']}.yaml"
-    put("memory.size", 0 if files[memory_file]["name"] is None else files[memory_file]["size"],
-        f"{where or 'no command'}: memory={groups['memory']} (no XBM)" if files[memory_file]["name"] is None else memory_file)
+    put(
+        "memory.size",
+        0 if files[memory_file]["name"] is None else files[memory_file]["size"],
+        f"{where or 'no command'}: memory={groups['memory']} (no XBM)"
+        if files[memory_file]["name"] is None
+        else memory_file,
+    )
     own_memory = f"memory/{dataset}.yaml"
     if own_memory in files:
         put("memory.official_size", files[own_memory]["size"], own_memory)
@@ -100,7 +119,11 @@ def official_settings(dataset: str, profile: str) -> dict:
     for key in ("tau", "rho", "offset", "delta"):
         put(f"loss.{key}", supap[key], loss_file)
     default_start = OFFICIAL["code_defaults"]["SupAP.start"]
-    put("loss.start", supap.get("start", default_start["value"]), loss_file if "start" in supap else default_start["file"])
+    put(
+        "loss.start",
+        supap.get("start", default_start["value"]),
+        loss_file if "start" in supap else default_start["file"],
+    )
     put("loss.pos_margin", calibration["pos_margin"], loss_file)
     put("loss.neg_margin", calibration["neg_margin"], loss_file)
     put("loss.calibration_weight", calibration["weight"], loss_file)
@@ -108,9 +131,16 @@ def official_settings(dataset: str, profile: str) -> dict:
 
     model_file = f"model/{groups['model']}.yaml"
     model = files[model_file]
-    put("model", MODELS[groups["model"]], f"{model_file} (pooling {model['pooling']}, LayerNorm {model['norm_features']})")
-    put("embedding_dim", None if model["without_fc"] else model["embed_dim"],
-        f"{model_file} ({'no projection: the backbone features' if model['without_fc'] else 'projection'})")
+    put(
+        "model",
+        MODELS[groups["model"]],
+        f"{model_file} (pooling {model['pooling']}, LayerNorm {model['norm_features']})",
+    )
+    put(
+        "embedding_dim",
+        None if model["without_fc"] else model["embed_dim"],
+        f"{model_file} ({'no projection: the backbone features' if model['without_fc'] else 'projection'})",
+    )
     put("freeze_batchnorm", model["freeze_batch_norm"], model_file)
 
     experience = files["experience/default.yaml"]
@@ -132,13 +162,28 @@ def our_settings(dataset: str, profile: str) -> dict:
         "memory.size": config.memory["size"],
     }
     raw_memory = load_yaml(CONFIGS / f"{dataset}.yaml")["memory"]
-    values.update({"memory.official_size": raw_memory.get("official_size"), "memory.unique": config.memory["unique"],
-                   "memory.weight": config.memory["weight"]})
+    values.update(
+        {
+            "memory.official_size": raw_memory.get("official_size"),
+            "memory.unique": config.memory["unique"],
+            "memory.weight": config.memory["weight"],
+        }
+    )
     for key, value in config.sampler.items():
         values[f"sampler.{key}"] = value
     for key, value in config.optimizer.items():
         values[f"optimizer.{key}"] = value
-    for key in ("tau", "rho", "offset", "delta", "start", "pos_margin", "neg_margin", "calibration_weight", "ap_weight"):
+    for key in (
+        "tau",
+        "rho",
+        "offset",
+        "delta",
+        "start",
+        "pos_margin",
+        "neg_margin",
+        "calibration_weight",
+        "ap_weight",
+    ):
         values[f"loss.{key}"] = loss[key]
     values["evaluation.every_n_epochs"] = config.evaluation["every_n_epochs"]
     values["evaluation.batch_size"] = config.evaluation["batch_size"]
@@ -154,7 +199,9 @@ def _equal(ours, official):
 @pytest.mark.parametrize("dataset,profile", profiles())
 def test_every_recipe_setting_has_its_official_value(dataset, profile):
     official, ours = official_settings(dataset, profile), our_settings(dataset, profile)
-    wrong = {key: (ours[key], value, source) for key, (value, source) in official.items() if not _equal(ours[key], value)}
+    wrong = {
+        key: (ours[key], value, source) for key, (value, source) in official.items() if not _equal(ours[key], value)
+    }
     assert not wrong, f"{dataset}/{profile}: setting -> (ours, official, source): {wrong}"
     assert len(official) >= 20  # the whole setting, not a sample of it
 
@@ -192,7 +239,10 @@ def test_presets_transcribe_the_transform_files(name):
     assert train["RandomHorizontalFlip"]["p"] == preset.flip
     size = test["Resize"]["size"]
     assert preset.eval_square == isinstance(size, list)
-    assert preset.eval_resize == (size[0] if isinstance(size, list) else size) and test["CenterCrop"]["size"] == preset.crop_size
+    assert (
+        preset.eval_resize == (size[0] if isinstance(size, list) else size)
+        and test["CenterCrop"]["size"] == preset.crop_size
+    )
 
 
 def _fmt(value):
@@ -219,7 +269,9 @@ def test_readme_table_is_the_audit():
     text = (REPO / "recipes" / "README.md").read_text()
     assert TABLE_START in text and TABLE_END in text, "recipes/README.md lost its settings table markers"
     table = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
-    assert table == settings_table(), "recipes/README.md table is stale: regenerate with python tests/test_recipes_official.py"
+    assert table == settings_table(), (
+        "recipes/README.md table is stale: regenerate with python tests/test_recipes_official.py"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """The recipes start from the paper's ImageNet checkpoint, or refuse to start without
 --random-init and say which file to get (smoke runs exempt)."""
 
-
 import pytest
 
 from keras_roadmap.recipes import main
@@ -28,8 +27,14 @@ def test_recipe_refuses_random_weights_and_names_the_checkpoint(empty_caches, ca
     assert main("sop", ["--data-dir", str(empty_caches), "--out", str(empty_caches / "out")], CONFIGS / "sop.yaml") == 2
     err = capsys.readouterr().err
     assert "resnet50-0676ba61.pth" in err and "IMAGENET1K_V1" in err and "--random-init" in err
-    assert main("cub", ["--data-dir", str(empty_caches), "--out", str(empty_caches / "out"), "--backbone", "deit_small"],
-                CONFIGS / "cub.yaml") == 2
+    assert (
+        main(
+            "cub",
+            ["--data-dir", str(empty_caches), "--out", str(empty_caches / "out"), "--backbone", "deit_small"],
+            CONFIGS / "cub.yaml",
+        )
+        == 2
+    )
     assert "deit_small_distilled_patch16_224-649709d9.pth" in capsys.readouterr().err
 
 
@@ -68,8 +73,15 @@ def test_checkpoints_are_found_where_torchvision_and_timm_download_them(empty_ca
     config = _config()
     resolve_pretrained(config)
     assert config.weights == str(torch_file)
-    hf_file = (empty_caches / "hf" / "hub" / "models--timm--deit_small_distilled_patch16_224.fb_in1k"
-               / "snapshots" / "abc123" / "model.safetensors")
+    hf_file = (
+        empty_caches
+        / "hf"
+        / "hub"
+        / "models--timm--deit_small_distilled_patch16_224.fb_in1k"
+        / "snapshots"
+        / "abc123"
+        / "model.safetensors"
+    )
     hf_file.parent.mkdir(parents=True)
     hf_file.write_bytes(b"")
     assert find_checkpoint("deit_small_distilled") == str(hf_file)

@@ -20,14 +20,21 @@ def _printed(dataset, argv, capsys):
     return captured.out
 
 
-@pytest.mark.parametrize("dataset, flags, smoke", [
-    ("glyphs", [], False),
-    ("glyphs", ["--epochs", "3", "--batch-size", "16", "--memory", "official", "--eval-every", "2", "--seed", "5"], True),
-    ("sop", ["--backbone", "deit_small", "--epochs", "2", "--weights", "none", "--batch-size", "64"], False),
-    ("cub", ["--memory", "64", "--eval-every", "3"], False),
-    ("inshop", ["--epochs", "1"], True),
-    ("inaturalist", [], True),
-])
+@pytest.mark.parametrize(
+    "dataset, flags, smoke",
+    [
+        ("glyphs", [], False),
+        (
+            "glyphs",
+            ["--epochs", "3", "--batch-size", "16", "--memory", "official", "--eval-every", "2", "--seed", "5"],
+            True,
+        ),
+        ("sop", ["--backbone", "deit_small", "--epochs", "2", "--weights", "none", "--batch-size", "64"], False),
+        ("cub", ["--memory", "64", "--eval-every", "3"], False),
+        ("inshop", ["--epochs", "1"], True),
+        ("inaturalist", [], True),
+    ],
+)
 def test_printed_config_reproduces_the_flags(dataset, flags, smoke, capsys, tmp_path):
     mode = ["--smoke"] if smoke else []
     text = _printed(dataset, [*flags, *mode], capsys)
@@ -56,11 +63,14 @@ def test_an_edit_of_the_printed_config_is_what_trains(capsys, tmp_path):
     assert _resolved("glyphs", ["--config", str(path)])["embedding_dim"] == 48
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--backbone", "resnet9000"], "unknown backbone profile 'resnet9000'"),
-    (["--batch-size", "30"], "not a multiple of samples_per_class"),
-    (["--eval-every", "0"], "--eval-every must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--backbone", "resnet9000"], "unknown backbone profile 'resnet9000'"),
+        (["--batch-size", "30"], "not a multiple of samples_per_class"),
+        (["--eval-every", "0"], "--eval-every must be >= 1"),
+    ],
+)
 def test_bad_flags_fail_as_in_training(argv, fragment, capsys):
     assert cli(["train", "glyphs", "--print-config", *argv]) == 2
     captured = capsys.readouterr()

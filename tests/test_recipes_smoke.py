@@ -102,11 +102,42 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     from keras_roadmap.cli import main as cli_main
 
     images = pathlib.Path(result["onnx"]["path"]).parent / "smoke_data"
-    assert cli_main(["index", "--model", str(out / "embedder.onnx"), "--images", str(images),
-                     "--index", str(out / "s.faiss"), "--ids", str(out / "s.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "index",
+                "--model",
+                str(out / "embedder.onnx"),
+                "--images",
+                str(images),
+                "--index",
+                str(out / "s.faiss"),
+                "--ids",
+                str(out / "s.json"),
+            ]
+        )
+        == 0
+    )
     query = sorted(p for p in images.rglob("*") if p.suffix.lower() == ".jpg")[-1]  # SOP's files are .JPG
-    assert cli_main(["search", str(query), "--model", str(out / "embedder.onnx"), "--index", str(out / "s.faiss"),
-                     "--ids", str(out / "s.json"), "--k", "3", "--json", str(out / "hits.json")]) == 0
+    assert (
+        cli_main(
+            [
+                "search",
+                str(query),
+                "--model",
+                str(out / "embedder.onnx"),
+                "--index",
+                str(out / "s.faiss"),
+                "--ids",
+                str(out / "s.json"),
+                "--k",
+                "3",
+                "--json",
+                str(out / "hits.json"),
+            ]
+        )
+        == 0
+    )
     hits = json.loads((out / "hits.json").read_text())[0]["results"]
     assert hits[0]["path"] == str(query) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
@@ -136,7 +167,9 @@ def test_killed_run_resumes_from_its_backup(tmp_path):
     epochs, steps_per_epoch = 12, 3  # cub smoke: 24 images, batches of 8
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.Popen(_recipe_command(out, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        _recipe_command(out, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_for_backup(first, out / "backup" / "training_metadata.json", min_epoch=2)
         first.send_signal(signal.SIGKILL)

@@ -40,7 +40,12 @@ def test_validation_messages_name_argument_value_and_range():
 BAD_LOSS_ARGUMENTS = [
     ("CalibrationLoss", dict(pos_margin=-0.5), ValueError, r"`neg_margin` \(0.6\) must be <= `pos_margin` \(-0.5\)"),
     ("CalibrationLoss", dict(neg_margin=-1.0), ValueError, r"`neg_margin` must be > -1 and <= 1, got -1.0"),
-    ("CalibrationLoss", dict(pos_margin=0.3, neg_margin=0.6), ValueError, r"`neg_margin` \(0.6\) must be <= `pos_margin` \(0.3\)"),
+    (
+        "CalibrationLoss",
+        dict(pos_margin=0.3, neg_margin=0.6),
+        ValueError,
+        r"`neg_margin` \(0.6\) must be <= `pos_margin` \(0.3\)",
+    ),
     ("CalibrationLoss", dict(pos_margin=1.5), ValueError, r"`pos_margin` must be > -1 and <= 1, got 1.5"),
     ("SupAPLoss", dict(rho=-100), ValueError, r"SupAPLoss: `rho` must be >= 0, got -100.0"),
     ("SupAPLoss", dict(delta=-0.05), ValueError, r"`delta` must be >= 0, got -0.05"),
@@ -132,8 +137,16 @@ def test_every_package_error_derives_from_the_base_class():
     from keras_roadmap.export import ExportError, ExportVerificationError, NotAnEmbedderError
     from keras_roadmap.recipes.config import ConfigError
 
-    for cls in (ConfigError, DatasetFormatError, ExportError, NotAnEmbedderError, ExportVerificationError,
-                errors.CheckpointError, errors.NonFiniteError, errors.OutputDirError):
+    for cls in (
+        ConfigError,
+        DatasetFormatError,
+        ExportError,
+        NotAnEmbedderError,
+        ExportVerificationError,
+        errors.CheckpointError,
+        errors.NonFiniteError,
+        errors.OutputDirError,
+    ):
         assert issubclass(cls, errors.KerasRoadmapError), cls
     assert issubclass(ConfigError, ValueError) and issubclass(DatasetFormatError, ValueError)
     import keras_roadmap
@@ -184,7 +197,9 @@ def test_cli_error_for_out_under_a_regular_file_is_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "cub.py"), "--smoke", "--out", str(blocker / "run")],
         env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if "error:" in line]
@@ -223,7 +238,9 @@ def test_loss_is_nan_for_a_nonfinite_embedding_inside_a_compiled_step(jit_compil
     emb[3, 1] = np.inf
     value = tf.function(lambda y, e: loss(y, e), jit_compile=jit_compile)(np.arange(8) // 2, emb)
     assert np.isnan(float(value))
-    finite = tf.function(lambda y, e: loss(y, e), jit_compile=jit_compile)(np.arange(8) // 2, np.eye(8, 4, dtype="float32"))
+    finite = tf.function(lambda y, e: loss(y, e), jit_compile=jit_compile)(
+        np.arange(8) // 2, np.eye(8, 4, dtype="float32")
+    )
     assert np.isfinite(float(finite))
 
 
@@ -237,8 +254,7 @@ def test_model_fit_with_our_loss_stops_at_the_first_nonfinite_step(jit_compile):
     model.compile(optimizer="adam", loss=ROADMAPLoss(), jit_compile=jit_compile)
     x, y = _data(bad_batch=2)
     with pytest.raises(NonFiniteError, match=r"epoch 2, step 3: loss = nan"):
-        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
-                  callbacks=[NonFiniteGuard()], initial_epoch=1)
+        model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=[NonFiniteGuard()], initial_epoch=1)
 
 
 def test_retrieval_trainer_stops_at_a_nan_embedding_under_xla():
@@ -287,8 +303,9 @@ def test_a_nan_epoch_keeps_the_last_good_backup(tmp_path):
     assert good.epoch == 2
     weights_before = (tmp_path / good.weights.name).read_bytes()
     with pytest.raises(NonFiniteError, match="epoch 3, step 2"):
-        trainer.fit(x_bad, y, batch_size=8, epochs=3, initial_epoch=2, shuffle=False, verbose=0,
-                    callbacks=[RunBackup(tmp_path)])
+        trainer.fit(
+            x_bad, y, batch_size=8, epochs=3, initial_epoch=2, shuffle=False, verbose=0, callbacks=[RunBackup(tmp_path)]
+        )
     after = read_backup(tmp_path)
     assert after.epoch == 2 and after.weights.read_bytes() == weights_before
 
@@ -302,7 +319,9 @@ def _backup_two_epochs(tmp_path):
 
     trainer = RetrievalTrainer(_embedder())
     trainer.compile(optimizer="adam", loss=ROADMAPLoss())
-    trainer.fit(*_data(), batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[RunBackup(tmp_path, config={"a": 1})])
+    trainer.fit(
+        *_data(), batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[RunBackup(tmp_path, config={"a": 1})]
+    )
     return trainer
 
 
@@ -314,9 +333,16 @@ def test_a_torn_newest_backup_falls_back_to_the_previous_generation(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.weights.h5")) == ["epoch-0001.weights.h5", "epoch-0002.weights.h5"]
     (tmp_path / "epoch-0002.weights.h5").write_bytes(b"")  # 0 bytes, as a kill mid-write once left it
     state = read_backup(tmp_path)
-    assert (state.epoch, state.weights.name, state.fell_back, state.config) == (1, "epoch-0001.weights.h5", True, {"a": 1})
+    assert (state.epoch, state.weights.name, state.fell_back, state.config) == (
+        1,
+        "epoch-0001.weights.h5",
+        True,
+        {"a": 1},
+    )
     (tmp_path / "epoch-0001.weights.h5").write_bytes(b"\0" * 10)
-    with pytest.raises(CheckpointError, match=r"epoch-0002.weights.h5 is missing or damaged .* delete .* to start over"):
+    with pytest.raises(
+        CheckpointError, match=r"epoch-0002.weights.h5 is missing or damaged .* delete .* to start over"
+    ):
         read_backup(tmp_path)
     (tmp_path / "training_metadata.json").write_text('{"epoch": ')
     with pytest.raises(CheckpointError, match=r"Cannot read the resume point from .*training_metadata.json"):
@@ -358,8 +384,14 @@ def test_a_backup_of_another_network_gives_one_line(tmp_path):
     other = RetrievalTrainer(_embedder(dim=6))
     other.compile(optimizer="adam", loss=ROADMAPLoss())
     with pytest.raises(CheckpointError, match=r"Cannot load the backup .*epoch-0002.weights.h5 into this model"):
-        other.fit(*_data(), batch_size=8, epochs=3, initial_epoch=2, verbose=0,
-                  callbacks=[RunBackup(tmp_path, state=read_backup(tmp_path))])
+        other.fit(
+            *_data(),
+            batch_size=8,
+            epochs=3,
+            initial_epoch=2,
+            verbose=0,
+            callbacks=[RunBackup(tmp_path, state=read_backup(tmp_path))],
+        )
 
 
 # --------------------------------------------------------------------------- recipe configs
@@ -378,26 +410,50 @@ def _set(path, value):
         for key in parents:
             node = node[key]
         node[last] = value
+
     return mutate
 
 
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (_set("learning_rate", 1e-3), r"cub.yaml: unknown key `learning_rate`; did you mean `backbones.<profile>.optimizer.backbone_lr"),
+        (
+            _set("learning_rate", 1e-3),
+            r"cub.yaml: unknown key `learning_rate`; did you mean `backbones.<profile>.optimizer.backbone_lr",
+        ),
         (_set("sampler.batchsize", 64), r"cub.yaml: unknown key `sampler.batchsize`; did you mean `batch_size`\?"),
         (_set("memory.activate_afterr", 3), r"unknown key `memory.activate_afterr`; did you mean `activate_after`\?"),
-        (_set("evaluation.every_n_epoch", 2), r"unknown key `evaluation.every_n_epoch`; did you mean `every_n_epochs`\?"),
-        (_set("backbones.resnet50_max_ln.epochs", "two"), r"cub.yaml: `backbones.resnet50_max_ln.epochs` must be an integer >= 1, got 'two'"),
+        (
+            _set("evaluation.every_n_epoch", 2),
+            r"unknown key `evaluation.every_n_epoch`; did you mean `every_n_epochs`\?",
+        ),
+        (
+            _set("backbones.resnet50_max_ln.epochs", "two"),
+            r"cub.yaml: `backbones.resnet50_max_ln.epochs` must be an integer >= 1, got 'two'",
+        ),
         (_set("loss.tua", 0.1), r"unknown key `loss.tua`; did you mean `tau`\?"),
         (_set("loss.rho", -5), r"cub.yaml: `loss`: SupAPLoss: `rho` must be >= 0, got -5.0"),
         (_set("memory.weight", "heavy"), r"`memory.weight` must be a number >= 0, got 'heavy'"),
         (_set("sampler.name", "m_per_clas"), r"`sampler.name` must be one of .*did you mean 'm_per_class'"),
         (_set("evaluation.ks", [1, 0]), r"`evaluation.ks\[1\]` must be an integer >= 1, got 0"),
-        (_set("mixed_precision", True), r"`mixed_precision` must be one of \[.float32., .mixed_float16., .mixed_bfloat16.\], got True"),
+        (
+            _set("mixed_precision", True),
+            r"`mixed_precision` must be one of \[.float32., .mixed_float16., .mixed_bfloat16.\], got True",
+        ),
     ],
-    ids=["top-level-lr", "batchsize", "activate_afterr", "every_n_epoch", "epochs-two", "loss-arg", "loss-range",
-         "memory-weight", "sampler-name", "ks", "precision"],
+    ids=[
+        "top-level-lr",
+        "batchsize",
+        "activate_afterr",
+        "every_n_epoch",
+        "epochs-two",
+        "loss-arg",
+        "loss-range",
+        "memory-weight",
+        "sampler-name",
+        "ks",
+        "precision",
+    ],
 )
 def test_config_mistakes_raise_config_error_naming_file_and_key(mutate, message):
     from keras_roadmap.recipes.config import ConfigError, resolve_config
@@ -424,7 +480,12 @@ def _fake_backup(out, config):
     backup = out / "backup"
     backup.mkdir(parents=True)
     (backup / "epoch-0001.weights.h5").write_bytes(b"w")
-    meta = {"epoch": 1, "weights": "epoch-0001.weights.h5", "sha256": hashlib.sha256(b"w").hexdigest(), "config": config}
+    meta = {
+        "epoch": 1,
+        "weights": "epoch-0001.weights.h5",
+        "sha256": hashlib.sha256(b"w").hexdigest(),
+        "config": config,
+    }
     (backup / "training_metadata.json").write_text(json.dumps(meta))
 
 

@@ -20,7 +20,16 @@ RUN_TIMEOUT = 480  # seconds; every subprocess below ends within it, killed othe
 
 
 def _command(out, *extra):
-    return [sys.executable, str(REPO / "recipes" / "cub.py"), "--smoke", "--out", str(out), "--epochs", str(EPOCHS), *extra]
+    return [
+        sys.executable,
+        str(REPO / "recipes" / "cub.py"),
+        "--smoke",
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        *extra,
+    ]
 
 
 def _env(**extra):
@@ -51,7 +60,9 @@ def run_and_kill_at(out, point, tmp_path):
             deadline = time.monotonic() + RUN_TIMEOUT
             while not mark.exists():
                 if process.poll() is not None:
-                    raise AssertionError(f"the run ended (status {process.returncode}) before {point}:\n{log.read_text()[-3000:]}")
+                    raise AssertionError(
+                        f"the run ended (status {process.returncode}) before {point}:\n{log.read_text()[-3000:]}"
+                    )
                 if time.monotonic() > deadline:
                     raise AssertionError(f"the run did not reach {point} in {RUN_TIMEOUT} s")
                 time.sleep(0.05)
@@ -72,7 +83,9 @@ def h5_arrays(path):
 
     arrays = {}
     with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+        )
     return arrays
 
 

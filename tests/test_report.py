@@ -102,9 +102,14 @@ def test_report_values_strips_and_self_contained(tmp_path):
     untrained = retrieval_metrics(random, query["labels"], ks=(1, 2, 4, 8))
     categories = {0: "shoes", 1: "shoes", 2: "bags", 3: "bags", 4: "hats"}
     out = write_report(
-        tmp_path / "run" / "report.html", metrics={"trained": trained, "untrained": untrained},
-        history_csv=history(tmp_path / "history.csv"), query=query, categories=categories,
-        class_sizes={c: 4 for c in range(5)}, k=3, num_worst=4,
+        tmp_path / "run" / "report.html",
+        metrics={"trained": trained, "untrained": untrained},
+        history_csv=history(tmp_path / "history.csv"),
+        query=query,
+        categories=categories,
+        class_sizes={c: 4 for c in range(5)},
+        k=3,
+        num_worst=4,
     )
     page, text = parse(out)
 
@@ -142,7 +147,8 @@ def test_report_values_strips_and_self_contained(tmp_path):
     assert not [u for u in page.urls if not str(u).startswith("data:")]
     assert "http://" not in text and "https://" not in text and "//cdn" not in text
     thumb = page.images[-1]
-    import base64, io
+    import base64
+    import io
 
     with Image.open(io.BytesIO(base64.b64decode(thumb.split(",", 1)[1]))) as image:
         assert max(image.size) == 96  # 300 x 200 downscaled to the bounded thumbnail size
@@ -156,21 +162,47 @@ def test_report_query_gallery_mode_matches_evaluator(tmp_path):
     g_rows = np.setdiff1d(np.arange(20), q_rows)
     query = {"embeddings": data["embeddings"][q_rows], "labels": data["labels"][q_rows]}
     gallery = {"embeddings": data["embeddings"][g_rows], "labels": data["labels"][g_rows]}
-    metrics = retrieval_metrics(gallery["embeddings"], gallery["labels"], query_embeddings=query["embeddings"],
-                                query_labels=query["labels"], ks=(1, 2, 4, 8))
-    out = write_report(tmp_path / "r.html", metrics={"trained": metrics}, query=query, gallery=gallery,
-                       categories={0: "a", 1: "a", 2: "b", 3: "b"}, k=4)
+    metrics = retrieval_metrics(
+        gallery["embeddings"],
+        gallery["labels"],
+        query_embeddings=query["embeddings"],
+        query_labels=query["labels"],
+        ks=(1, 2, 4, 8),
+    )
+    out = write_report(
+        tmp_path / "r.html",
+        metrics={"trained": metrics},
+        query=query,
+        gallery=gallery,
+        categories={0: "a", 1: "a", 2: "b", 3: "b"},
+        k=4,
+    )
     page, text = parse(out)
     # Category "a" equals our evaluator run on only those queries against the same gallery.
     in_a = query["labels"] < 2
-    direct = retrieval_metrics(gallery["embeddings"], gallery["labels"], query_embeddings=query["embeddings"][in_a],
-                               query_labels=query["labels"][in_a], ks=(1, 2, 4, 8))
+    direct = retrieval_metrics(
+        gallery["embeddings"],
+        gallery["labels"],
+        query_embeddings=query["embeddings"][in_a],
+        query_labels=query["labels"][in_a],
+        ks=(1, 2, 4, 8),
+    )
     cells = [val(c) for c in page.category_rows["a"]]
-    assert cells == [2, 2, *(direct[f"recall@{k}"] for k in (1, 2, 4, 8)), direct["map@r"], direct["r_precision"], direct["map"]]
+    assert cells == [
+        2,
+        2,
+        *(direct[f"recall@{k}"] for k in (1, 2, 4, 8)),
+        direct["map@r"],
+        direct["r_precision"],
+        direct["map"],
+    ]
     found, _ = exact_knn(query["embeddings"], gallery["embeddings"], 4)
     for strip in page.strips:
         qi = strip["query"]
-        assert strip["tiles"] == ["query", *("right" if gallery["labels"][j] == query["labels"][qi] else "wrong" for j in found[qi])]
+        assert strip["tiles"] == [
+            "query",
+            *("right" if gallery["labels"][j] == query["labels"][qi] else "wrong" for j in found[qi]),
+        ]
     assert len(page.strips) == 4
     assert "No image paths were given" in text and "no untrained metrics" in text.lower()
     # Class sizes counted from the labels when not given: 4 classes, 20 images.
@@ -179,8 +211,11 @@ def test_report_query_gallery_mode_matches_evaluator(tmp_path):
 
 def test_report_missing_pieces_say_so(tmp_path):
     trained = {"recall@1": 0.5, "map@r": float("nan"), "num_queries": 3}
-    out = write_report(tmp_path / "r.html", metrics={"trained": trained, "untrained": {"recall@1": 0.25}},
-                       history_csv=tmp_path / "absent.csv")
+    out = write_report(
+        tmp_path / "r.html",
+        metrics={"trained": trained, "untrained": {"recall@1": 0.25}},
+        history_csv=tmp_path / "absent.csv",
+    )
     page, text = parse(out)
     assert "does not exist" in text and "No categories were given" in text
     assert "No class sizes were given" in text and "worst queries cannot be shown" in text

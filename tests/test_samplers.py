@@ -97,7 +97,9 @@ def hierarchical_labels(rng):
 def test_hierarchical_super_pair_rule_over_many_batches():
     labels, supers = hierarchical_labels(np.random.default_rng(0))
     with pytest.warns(UserWarning, match=r"super-categories \[30\] have fewer than 4 classes"):
-        sampler = HierarchicalSampler(labels, supers, batch_size=32, samples_per_class=4, batches_per_super_pair=5, seed=0)
+        sampler = HierarchicalSampler(
+            labels, supers, batch_size=32, samples_per_class=4, batches_per_super_pair=5, seed=0
+        )
     # Eligible supers 0, 10, 20 -> 3 pairs x 5 batches.
     assert len(sampler) == 15
     class_super = dict(zip(labels.tolist(), supers.tolist(), strict=False))

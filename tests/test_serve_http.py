@@ -11,7 +11,6 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO
 from serving_fixtures import write_gallery, write_image
 
@@ -19,6 +18,7 @@ from keras_roadmap.cli import main
 
 pytestmark = pytest.mark.slow  # a real server (and browser) per module: end to end
 import httpx2 as httpx  # noqa: E402 - the [test] extra (what fastapi.testclient needs too)
+
 CHROMIUM = "/usr/bin/chromium"
 UPLOAD_LIMIT_MB = 0.2
 
@@ -27,9 +27,13 @@ class Server:
     """`keras-roadmap serve ARGS --port 0` in a subprocess; ``url`` from the line it prints."""
 
     def __init__(self, *args, timeout=90):
-        self.proc = subprocess.Popen([sys.executable, "-m", "keras_roadmap.cli", "serve", *map(str, args), "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONPATH=str(REPO)))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "keras_roadmap.cli", "serve", *map(str, args), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
         try:
@@ -54,7 +58,10 @@ def served(onnx_embedder, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     images = write_gallery(root / "photos")
     idx = root / "photos.idx"
-    assert main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)]) == 0
+    assert (
+        main(["index", "build", "--model", str(onnx_embedder), "--images", str(root / "photos"), "--out", str(idx)])
+        == 0
+    )
     server = Server("--index", idx, "--max-upload-mb", UPLOAD_LIMIT_MB)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -84,14 +91,18 @@ def test_search_healthz_and_thumbnails(served):
     assert len(hits) == 4 and hits[0]["path"] == str(images[4]) and hits[0]["label"] == "class_1"
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4) and hits[0]["score"] > hits[1]["score"]
     thumb = client.get(hits[0]["thumbnail"])
-    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    assert (
+        thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg" and thumb.content[:2] == b"\xff\xd8"
+    )
     page = client.get("/")
     assert page.status_code == 200 and 'id="drop"' in page.text and "<script src" not in page.text
 
 
 def _multipart(field, name, data, boundary="kerasroadmapboundary"):
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -130,10 +141,23 @@ def test_bad_requests_are_json_4xx_and_the_server_lives(served, tmp_path):
     error(client.post("/search", files={"file": ("bomb.png", _png_header(12_000, 12_000))}), 413, "12000 x 12000")
     error(client.post("/search", files={"file": ("bomb.png", _png_header(60_000, 60_000))}), 413, "bomb.png")
     body, content_type = _multipart("image", "x.jpg", images[0].read_bytes())
-    error(client.post("/search", content=body, headers={"content-type": content_type}), 422, "missing multipart field 'file'")
+    error(
+        client.post("/search", content=body, headers={"content-type": content_type}),
+        422,
+        "missing multipart field 'file'",
+    )
     error(client.post("/search"), 422, "'file'")
-    for k, fragment in (("0", "greater than or equal to 1"), ("101", "less than or equal to 100"), ("x", "valid integer")):
-        error(client.post("/search", params={"k": k}, files={"file": ("a.jpg", images[0].read_bytes())}), 422, "k", fragment)
+    for k, fragment in (
+        ("0", "greater than or equal to 1"),
+        ("101", "less than or equal to 100"),
+        ("x", "valid integer"),
+    ):
+        error(
+            client.post("/search", params={"k": k}, files={"file": ("a.jpg", images[0].read_bytes())}),
+            422,
+            "k",
+            fragment,
+        )
     error(client.get("/gallery/999"), 404, "no gallery image with id 999")
     # A client never names a path: only ids of the index's own entries are served.
     for attempt in ("/gallery/..%2F..%2Fetc%2Fpasswd", "/gallery/%2Fetc%2Fpasswd", "/gallery/-1"):
@@ -204,21 +228,29 @@ def test_the_page_shows_the_neighbours_of_a_dropped_image(served):
             assert page.locator(".hit .path").all_inner_texts()[0] == str(query)
             assert page.locator(".hit .label").all_inner_texts()[0] == f"class {query.parent.name}"
             assert page.locator(".hit .score").all_inner_texts()[0] == "#1 score 1.0000"
-            page.wait_for_function("[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             # A real drop event carrying the file, as a person dragging it onto the zone makes.
             payload = list(images[2].read_bytes())
-            page.evaluate("""(bytes) => {
+            page.evaluate(
+                """(bytes) => {
                 const file = new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"});
                 const data = new DataTransfer(); data.items.add(file);
                 document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
-            }""", payload)
+            }""",
+                payload,
+            )
             page.wait_for_function(f"document.querySelector('.hit .path')?.textContent === {str(images[2])!r}")
             assert "neighbours of dropped.jpg" in page.inner_text("#status")
             bad = list(b"not an image")
-            page.evaluate("""(bytes) => {
+            page.evaluate(
+                """(bytes) => {
                 const data = new DataTransfer(); data.items.add(new File([new Uint8Array(bytes)], "junk.jpg"));
                 document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
-            }""", bad)
+            }""",
+                bad,
+            )
             page.wait_for_selector("#status.error")
             assert "junk.jpg" in page.inner_text("#status") and page.locator(".hit").count() == 0
         finally:

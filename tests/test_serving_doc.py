@@ -7,6 +7,7 @@ holds it, the test swaps in a free port (the only change) rather than fail."""
 
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -14,10 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
-import queue
 
 import pytest
-
 from conftest import REPO
 from serving_fixtures import write_gallery, write_image
 
@@ -67,8 +66,9 @@ def test_every_documented_command_runs(onnx_embedder, tmp_path):
             if argv[0] == "keras-roadmap":
                 argv = [sys.executable, "-m", "keras_roadmap.cli", *argv[1:]]
             if "serve" in argv:
-                server = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True)
+                server = subprocess.Popen(
+                    argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
                 lines = queue.Queue()
                 threading.Thread(target=lambda: [lines.put(x) for x in server.stdout], daemon=True).start()
                 banner = lines.get(timeout=90)
@@ -99,5 +99,10 @@ def test_every_documented_command_runs(onnx_embedder, tmp_path):
     assert "removed id 9" in removed.stdout
     hits = json.loads(searched.stdout)["results"]
     assert len(hits) == 3 and hits[0]["path"] == str(images[4])
-    assert json.loads(health.stdout) == {"status": "ok", "images": 9, "dim": 16, "index_type": "flat",
-                                         "generation": manifest["generation"]}
+    assert json.loads(health.stdout) == {
+        "status": "ok",
+        "images": 9,
+        "dim": 16,
+        "index_type": "flat",
+        "generation": manifest["generation"],
+    }

@@ -19,7 +19,9 @@ def trained():
     outputs = tfsim.layers.MetricEmbedding(8)(hidden)
     model = tfsim.models.SimilarityModel(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=ROADMAPLoss())  # distance picked from the loss
-    sampler = tfsim.samplers.MultiShotMemorySampler(x, y, classes_per_batch=8, examples_per_class_per_batch=4, steps_per_epoch=20)
+    sampler = tfsim.samplers.MultiShotMemorySampler(
+        x, y, classes_per_batch=8, examples_per_class_per_batch=4, steps_per_epoch=20
+    )
     history = model.fit(sampler, epochs=3, verbose=0)
     model.index(x[::2], y[::2], verbose=0)
     return model, history, x, y
@@ -29,7 +31,9 @@ def test_sampler_and_similarity_model_train_with_our_loss(trained):
     model, history, x, y = trained
     losses = history.history["loss"]
     assert losses[-1] < losses[0]
-    recall = model.evaluate_retrieval(x[1::2], y[1::2], retrieval_metrics=[tfsim.retrieval_metrics.RecallAtK(k=1)], verbose=0)
+    recall = model.evaluate_retrieval(
+        x[1::2], y[1::2], retrieval_metrics=[tfsim.retrieval_metrics.RecallAtK(k=1)], verbose=0
+    )
     value = float(next(iter(recall.values())))
     assert value > 0.4  # chance is 0.05 with 20 balanced classes
 

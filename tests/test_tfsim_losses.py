@@ -52,24 +52,33 @@ def test_multisimilarity_trains_with_similarity_model():
     outputs = tfsim.layers.MetricEmbedding(8)(keras.layers.Dense(32, activation="relu")(inputs))
     model = tfsim.models.SimilarityModel(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=TFSimilarityLoss("MultiSimilarityLoss"))
-    sampler = tfsim.samplers.MultiShotMemorySampler(x, y, classes_per_batch=8, examples_per_class_per_batch=4,
-                                                    steps_per_epoch=20)
+    sampler = tfsim.samplers.MultiShotMemorySampler(
+        x, y, classes_per_batch=8, examples_per_class_per_batch=4, steps_per_epoch=20
+    )
     losses = model.fit(sampler, epochs=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     model.index(x[::2], y[::2], verbose=0)
-    recall = model.evaluate_retrieval(x[1::2], y[1::2], retrieval_metrics=[tfsim.retrieval_metrics.RecallAtK(k=1)],
-                                      verbose=0)
+    recall = model.evaluate_retrieval(
+        x[1::2], y[1::2], retrieval_metrics=[tfsim.retrieval_metrics.RecallAtK(k=1)], verbose=0
+    )
     assert float(next(iter(recall.values()))) > 0.4  # chance is 0.05
 
 
 def test_multisimilarity_trains_with_retrieval_trainer():
     keras.utils.set_random_seed(0)
     x, y = toy_data()
-    encoder = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
-                                keras.layers.Dense(8), keras.layers.UnitNormalization()])
+    encoder = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(8),
+            keras.layers.UnitNormalization(),
+        ]
+    )
     trainer = RetrievalTrainer(encoder)
-    trainer.compile(optimizer=keras.optimizers.Adam(3e-3), loss=TFSimilarityLoss("MultiSimilarityLoss"),
-                    jit_compile=True)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=TFSimilarityLoss("MultiSimilarityLoss"), jit_compile=True
+    )
     losses = trainer.fit(batch_dataset(x, y, 60), epochs=3, steps_per_epoch=20, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 

@@ -59,8 +59,9 @@ PHOTOS = _photos()
 
 def _torch_test_transform(preset):
     size = [preset.eval_resize, preset.eval_resize] if preset.eval_square else preset.eval_resize
-    return T.Compose([T.Resize(size), T.CenterCrop(preset.crop_size), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [T.Resize(size), T.CenterCrop(preset.crop_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
 
 
 def _hwc(tensor):

@@ -83,14 +83,16 @@ def test_resnet50_trunk_equals_torchvision(torchvision_resnet, filename):
 def test_convert_weights_cli_writes_a_loadable_weights_file(torchvision_resnet, tmp_path, capsys):
     folder, x, reference = torchvision_resnet
     dst = tmp_path / "resnet50.weights.h5"
-    code = cli_main(["convert-weights", str(folder / "resnet50.pth"), str(dst), "--model", "resnet50",
-                     "--image-size", "64"])
+    code = cli_main(
+        ["convert-weights", str(folder / "resnet50.pth"), str(dst), "--model", "resnet50", "--image-size", "64"]
+    )
     assert code == 0, capsys.readouterr().err
     assert "fc.weight" in capsys.readouterr().out  # the classifier is reported as not used
     model = build_embedder("resnet50", weights=dst, input_shape=RESNET_SHAPE)
     assert _relative_error(model.get_layer("backbone")(x), reference) <= RTOL
-    assert cli_main(["convert-weights", str(folder / "resnet50.pth"), str(tmp_path / "x.h5"),
-                     "--model", "resnet50"]) == 2
+    assert (
+        cli_main(["convert-weights", str(folder / "resnet50.pth"), str(tmp_path / "x.h5"), "--model", "resnet50"]) == 2
+    )
     assert cli_main(["convert-weights", str(folder / "resnet50.pth"), str(dst), "--model", "tiny_cnn"]) == 2
     assert "loads no torch/timm checkpoint" in capsys.readouterr().err
 

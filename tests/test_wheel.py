@@ -33,13 +33,16 @@ pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Not part of what a clone holds (environments, outputs, caches): left out of the build copy.
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "runs", "build", "dist", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", ".whl")
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv*", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".whl"
+)
 
 
 def _run(command, *, cwd, timeout, env=None):
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{command}: exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -50,8 +53,11 @@ def built(tmp_path_factory):
     source = root / "source"
     shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
     # --no-isolation: build with this environment's setuptools instead of downloading one.
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(root / "dist"), str(source)],
-         cwd=root, timeout=300)
+    _run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(root / "dist"), str(source)],
+        cwd=root,
+        timeout=300,
+    )
     wheels, sdists = sorted((root / "dist").glob("*.whl")), sorted((root / "dist").glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, os.listdir(root / "dist")
     return wheels[0], sdists[0]
@@ -65,8 +71,11 @@ def venv(built, tmp_path_factory):
     prefix = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], cwd=root, timeout=120)
     python = prefix / "bin" / "python"
-    site = pathlib.Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             cwd=root, timeout=60).stdout.strip())
+    site = pathlib.Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root, timeout=60
+        ).stdout.strip()
+    )
     # The dependencies: this environment's site-packages, appended to the venv's sys.path by a
     # plain path line. Python does not run the .pth files of a folder added that way, so this
     # environment's editable keras-roadmap (a .pth import hook) does not reach the venv.
@@ -74,11 +83,29 @@ def venv(built, tmp_path_factory):
     (site / "_test_environment.pth").write_text("".join(f"{path}\n" for path in ours))
     # This environment's pip (reached through that path) installs into the venv; --ignore-installed:
     # it sees this environment's keras-roadmap metadata too.
-    _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "--no-compile", "-q",
-          str(wheel)], cwd=root, timeout=300)
+    _run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--no-compile",
+            "-q",
+            str(wheel),
+        ],
+        cwd=root,
+        timeout=300,
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(PATH=f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}", TF_CPP_MIN_LOG_LEVEL="3",
-               KERAS_BACKEND="tensorflow", MPLBACKEND="Agg")
+    env.update(
+        PATH=f"{prefix / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        KERAS_BACKEND="tensorflow",
+        MPLBACKEND="Agg",
+    )
     work = root / "elsewhere"  # not the clone: nothing is importable from the working directory
     work.mkdir()
     return prefix, env, work
@@ -105,14 +132,17 @@ def test_wheel_files(built):
     assert wheel.name == f"keras_roadmap-{__version__}-py3-none-any.whl"
     metadata = zipfile.ZipFile(wheel).read(f"keras_roadmap-{__version__}.dist-info/METADATA").decode()
     assert f"\nVersion: {__version__}\n" in metadata
-    assert "keras-roadmap = keras_roadmap.cli:main" in zipfile.ZipFile(wheel).read(
-        f"keras_roadmap-{__version__}.dist-info/entry_points.txt").decode()
+    assert (
+        "keras-roadmap = keras_roadmap.cli:main"
+        in zipfile.ZipFile(wheel).read(f"keras_roadmap-{__version__}.dist-info/entry_points.txt").decode()
+    )
     assert sdist.name == f"keras_roadmap-{__version__}.tar.gz"
 
 
 def test_twine_check_passes(built):
-    result = _run([sys.executable, "-m", "twine", "check", "--strict", *map(str, built)], cwd=built[0].parent,
-                  timeout=120)
+    result = _run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, built)], cwd=built[0].parent, timeout=120
+    )
     assert result.stdout.count("PASSED") == 2, result.stdout
 
 
@@ -136,8 +166,12 @@ def test_recipes_and_print_config_from_the_wheel(venv):
 def test_glyphs_smoke_run_from_the_wheel(venv):
     prefix, env, work = venv
     out = work / "glyphs_smoke"
-    result = _run([str(prefix / "bin" / "keras-roadmap"), "train", "glyphs", "--smoke", "--out", str(out), "--verbose", "2"],
-                  cwd=work, timeout=600, env=env)
+    result = _run(
+        [str(prefix / "bin" / "keras-roadmap"), "train", "glyphs", "--smoke", "--out", str(out), "--verbose", "2"],
+        cwd=work,
+        timeout=600,
+        env=env,
+    )
     assert "SMOKE MODE" in result.stdout and "Done in" in result.stdout, result.stdout
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["dataset"] == "glyphs" and metrics["smoke"] is True

@@ -60,8 +60,11 @@ class TinyCNN(torch.nn.Module):
         super().__init__()
         layers, channels = [], 3
         for block, filters in enumerate((width, 2 * width, 4 * width)):
-            layers += [torch.nn.Conv2d(channels, filters, 3, padding=1, bias=False), torch.nn.BatchNorm2d(filters),
-                       torch.nn.ReLU()]
+            layers += [
+                torch.nn.Conv2d(channels, filters, 3, padding=1, bias=False),
+                torch.nn.BatchNorm2d(filters),
+                torch.nn.ReLU(),
+            ]
             if block < 2:
                 layers.append(torch.nn.MaxPool2d(2))
             channels = filters
@@ -157,8 +160,9 @@ def sampler_and_loss(args, labels):
     if args.library == "pml":
         from pytorch_metric_learning import losses, miners, samplers
 
-        sampler = samplers.MPerClassSampler(labels, m=args.samples_per_class, batch_size=batch,
-                                            length_before_new_iter=args.steps * batch)
+        sampler = samplers.MPerClassSampler(
+            labels, m=args.samples_per_class, batch_size=batch, length_before_new_iter=args.steps * batch
+        )
         if args.loss == "multisimilarity":
             loss, miner = losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()
             return torch.utils.data.BatchSampler(sampler, batch, drop_last=True), lambda e, y: loss(e, y, miner(e, y))
@@ -227,11 +231,21 @@ def main(argv=None):
         is_query=np.array([_flag(r.get("is_query")) for r in test_rows]),
         is_gallery=np.array([_flag(r.get("is_gallery")) for r in test_rows]),
     )
-    print(json.dumps({
-        "library": args.library, "version": library_version(args.library), "torch": torch.__version__,
-        "loss": args.loss, "steps": steps, "train_seconds": train_seconds,
-        "seconds": time.perf_counter() - start, "first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])),
-    }))
+    print(
+        json.dumps(
+            {
+                "library": args.library,
+                "version": library_version(args.library),
+                "torch": torch.__version__,
+                "loss": args.loss,
+                "steps": steps,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - start,
+                "first_loss": losses[0],
+                "last_loss": float(np.mean(losses[-20:])),
+            }
+        )
+    )
     return 0
 
 

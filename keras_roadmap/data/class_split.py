@@ -79,17 +79,25 @@ def split_by_class(images, *, test_classes: float = 0.5, seed: int = 0) -> Class
         counts[r.label] = counts.get(r.label, 0) + 1
         category[r.label] = r.category
     if len(counts) < 2:
-        raise DatasetFormatError(f"{source}: found {len(counts)} class ({next(iter(counts))}); retrieval needs at least 4 classes (2 to train on, 2 to test on).")
+        raise DatasetFormatError(
+            f"{source}: found {len(counts)} class ({next(iter(counts))}); retrieval needs at least 4 classes (2 to train on, 2 to test on)."
+        )
     multi = sorted(c for c, n in counts.items() if n >= 2)
     single = sorted(c for c, n in counts.items() if n == 1)
     if not multi:
-        raise DatasetFormatError(f"{source}: every one of the {len(counts)} classes has a single image; a class needs 2+ images to train on or to be queried.")
+        raise DatasetFormatError(
+            f"{source}: every one of the {len(counts)} classes has a single image; a class needs 2+ images to train on or to be queried."
+        )
     total_test = int(round(fraction * len(multi)))
     if total_test < 2 or len(multi) - total_test < 2:
         raise DatasetFormatError(
             f"{source}: --test-classes {fraction} holds out {total_test} of the {len(multi)} classes with 2+ images, "
             f"leaving {len(multi) - total_test} to train on; each side needs at least 2"
-            + (" (add classes)" if len(multi) < 4 else f" (choose a fraction between {2 / len(multi):.2f} and {1 - 2 / len(multi):.2f})")
+            + (
+                " (add classes)"
+                if len(multi) < 4
+                else f" (choose a fraction between {2 / len(multi):.2f} and {1 - 2 / len(multi):.2f})"
+            )
             + "."
         )
     groups: dict = {}

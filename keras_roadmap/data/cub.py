@@ -32,7 +32,9 @@ def _parse_pairs(path, what, value_check, expected):
         if len(fields) != 2 or not fields[0].isdigit() or not value_check(fields[1]):
             raise format_error(path, ln, expected, text)
         if fields[0] in pairs:
-            raise format_error(path, ln, f"a unique image_id (id {fields[0]} already on line {pairs[fields[0]][0]})", text)
+            raise format_error(
+                path, ln, f"a unique image_id (id {fields[0]} already on line {pairs[fields[0]][0]})", text
+            )
         pairs[fields[0]] = (ln, fields[1])
     return pairs
 
@@ -62,7 +64,9 @@ def load_cub(root, split: str = "train", check_files: bool = True) -> RetrievalS
     images_file, labels_file = base / "images.txt", base / "image_class_labels.txt"
     images = _parse_pairs(images_file, "CUB images list", lambda v: True, "'<image_id:int> <relative path>'")
     labels = _parse_pairs(
-        labels_file, "CUB image_class_labels list", lambda v: v.isdigit() and 1 <= int(v) <= 200,
+        labels_file,
+        "CUB image_class_labels list",
+        lambda v: v.isdigit() and 1 <= int(v) <= 200,
         "'<image_id:int> <class_id in 1..200>'",
     )
     only_images = sorted(set(images) - set(labels), key=int)

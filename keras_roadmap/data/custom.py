@@ -27,8 +27,8 @@ import hashlib
 import os
 import pathlib
 import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -141,7 +141,9 @@ def read_images(path) -> ImageSet:
         return _read_folder(path)
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise DatasetFormatError(f"{path}: expected an image folder or a .csv file (columns {', '.join(CSV_COLUMNS)}).")
+            raise DatasetFormatError(
+                f"{path}: expected an image folder or a .csv file (columns {', '.join(CSV_COLUMNS)})."
+            )
         return _read_csv(path)
     raise DatasetFormatError(f"{path}: no such folder or CSV file.")
 
@@ -158,7 +160,9 @@ def _walk_files(folder: pathlib.Path, seen: tuple, skipped: list) -> list:
     """Every non-hidden file under `folder` (recursively, symlinks followed, loops refused)."""
     real = os.path.realpath(folder)
     if real in seen:
-        raise DatasetFormatError(f"{folder}: symlink loop (it points back to {real}); remove the link or point it elsewhere.")
+        raise DatasetFormatError(
+            f"{folder}: symlink loop (it points back to {real}); remove the link or point it elsewhere."
+        )
     seen = seen + (real,)
     files = []
     try:
@@ -211,7 +215,12 @@ def _read_folder(root: pathlib.Path) -> ImageSet:
         if level:
             for child in children:
                 if not child.is_dir():
-                    skipped.append((str(pathlib.Path(child.path)), "a file at the category level: images go in ROOT/<category>/<class>/"))
+                    skipped.append(
+                        (
+                            str(pathlib.Path(child.path)),
+                            "a file at the category level: images go in ROOT/<category>/<class>/",
+                        )
+                    )
                     continue
                 label = f"{entry.name}/{child.name}"
                 records += _class_records(pathlib.Path(child.path), label, entry.name, root, skipped)
@@ -271,7 +280,9 @@ def _read_csv(path: pathlib.Path) -> ImageSet:
             )
         split_value = (row.get("split") or "").strip().lower()
         if split_value not in _SPLIT_ALIASES:
-            raise DatasetFormatError(f"{where}: column `split` must be train or validation (or test), got {row.get('split')!r}.")
+            raise DatasetFormatError(
+                f"{where}: column `split` must be train or validation (or test), got {row.get('split')!r}."
+            )
         split = _SPLIT_ALIASES[split_value]
         raw_path = (row.get("path") or "").strip()
         if not raw_path:
@@ -279,7 +290,9 @@ def _read_csv(path: pathlib.Path) -> ImageSet:
         full = pathlib.Path(raw_path).expanduser()
         full = str((full if full.is_absolute() else base / full).absolute())
         if full in lines_of:
-            raise DatasetFormatError(f"{where}: column `path` {raw_path!r} is already listed on line {lines_of[full]}; list each image once.")
+            raise DatasetFormatError(
+                f"{where}: column `path` {raw_path!r} is already listed on line {lines_of[full]}; list each image once."
+            )
         lines_of[full] = line
         if not os.path.isfile(full):
             missing_files.append(f"{where}: {raw_path}")
@@ -293,7 +306,9 @@ def _read_csv(path: pathlib.Path) -> ImageSet:
                 is_query = is_gallery = True
             is_query, is_gallery = bool(is_query), bool(is_gallery)
             if not (is_query or is_gallery):
-                raise DatasetFormatError(f"{where}: a validation row with is_query = is_gallery = 0 is used by nothing; set one of them.")
+                raise DatasetFormatError(
+                    f"{where}: a validation row with is_query = is_gallery = 0 is used by nothing; set one of them."
+                )
         category = (row.get("category") or "").strip() or None if "category" in columns else None
         records.append(ImageRecord(full, label, category, split, is_query, is_gallery, where))
     if missing_files:
@@ -364,7 +379,11 @@ def _to_rgb(image, notes: list):
         pixels = np.floor(rgba[..., :3] * alpha + background * (1.0 - alpha) + 0.5)
         return np.clip(pixels, 0, 255).astype(np.uint8)
     if mode != "RGB":
-        notes.append({"L": "grayscale -> RGB", "1": "1-bit -> RGB", "P": "palette -> RGB", "CMYK": "CMYK -> RGB"}.get(mode, f"{mode} -> RGB"))
+        notes.append(
+            {"L": "grayscale -> RGB", "1": "1-bit -> RGB", "P": "palette -> RGB", "CMYK": "CMYK -> RGB"}.get(
+                mode, f"{mode} -> RGB"
+            )
+        )
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
 
@@ -458,8 +477,13 @@ def _split_of(name: str, records: list, label_space: Iterable | None = None) -> 
     if records and all(r.category is not None for r in records):
         supers, super_names = contiguous_labels([r.category for r in records])
     return RetrievalSplit(
-        name=name, paths=[r.path for r in records], labels=labels, super_labels=supers,
-        sample_ids=np.arange(len(records), dtype=np.int64), class_names=names, super_class_names=super_names,
+        name=name,
+        paths=[r.path for r in records],
+        labels=labels,
+        super_labels=supers,
+        sample_ids=np.arange(len(records), dtype=np.int64),
+        class_names=names,
+        super_class_names=super_names,
     )
 
 
@@ -477,7 +501,9 @@ def load_custom(path_or_csv, *, test_classes: float = 0.5, seed: int = 0, name: 
     """
     images = read_images(path_or_csv)
     if not images.records:
-        raise DatasetFormatError(f"{images.source}: no images found (expected ROOT/<class>/<image> with {', '.join(IMAGE_EXTENSIONS)}).")
+        raise DatasetFormatError(
+            f"{images.source}: no images found (expected ROOT/<class>/<image> with {', '.join(IMAGE_EXTENSIONS)})."
+        )
     if not images.is_split:
         from keras_roadmap.data.class_split import split_by_class
 
@@ -492,7 +518,9 @@ def splits_of(images: ImageSet, *, name: str | None = None) -> CustomData:
     held = [r for r in images.records if r.split == VALIDATION]
     source = images.source
     if len({r.label for r in train}) < 2:
-        raise DatasetFormatError(f"{source}: the train split has {len({r.label for r in train})} class(es); at least 2 are needed.")
+        raise DatasetFormatError(
+            f"{source}: the train split has {len({r.label for r in train})} class(es); at least 2 are needed."
+        )
     both = {r.label for r in train} & {r.label for r in held}
     if both:
         raise DatasetFormatError(

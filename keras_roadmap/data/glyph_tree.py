@@ -93,7 +93,9 @@ def load_glyphs(root, split: str = "train") -> RetrievalSplit:
     )
 
 
-def write_glyph_folder(root, *, characters=None, copies: int = 1, image_size: int = 32, seed: int = 0, cache_dir=False) -> pathlib.Path:
+def write_glyph_folder(
+    root, *, characters=None, copies: int = 1, image_size: int = 32, seed: int = 0, cache_dir=False
+) -> pathlib.Path:
     """Render the glyph set (:func:`keras_roadmap.data.build_glyph_dataset`, matplotlib's fonts)
     and write it as an ordinary image folder ``ROOT/<class>/<n>.png`` (one folder per character,
     every class together, no split): a stand-in for a user's own images.
@@ -113,7 +115,9 @@ def write_glyph_folder(root, *, characters=None, copies: int = 1, image_size: in
     root = pathlib.Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; choose a new folder.")
-    dataset = build_glyph_dataset(None, cache_dir, image_size=image_size, copies=copies, seed=seed, characters=characters)
+    dataset = build_glyph_dataset(
+        None, cache_dir, image_size=image_size, copies=copies, seed=seed, characters=characters
+    )
     counters: dict = {}
     for image, label in zip(dataset.images, dataset.labels):
         label = int(label)

@@ -345,9 +345,14 @@ def build_glyph_dataset(
 
     font_paths = _font_files(fonts_dir)
     params = {
-        "image_size": image_size, "copies": copies, "seed": seed, "min_fonts": min_fonts,
-        "characters": "".join(candidates), "reference_font": reference_font,
-        "duplicate_threshold": float(duplicate_threshold), "test_fraction": float(test_fraction),
+        "image_size": image_size,
+        "copies": copies,
+        "seed": seed,
+        "min_fonts": min_fonts,
+        "characters": "".join(candidates),
+        "reference_font": reference_font,
+        "duplicate_threshold": float(duplicate_threshold),
+        "test_fraction": float(test_fraction),
     }
     cache_path = None
     if cache_dir is not False:
@@ -444,8 +449,13 @@ def _save(dataset: GlyphDataset, path: str) -> None:
     # Write then rename, so a concurrent reader never sees half a file.
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez_compressed(
-        tmp, images=dataset.images, labels=dataset.labels, font_ids=dataset.font_ids,
-        train_classes=dataset.train_classes, test_classes=dataset.test_classes, meta=json.dumps(meta),
+        tmp,
+        images=dataset.images,
+        labels=dataset.labels,
+        font_ids=dataset.font_ids,
+        train_classes=dataset.train_classes,
+        test_classes=dataset.test_classes,
+        meta=json.dumps(meta),
     )
     os.replace(tmp, path)
 
@@ -454,8 +464,13 @@ def _load(path: str) -> GlyphDataset:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         return GlyphDataset(
-            images=data["images"], labels=data["labels"], font_ids=data["font_ids"],
-            characters=tuple(meta["characters"]), fonts=tuple(meta["fonts"]),
-            train_classes=data["train_classes"], test_classes=data["test_classes"],
-            dropped_duplicates=dict(meta["dropped_duplicates"]), reference_font=meta["reference_font"],
+            images=data["images"],
+            labels=data["labels"],
+            font_ids=data["font_ids"],
+            characters=tuple(meta["characters"]),
+            fonts=tuple(meta["fonts"]),
+            train_classes=data["train_classes"],
+            test_classes=data["test_classes"],
+            dropped_duplicates=dict(meta["dropped_duplicates"]),
+            reference_font=meta["reference_font"],
         )

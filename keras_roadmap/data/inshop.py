@@ -26,8 +26,10 @@ _STATUSES = ("train", "query", "gallery")
 
 def _partition_file(root: pathlib.Path) -> pathlib.Path:
     direct = root / "list_eval_partition.txt"
-    return direct if direct.is_file() or not (root / "Eval" / "list_eval_partition.txt").is_file() else (
-        root / "Eval" / "list_eval_partition.txt"
+    return (
+        direct
+        if direct.is_file() or not (root / "Eval" / "list_eval_partition.txt").is_file()
+        else (root / "Eval" / "list_eval_partition.txt")
     )
 
 

@@ -61,7 +61,14 @@ def _side(records) -> dict:
     return side
 
 
-def prepare_images(data, *, test_classes: float | None = None, seed: int | None = None, dedupe: bool = False, workers: int | None = None) -> Prepared:
+def prepare_images(
+    data,
+    *,
+    test_classes: float | None = None,
+    seed: int | None = None,
+    dedupe: bool = False,
+    workers: int | None = None,
+) -> Prepared:
     """Read, check, deduplicate (optionally) and split `data` (folder or CSV); see the module.
 
     Args:
@@ -78,9 +85,13 @@ def prepare_images(data, *, test_classes: float | None = None, seed: int | None 
     images = read_images(data)
     source = images.source
     if images.layout == "csv" and (test_classes is not None or seed is not None):
-        raise DatasetFormatError(f"{source}: the CSV already holds its split (column `split`); --test-classes and --seed apply to a folder.")
+        raise DatasetFormatError(
+            f"{source}: the CSV already holds its split (column `split`); --test-classes and --seed apply to a folder."
+        )
     if not images.records:
-        raise DatasetFormatError(f"{source}: no images found (expected ROOT/<class>/<image> with .jpg .jpeg .png .bmp .gif .webp files).")
+        raise DatasetFormatError(
+            f"{source}: no images found (expected ROOT/<class>/<image> with .jpg .jpeg .png .bmp .gif .webp files)."
+        )
     checks = inspect_images(images.paths, workers=workers)
     unreadable = [{"path": c.path, "reason": c.reason} for c in checks if not c.ok]
     conversions: dict = {}
@@ -94,7 +105,9 @@ def prepare_images(data, *, test_classes: float | None = None, seed: int | None 
     by_path = {c.path: c for c in checks}
     records = [r for r in images.records if by_path[r.path].ok]
     if not records:
-        raise DatasetFormatError(f"{source}: none of the {len(images.records)} image files could be decoded (first: {unreadable[0]['path']}: {unreadable[0]['reason']}).")
+        raise DatasetFormatError(
+            f"{source}: none of the {len(images.records)} image files could be decoded (first: {unreadable[0]['path']}: {unreadable[0]['reason']})."
+        )
 
     groups: dict = {}
     for r in records:
@@ -117,7 +130,9 @@ def prepare_images(data, *, test_classes: float | None = None, seed: int | None 
         split_set = checked
         single = sorted(label for label, n in _count(records).items() if n == 1)
     else:
-        result = split_by_class(checked, test_classes=0.5 if test_classes is None else test_classes, seed=0 if seed is None else seed)
+        result = split_by_class(
+            checked, test_classes=0.5 if test_classes is None else test_classes, seed=0 if seed is None else seed
+        )
         split_set, single = result.images, result.single_image_classes
 
     side_of = {r.path: r.split for r in split_set.records}
@@ -131,11 +146,18 @@ def prepare_images(data, *, test_classes: float | None = None, seed: int | None 
     report = {
         "source": source,
         "layout": images.layout,
-        "split": {"test_classes": None if images.layout == "csv" else (0.5 if test_classes is None else test_classes),
-                  "seed": None if images.layout == "csv" else (0 if seed is None else seed), "by": "class"},
-        "files": {"images_listed": len(images.records), "images_used": len(split_set.records),
-                  "unreadable": len(unreadable), "skipped": len(images.skipped),
-                  "duplicates_dropped": len(dropped_duplicates)},
+        "split": {
+            "test_classes": None if images.layout == "csv" else (0.5 if test_classes is None else test_classes),
+            "seed": None if images.layout == "csv" else (0 if seed is None else seed),
+            "by": "class",
+        },
+        "files": {
+            "images_listed": len(images.records),
+            "images_used": len(split_set.records),
+            "unreadable": len(unreadable),
+            "skipped": len(images.skipped),
+            "duplicates_dropped": len(dropped_duplicates),
+        },
         "train": _side(train),
         "test": _side(held),
         "class_size_histogram": _histogram(_count(split_set.records)),
@@ -143,7 +165,7 @@ def prepare_images(data, *, test_classes: float | None = None, seed: int | None 
             "count": len(single),
             "classes": single[:SHOWN],
             "what_happens": "held out as gallery-only distractors (is_query 0, is_gallery 1): "
-                            "they have no other image to be found with and no positive pair to train on",
+            "they have no other image to be found with and no positive pair to train on",
         },
         "duplicates": {
             "groups": len(duplicate_groups),
@@ -172,14 +194,25 @@ def format_report(report: dict) -> str:
     """The report as text (what `keras-roadmap prepare` prints)."""
     f, tr, te = report["files"], report["train"], report["test"]
     lines = [f"Data: {report['source']} ({report['layout']})"]
-    lines.append(f"  images listed {f['images_listed']}, used {f['images_used']}, unreadable {f['unreadable']}, "
-                 f"skipped {f['skipped']}, duplicates dropped {f['duplicates_dropped']}")
+    lines.append(
+        f"  images listed {f['images_listed']}, used {f['images_used']}, unreadable {f['unreadable']}, "
+        f"skipped {f['skipped']}, duplicates dropped {f['duplicates_dropped']}"
+    )
     split = report["split"]
-    how = "the CSV's own split" if split["test_classes"] is None else f"by class, --test-classes {split['test_classes']}, --seed {split['seed']}"
+    how = (
+        "the CSV's own split"
+        if split["test_classes"] is None
+        else f"by class, --test-classes {split['test_classes']}, --seed {split['seed']}"
+    )
     lines.append(f"Split ({how}):")
-    lines.append(f"  train: {tr['classes']} classes, {tr['images']} images" + (f", {tr['categories']} categories" if "categories" in tr else ""))
-    lines.append(f"  test:  {te['classes']} classes, {te['images']} images, {te['queries']} queries"
-                 + (f", {te['categories']} categories" if "categories" in te else ""))
+    lines.append(
+        f"  train: {tr['classes']} classes, {tr['images']} images"
+        + (f", {tr['categories']} categories" if "categories" in tr else "")
+    )
+    lines.append(
+        f"  test:  {te['classes']} classes, {te['images']} images, {te['queries']} queries"
+        + (f", {te['categories']} categories" if "categories" in te else "")
+    )
     hist = "  ".join(f"{k}: {v}" for k, v in report["class_size_histogram"].items())
     lines.append(f"Images per class (classes): {hist}")
     single = report["single_image_classes"]
@@ -187,12 +220,17 @@ def format_report(report: dict) -> str:
         lines.append(f"Single-image classes: {single['count']}; {single['what_happens']}.")
     dup = report["duplicates"]
     if dup["groups"]:
-        lines.append(f"Exact duplicate files: {dup['groups']} groups ({dup['files']} files"
-                     + (f", {dup['with_different_labels']} groups with different labels" if dup["with_different_labels"] else "") + ").")
+        lines.append(
+            f"Exact duplicate files: {dup['groups']} groups ({dup['files']} files"
+            + (f", {dup['with_different_labels']} groups with different labels" if dup["with_different_labels"] else "")
+            + ")."
+        )
         for group in dup["examples"][:3]:
             lines.append("  same bytes: " + " = ".join(group))
     if dup["across_split"]:
-        lines.append(f"WARNING: {dup['across_split']} duplicate group(s) span train and test, a leak; rerun with --dedupe to drop the copies.")
+        lines.append(
+            f"WARNING: {dup['across_split']} duplicate group(s) span train and test, a leak; rerun with --dedupe to drop the copies."
+        )
     if dup["dropped"]:
         lines.append(f"Dropped {len(dup['dropped'])} duplicate copies (--dedupe).")
     for item in report["unreadable"][:SHOWN]:
@@ -201,8 +239,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  ... {len(report['unreadable']) - SHOWN} more in the report file")
     skipped = report["skipped"]
     if skipped:
-        lines.append(f"Skipped files: {len(skipped)} (hidden or not an image extension), e.g. " + "; ".join(
-            f"{s['path']} ({s['reason']})" for s in skipped[:3]))
+        lines.append(
+            f"Skipped files: {len(skipped)} (hidden or not an image extension), e.g. "
+            + "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
+        )
     for kind, entry in report["conversions"].items():
         lines.append(f"Converted: {entry['count']} image(s) {entry['what']} (e.g. {entry['examples'][0]})")
     return "\n".join(lines)

@@ -79,7 +79,9 @@ class TransformPreset:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TransformPreset.{field} must be a positive int; got {value!r}.")
-        if self.train_resize is not None and (not isinstance(self.train_resize, int) or self.train_resize < self.crop_size):
+        if self.train_resize is not None and (
+            not isinstance(self.train_resize, int) or self.train_resize < self.crop_size
+        ):
             raise ValueError(
                 f"TransformPreset.train_resize must be None or an int >= crop_size ({self.crop_size}); "
                 f"got {self.train_resize!r}."
@@ -110,7 +112,10 @@ class TransformPreset:
     def describe(self) -> dict:
         """The preset in torchvision's words: {"train": [...], "test": [...]}."""
         rrc = f"RandomResizedCrop({self.crop_size}, scale={list(self.scale)}, ratio={list(self.ratio)})"
-        train = ([f"Resize({self.train_resize})"] if self.train_resize else []) + [rrc, f"RandomHorizontalFlip({self.flip})"]
+        train = ([f"Resize({self.train_resize})"] if self.train_resize else []) + [
+            rrc,
+            f"RandomHorizontalFlip({self.flip})",
+        ]
         size = f"[{self.eval_resize}, {self.eval_resize}]" if self.eval_square else str(self.eval_resize)
         test = [f"Resize({size})", f"CenterCrop({self.crop_size})"]
         tail = ["ToTensor()", f"Normalize(mean={list(IMAGENET_MEAN)}, std={list(IMAGENET_STD)})"]
@@ -148,12 +153,20 @@ PRESETS = {
     "inaturalist": _official("inaturalist", 224, None, 256, False),
     "inshop_big": _official("inshop_big", 256, None, 288, True),
     "inshop": TransformPreset(
-        "inshop", 224, None, 256, True,
+        "inshop",
+        224,
+        None,
+        256,
+        True,
         source="none: the repository ships only inshop_big; this is inshop_big at the 224 crop",
     ),
     # Ours: the glyph renderings are already 32x32, so the test transform is the identity resize.
     "glyphs": TransformPreset(
-        "glyphs", 32, None, 32, True,
+        "glyphs",
+        32,
+        None,
+        32,
+        True,
         source="none: keras_roadmap.data.glyphs renders 32x32 images; no official counterpart",
     ),
 }

@@ -26,8 +26,12 @@ def build_shapes_dataset(num_classes=200, per_class=7, size=32, rectangles=3, ma
         max_shift: largest shift of an image's arrangement, in pixels per axis.
         seed: the arrangements, colours and shifts all follow from it.
     """
-    for name, value, low in (("num_classes", num_classes, 2), ("per_class", per_class, 2), ("size", size, 8),
-                             ("rectangles", rectangles, 1)):
+    for name, value, low in (
+        ("num_classes", num_classes, 2),
+        ("per_class", per_class, 2),
+        ("size", size, 8),
+        ("rectangles", rectangles, 1),
+    ):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     if int(max_shift) != max_shift or not 0 <= max_shift < size // 4:
@@ -40,7 +44,7 @@ def build_shapes_dataset(num_classes=200, per_class=7, size=32, rectangles=3, ma
             h, w = rng.integers(2, size // 2, size=2)
             top = rng.integers(margin, size - margin - h + 1)
             left = rng.integers(margin, size - margin - w + 1)
-            masks[c, top:top + h, left:left + w] = True
+            masks[c, top : top + h, left : left + w] = True
     n = num_classes * per_class
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
     # Saturated-ish colours, none close to the white background.

@@ -16,7 +16,6 @@ import numpy as np
 
 from keras_roadmap.errors import DatasetFormatError, MissingDatasetFileError  # noqa: F401  (one home for errors)
 
-
 #: The ``split`` values of a custom CSV (open-metric-learning's convention).
 TRAIN, VALIDATION = "train", "validation"
 

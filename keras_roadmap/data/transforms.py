@@ -24,7 +24,14 @@ import math
 
 import tensorflow as tf
 
-from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD, TRANSPARENT_BACKGROUND, PresetLike, TransformPreset, get_preset
+from keras_roadmap.data.presets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRANSPARENT_BACKGROUND,
+    PresetLike,
+    TransformPreset,
+    get_preset,
+)
 
 BACKENDS = ("auto", "tf_image")
 _TIE_BREAK = 2.0**-10
@@ -199,7 +206,9 @@ def _eval_core(images: tf.Tensor, preset: TransformPreset, normalize: bool) -> t
     return normalize_imagenet(x) if normalize else x
 
 
-def eval_transform(image: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+def eval_transform(
+    image: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True
+) -> tf.Tensor:
     """A preset's test transform: uint8 (H, W, 3) (values 0..255, any size) -> float32 (S, S, 3).
 
     "sop": `Resize([256, 256])` (square) + `CenterCrop(224)`; "cub": `Resize(256)` (shorter side)
@@ -217,7 +226,9 @@ def eval_transform(image: tf.Tensor, preset: PresetLike = "sop", *, image_size=N
     return _eval_core(image[None], preset, normalize)[0]
 
 
-def eval_transform_batch(images: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+def eval_transform_batch(
+    images: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True
+) -> tf.Tensor:
     """`eval_transform` on a batch of same-size images (N, H, W, 3) -> (N, S, S, 3); this is
     what the exporters bake into the artifact's graph."""
     preset = get_preset(preset, image_size)
@@ -295,7 +306,9 @@ def _crop_flip(x, box, flip, preset: TransformPreset, normalize: bool):
     return normalize_imagenet(out) if normalize else out
 
 
-def train_transform(image: tf.Tensor, seed: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True) -> tf.Tensor:
+def train_transform(
+    image: tf.Tensor, seed: tf.Tensor, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True
+) -> tf.Tensor:
     """A preset's train transform: uint8 (H, W, 3) -> float32 (S, S, 3).
 
     [`Resize(train_resize)`] -> RandomResizedCrop(S, scale, ratio) -> RandomHorizontalFlip(0.5)
@@ -334,7 +347,8 @@ def train_transform_from_box(image, box, flip, preset: PresetLike = "sop", *, im
     box = tf.convert_to_tensor(box)
     shape = tf.shape(x)
     check = tf.debugging.assert_less_equal(
-        tf.stack([box[0] + box[2], box[1] + box[3]]), tf.stack([shape[0], shape[1]]),
+        tf.stack([box[0] + box[2], box[1] + box[3]]),
+        tf.stack([shape[0], shape[1]]),
         message="train_transform_from_box: the box does not fit in the (resized) image",
     )
     with tf.control_dependencies([check]):

@@ -161,4 +161,6 @@ def _check_data(data, name):
         x, y = data
         n = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
         return x, checks.as_labels(y, n, f"{name} labels")
-    raise TypeError(f"`{name}` must be a batched tf.data.Dataset of (x, y) or a tuple (x, y) of arrays; got {type(data).__name__}.")
+    raise TypeError(
+        f"`{name}` must be a batched tf.data.Dataset of (x, y) or a tuple (x, y) of arrays; got {type(data).__name__}."
+    )

@@ -72,7 +72,9 @@ def as_ks(ks) -> tuple:
     try:
         items = list(ks)
     except TypeError:
-        raise TypeError(f"`ks` must be an int or a sequence of positive ints; got {ks!r} ({type(ks).__name__}).") from None
+        raise TypeError(
+            f"`ks` must be an int or a sequence of positive ints; got {ks!r} ({type(ks).__name__})."
+        ) from None
     if not items:
         raise ValueError("`ks` is empty; give at least one k, e.g. ks=(1, 10).")
     return tuple(sorted({positive_int(k, "ks entries") for k in items}))

@@ -49,4 +49,6 @@ def embed(model, data, *, batch_size: int = 256, name: str = "data"):
         labels = np.concatenate(label_parts)
     if isinstance(embeddings, (list, tuple, dict)):
         raise ValueError(MULTI_OUTPUT)
-    return checks.as_embeddings(embeddings, f"embeddings of {name}"), checks.as_labels(labels, len(embeddings), f"labels of {name}")
+    return checks.as_embeddings(embeddings, f"embeddings of {name}"), checks.as_labels(
+        labels, len(embeddings), f"labels of {name}"
+    )

@@ -35,11 +35,15 @@ def as_hierarchical_labels(y, n: int, name: str) -> np.ndarray:
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2 or array.shape[1] == 0:
-        raise ValueError(f"`{name}` must have shape (N, levels) with coarse-to-fine integer ids; got shape {array.shape}.")
+        raise ValueError(
+            f"`{name}` must have shape (N, levels) with coarse-to-fine integer ids; got shape {array.shape}."
+        )
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"`{name}` must hold integer ids; got dtype {array.dtype}.")
     if array.shape[0] != n:
-        raise ValueError(f"`{name}` has {array.shape[0]} rows but the embeddings have {n}: give one label row per embedding.")
+        raise ValueError(
+            f"`{name}` has {array.shape[0]} rows but the embeddings have {n}: give one label row per embedding."
+        )
     return array.astype(np.int64)
 
 
@@ -85,7 +89,7 @@ def ranking_metrics(sorted_levels, relevance):
         within = positions[None, :] <= num_relevant[:, None]
         asi = (np.minimum(seen, ideal_seen).sum(axis=1) / positions * within).sum(axis=1) / num_relevant
         discount = 1.0 / np.log2(1.0 + positions)
-        ndcg = ((2.0 ** sorted_levels - 1) * discount).sum(axis=1) / ((2.0 ** ideal - 1) * discount).sum(axis=1)
+        ndcg = ((2.0**sorted_levels - 1) * discount).sum(axis=1) / ((2.0**ideal - 1) * discount).sum(axis=1)
     lone = num_relevant == 0
     for values in (hap, asi, ndcg):
         values[lone] = np.nan

@@ -127,7 +127,9 @@ def retrieval_metrics(
     }
     bar = Progress(n_q, "retrieval_metrics", progress)
     if index is None:
-        _exact_per_query(queries, references, q_labels, ref_labels, classes, metric, same_source, chunk_size, per_query, bar)
+        _exact_per_query(
+            queries, references, q_labels, ref_labels, classes, metric, same_source, chunk_size, per_query, bar
+        )
     else:
         k = min(available, search_k or max(ks[-1], _MIN_SEARCH_K))
         _listed_per_query(index, queries, q_labels, ref_labels, k, metric, same_source, chunk_size, per_query, bar)
@@ -148,7 +150,9 @@ def summarise_per_query(per_query: dict, ks=DEFAULT_KS, *, rows=None, exclude_lo
     for those queries against the same references (and, in same-source mode, the same
     leave-one-out rankings)."""
     ks = checks.as_ks(ks)
-    picked = {name: np.asarray(values) if rows is None else np.asarray(values)[rows] for name, values in per_query.items()}
+    picked = {
+        name: np.asarray(values) if rows is None else np.asarray(values)[rows] for name, values in per_query.items()
+    }
     first_pos = picked["first_pos_rank"]
     n_q = first_pos.shape[0]
     lone = picked["num_relevant"] == 0
@@ -177,8 +181,14 @@ def _mean(values) -> float:
 def _exact_per_query(queries, references, q_labels, ref_labels, classes, metric, same_source, chunk_size, out, bar):
     """Fill `out`'s per-query arrays from the exact sorted ranks of every query's positives."""
     for rows, offsets, rank, _ in ranks.iter_positive_ranks(
-        queries, references, q_labels, ref_labels, exclude_self=same_source, metric=metric,
-        max_rows=chunk_size, classes=classes,
+        queries,
+        references,
+        q_labels,
+        ref_labels,
+        exclude_self=same_source,
+        metric=metric,
+        max_rows=chunk_size,
+        classes=classes,
     ):
         size = np.diff(offsets)
         has = size > 0

@@ -28,9 +28,7 @@ class ReferenceClasses:
 
     def __init__(self, ref_labels: np.ndarray):
         self.order = np.argsort(ref_labels, kind="stable")
-        self.unique, self.starts, self.counts = np.unique(
-            ref_labels[self.order], return_index=True, return_counts=True
-        )
+        self.unique, self.starts, self.counts = np.unique(ref_labels[self.order], return_index=True, return_counts=True)
 
     def _slot(self, labels: np.ndarray):
         slot = np.minimum(np.searchsorted(self.unique, labels), max(len(self.unique) - 1, 0))
@@ -104,7 +102,10 @@ def iter_positive_ranks(
     sq_norms = np.einsum("ij,ij->i", references, references) if metric == "l2" else None
     for start in range(0, len(rows), block):
         ids = rows[start : start + block]
-        yield (ids, *_block_ranks(queries[ids], references, query_labels[ids], ids, classes, sq_norms, exclude_self, ties))
+        yield (
+            ids,
+            *_block_ranks(queries[ids], references, query_labels[ids], ids, classes, sq_norms, exclude_self, ties),
+        )
 
 
 def _block_ranks(q, references, q_labels, ids, classes, sq_norms, exclude_self, ties):
@@ -133,7 +134,9 @@ def _block_ranks(q, references, q_labels, ids, classes, sq_norms, exclude_self, 
     rank_plus = np.empty(pair_row.size, np.int64)
     # numpy's sorts and passes run on one core and release the GIL: split the rows over threads.
     pieces = np.array_split(np.arange(b), min(_THREADS, b))
-    work = [(piece, scores, lowest, pos_scores, columns, offsets, rank, rank_plus, ties) for piece in pieces if piece.size]
+    work = [
+        (piece, scores, lowest, pos_scores, columns, offsets, rank, rank_plus, ties) for piece in pieces if piece.size
+    ]
     if len(work) == 1:
         _rows_ranks(*work[0])
     else:

@@ -35,7 +35,9 @@ def _import_matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def grid_cell_origin(row: int, col: int, tile_size: int, border: int, gap: int, annotate: bool = False) -> tuple[int, int]:
+def grid_cell_origin(
+    row: int, col: int, tile_size: int, border: int, gap: int, annotate: bool = False
+) -> tuple[int, int]:
     """(x, y) pixel of the top-left corner of grid cell (row, col), border included.
 
     A cell is `tile_size + 2 * border` pixels square; cells are separated (and surrounded) by
@@ -80,8 +82,12 @@ def _class_text(label, class_names) -> str:
 def _draw_legend(draw, font, x, y):
     """Coloured squares with what each border colour means; returns the right end in pixels."""
     box = FONT_SIZE
-    for colour, text in ((QUERY_COLOUR, "query"), (CORRECT_COLOUR, "same class as the query"),
-                         (WRONG_COLOUR, "other class"), (None, "#rank  cosine score")):
+    for colour, text in (
+        (QUERY_COLOUR, "query"),
+        (CORRECT_COLOUR, "same class as the query"),
+        (WRONG_COLOUR, "other class"),
+        (None, "#rank  cosine score"),
+    ):
         if colour is not None:
             draw.rectangle([x, y, x + box - 1, y + box - 1], fill=colour)
             x += box + 4
@@ -152,11 +158,15 @@ def save_retrieval_grid(
     q_labels = checks.as_labels(query_labels, len(queries), "query_labels")
     g_labels = checks.as_labels(gallery_labels, len(gallery), "gallery_labels")
     if neighbours is None:
-        neighbours, scores = _search(query_embeddings, gallery_embeddings, len(queries), len(gallery), k, exclude, metric)
+        neighbours, scores = _search(
+            query_embeddings, gallery_embeddings, len(queries), len(gallery), k, exclude, metric
+        )
     else:
         neighbours = np.asarray(neighbours)
         if not np.issubdtype(neighbours.dtype, np.integer) or neighbours.ndim != 2:
-            raise ValueError(f"`neighbours` must be a 2-D integer array (Nq, >= k); got {neighbours.dtype} {neighbours.shape}.")
+            raise ValueError(
+                f"`neighbours` must be a 2-D integer array (Nq, >= k); got {neighbours.dtype} {neighbours.shape}."
+            )
         if neighbours.shape[0] != len(queries) or neighbours.shape[1] < k:
             raise ValueError(f"`neighbours` has shape {neighbours.shape}; need ({len(queries)}, >= {k}).")
         neighbours = neighbours[:, :k].astype(np.int64)

@@ -17,15 +17,21 @@ from keras_roadmap.losses.ap_losses import (
 )
 from keras_roadmap.losses.base import Pairs, RetrievalLoss, sum_of_ratios
 from keras_roadmap.losses.calibration import CalibrationLoss, calibration
-from keras_roadmap.losses.cluster import ClusterLoss, ClusterProxies, ROADMAPPlusPlusLoss, cluster_loss, roadmap_plus_plus
-from keras_roadmap.losses.ndcg import SupNDCGLoss, supndcg
-from keras_roadmap.losses.recall import SupRecallLoss, suprecall
-from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
-from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
+from keras_roadmap.losses.cluster import (
+    ClusterLoss,
+    ClusterProxies,
+    ROADMAPPlusPlusLoss,
+    cluster_loss,
+    roadmap_plus_plus,
+)
 
 # issue 23: HAPPIER's H-AP and the Recall@k surrogate (imported here so they register for loading)
 from keras_roadmap.losses.hierarchical import HAPLoss, hap_loss
+from keras_roadmap.losses.ndcg import SupNDCGLoss, supndcg
+from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
+from keras_roadmap.losses.recall import SupRecallLoss, suprecall
 from keras_roadmap.losses.recall_surrogate import RecallAtKLoss, recall_at_k, simix
+from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
 
 __all__ = [
     "suprecall",

@@ -173,8 +173,13 @@ def sequential_while_loop(cond, body, loop_vars, maximum_iterations=None):
     if backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.while_loop(cond, lambda *args: tuple(body(*args)), tuple(loop_vars),
-                             maximum_iterations=maximum_iterations, parallel_iterations=1)
+        return tf.while_loop(
+            cond,
+            lambda *args: tuple(body(*args)),
+            tuple(loop_vars),
+            maximum_iterations=maximum_iterations,
+            parallel_iterations=1,
+        )
     return ops.while_loop(cond, body, tuple(loop_vars), maximum_iterations=maximum_iterations)
 
 

@@ -52,7 +52,12 @@ def mean_ap_terms(ap, has_positive):
 def supap_steps(tau, rho, delta, start, offset):
     """SupAP's ``(positive step, negative step)``: exact Heaviside, then the smooth upper bound."""
     negative = functools.partial(
-        ranking.supap_negative_step, tau=float(tau), rho=float(rho), delta=float(delta), start=float(start), offset=float(offset)
+        ranking.supap_negative_step,
+        tau=float(tau),
+        rho=float(rho),
+        delta=float(delta),
+        start=float(start),
+        offset=float(offset),
     )
     return ranking.heaviside_step, negative
 
@@ -83,9 +88,13 @@ class _SmoothRankAPLoss(RetrievalLoss):
     def __init__(
         self, tau=None, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name=None, dtype=None
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         self.tau = validation.number("tau", tau, owner=type(self).__name__, minimum=0, min_open=True, allow_none=True)
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=type(self).__name__, minimum=1, allow_none=True)
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=type(self).__name__, minimum=1, allow_none=True
+        )
 
     def _steps(self):
         raise NotImplementedError
@@ -157,7 +166,14 @@ class SupAPLoss(SupAPPresets, _SmoothRankAPLoss):
     # Signature: (tau, rho, delta, start, offset) from SUPAP_DEFAULTS, then the keywords below.
     @with_parameters(SUPAP_DEFAULTS, after="self")
     def __init__(
-        self, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name="supap_loss", dtype=None, **supap
+        self,
+        *,
+        include_self=True,
+        pairs_per_chunk=None,
+        gather_across_replicas=True,
+        name="supap_loss",
+        dtype=None,
+        **supap,
     ):
         super().__init__(
             supap["tau"],
@@ -167,7 +183,9 @@ class SupAPLoss(SupAPPresets, _SmoothRankAPLoss):
             name=name,
             dtype=dtype,
         )
-        validated = validation.supap_parameters(owner=type(self).__name__, **{key: supap[key] for key in SUPAP_DEFAULTS})
+        validated = validation.supap_parameters(
+            owner=type(self).__name__, **{key: supap[key] for key in SUPAP_DEFAULTS}
+        )
         for key in SUPAP_DEFAULTS:  # tau too: the base class validated it
             setattr(self, key, validated[key])
 
@@ -199,7 +217,14 @@ class SmoothAPLoss(_SmoothRankAPLoss):
     """
 
     def __init__(
-        self, tau=0.01, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name="smoothap_loss", dtype=None
+        self,
+        tau=0.01,
+        *,
+        include_self=True,
+        pairs_per_chunk=None,
+        gather_across_replicas=True,
+        name="smoothap_loss",
+        dtype=None,
     ):
         super().__init__(
             tau,
@@ -260,8 +285,17 @@ def heaviside_average_precision(
 
 @with_parameters(SUPAP_DEFAULTS, after="ref_y_pred")
 def supap(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, include_self=True,
-    pairs_per_chunk=None, dtype=None, **supap_parameters,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
+    **supap_parameters,
 ):
     """SupAP loss, ROADMAP's smooth upper bound of ``1 - mAP``, of a batch (or of queries
     ranked against a reference set).
@@ -307,8 +341,17 @@ def supap(
 
 
 def smooth_ap(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, tau=0.01, *, self_index=None, ref_mask=None, include_self=True,
-    pairs_per_chunk=None, dtype=None,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    tau=0.01,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
 ):
     """SmoothAP loss (Brown et al. 2020): ``1 - mAP`` with a sigmoid for every step.
 

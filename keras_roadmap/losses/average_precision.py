@@ -62,7 +62,9 @@ def pairs_per_chunk_for(num_queries, num_items, chunk_elements=DEFAULT_CHUNK_ELE
     return pairs
 
 
-def _chunk_ranks(row_scores_of, num_items, labels, ref_labels, excluded, ref_valid, segments, first_pair, chunk, pos_step, neg_step):
+def _chunk_ranks(
+    row_scores_of, num_items, labels, ref_labels, excluded, ref_valid, segments, first_pair, chunk, pos_step, neg_step
+):
     """Ranks of the (query, positive) pairs ``first_pair .. first_pair + chunk - 1``.
 
     ``segments``: the :func:`label_segments` of the problem (query q's pairs are its
@@ -152,8 +154,12 @@ def label_segments(labels, ref_labels, excluded=None, ref_valid=None):
         num_positives = candidates - ops.cast(excluded_is_candidate, "int32")
     pair_ends = ops.cast(ops.cumsum(candidates), "int32")
     return {
-        "order": ops.cast(order, "int32"), "first": first, "candidates": candidates, "pair_ends": pair_ends,
-        "num_positives": num_positives, "total": pair_ends[-1],
+        "order": ops.cast(order, "int32"),
+        "first": first,
+        "candidates": candidates,
+        "pair_ends": pair_ends,
+        "num_positives": num_positives,
+        "total": pair_ends[-1],
     }
 
 
@@ -217,14 +223,34 @@ def ap_sums(
             return (_inputs.add_rows(grads[0], query, row_grad),)
 
     return _chunked_ap_sums(
-        operands, shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
-        excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
+        operands,
+        shape,
+        rows_of,
+        add_row_grads,
+        labels,
+        ref_labels,
+        pos_step,
+        neg_step,
+        excluded,
+        ref_valid,
+        positive_step_has_gradient,
+        pairs_per_chunk,
     )
 
 
 def _chunked_ap_sums(
-    operands, shape, rows_of, add_row_grads, labels, ref_labels, pos_step, neg_step,
-    excluded, ref_valid, positive_step_has_gradient, pairs_per_chunk,
+    operands,
+    shape,
+    rows_of,
+    add_row_grads,
+    labels,
+    ref_labels,
+    pos_step,
+    neg_step,
+    excluded,
+    ref_valid,
+    positive_step_has_gradient,
+    pairs_per_chunk,
 ):
     """The loops of :func:`ap_sums`: ``rows_of(operands, query)`` gives a chunk's ``(C, N)``
     score rows, ``add_row_grads(operands, grads, query, row_grad)`` adds their gradient into
@@ -249,8 +275,17 @@ def _chunked_ap_sums(
     # is a leaked tracer: jax.grad raises UnexpectedTracerError).
     def ranks(operands_now, i):
         return _chunk_ranks(
-            lambda query: rows_of(operands_now, query), dynamic_items, labels, ref_labels, excluded, ref_valid,
-            segments, i * chunk, chunk, pos_step, neg_step,
+            lambda query: rows_of(operands_now, query),
+            dynamic_items,
+            labels,
+            ref_labels,
+            excluded,
+            ref_valid,
+            segments,
+            i * chunk,
+            chunk,
+            pos_step,
+            neg_step,
         )
 
     @ops.custom_gradient
@@ -272,7 +307,9 @@ def _chunked_ap_sums(
             upstream = ops.cast(upstream, dtype)
 
             def backward_body(i, *grads):
-                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(operands_in, i)
+                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(
+                    operands_in, i
+                )
                 coef = ops.take(upstream, query) * valid / rank
                 # d(rank+/rank) = d(rank+) (1/rank - rank+/rank^2) - d(rank_negatives) rank+/rank^2
                 dt = ops.expand_dims(-coef * rank_plus / rank, 1) * neg_deriv * negatives

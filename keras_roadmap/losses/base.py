@@ -129,8 +129,14 @@ class RetrievalLoss(keras.losses.Loss):
     def reference_pairs(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
         """:class:`Pairs` of the queries against a constant reference (see :func:`reference_pairs`)."""
         return reference_pairs(
-            y_true, y_pred, ref_y_true, ref_y_pred, self.dtype,
-            include_self=self.include_self, self_index=self_index, ref_mask=ref_mask,
+            y_true,
+            y_pred,
+            ref_y_true,
+            ref_y_pred,
+            self.dtype,
+            include_self=self.include_self,
+            self_index=self_index,
+            ref_mask=ref_mask,
         )
 
     def ratio_terms(self, pairs):
@@ -184,7 +190,9 @@ def batch_pairs(y_true, y_pred, dtype, *, include_self=True):
     return pairs
 
 
-def reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_self=True, self_index=None, ref_mask=None):
+def reference_pairs(
+    y_true, y_pred, ref_y_true, ref_y_pred, dtype, *, include_self=True, self_index=None, ref_mask=None
+):
     """:class:`Pairs` of the queries ``y_pred`` ``(B, D)`` against a constant reference ``(M, D)``.
 
     ``self_index`` (``(B,)`` int, -1: none) is the reference row of each query's own copy, left
@@ -221,7 +229,14 @@ def loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self
     if not has_reference(ref_y_true, ref_y_pred):
         return batch_pairs(y_true, y_pred, dtype, include_self=include_self)
     return reference_pairs(
-        y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self=include_self, self_index=self_index, ref_mask=ref_mask
+        y_true,
+        y_pred,
+        ref_y_true,
+        ref_y_pred,
+        dtype,
+        include_self=include_self,
+        self_index=self_index,
+        ref_mask=ref_mask,
     )
 
 

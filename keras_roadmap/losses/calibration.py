@@ -24,7 +24,20 @@ def inverse_norm(x):
     return 1.0 / _inputs.floor_at(ops.sqrt(ops.sum(ops.square(x), axis=-1)), NORM_EPSILON)
 
 
-def _row_chunk(i, rows_per_chunk, num_queries, embeddings, ref_embeddings, inv_q, inv_r, labels, ref_labels, masks, pos_margin, neg_margin):
+def _row_chunk(
+    i,
+    rows_per_chunk,
+    num_queries,
+    embeddings,
+    ref_embeddings,
+    inv_q,
+    inv_r,
+    labels,
+    ref_labels,
+    masks,
+    pos_margin,
+    neg_margin,
+):
     """Calibration terms of query rows ``i * R .. i * R + R - 1`` (rows past the end are masked).
 
     Returns the rows ``(R,)``, their scores ``(R, N)``, the positive and negative terms
@@ -152,7 +165,13 @@ def calibration_terms(
             _, de, dr, da, db = _inputs.sequential_while_loop(
                 lambda i, *_: ops.less(i, num_chunks),
                 backward_body,
-                (ops.convert_to_tensor(0, "int32"), ops.zeros_like(e), ops.zeros_like(r), ops.zeros_like(a), ops.zeros_like(b)),
+                (
+                    ops.convert_to_tensor(0, "int32"),
+                    ops.zeros_like(e),
+                    ops.zeros_like(r),
+                    ops.zeros_like(a),
+                    ops.zeros_like(b),
+                ),
                 maximum_iterations=max_chunks,
             )
             return de, dr, da, db
@@ -207,9 +226,15 @@ class CalibrationLoss(RetrievalLoss):
 
     # Signature: (pos_margin, neg_margin) from CALIBRATION_DEFAULTS, then the keywords below.
     @with_parameters(CALIBRATION_DEFAULTS, after="self")
-    def __init__(self, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None, **margins):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        self.pos_margin, self.neg_margin = validation.margins(margins["pos_margin"], margins["neg_margin"], owner=type(self).__name__)
+    def __init__(
+        self, *, include_self=True, gather_across_replicas=True, name="calibration_loss", dtype=None, **margins
+    ):
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
+        self.pos_margin, self.neg_margin = validation.margins(
+            margins["pos_margin"], margins["neg_margin"], owner=type(self).__name__
+        )
 
     @property
     def margins(self):
@@ -226,7 +251,15 @@ class CalibrationLoss(RetrievalLoss):
 
 @with_parameters(CALIBRATION_DEFAULTS, after="ref_y_pred")
 def calibration(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, include_self=True, dtype=None,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    dtype=None,
     **margins,
 ):
     """ROADMAP's calibration loss of a batch (or of queries against a reference set).

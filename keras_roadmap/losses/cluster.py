@@ -78,7 +78,12 @@ class ClusterProxies(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "embedding_dim": self.embedding_dim, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "embedding_dim": self.embedding_dim,
+            "seed": self.seed,
+        }
 
 
 def cluster_logits(embeddings, proxies, temperature):
@@ -135,12 +140,25 @@ class ClusterLoss(RetrievalLoss):
     """
 
     def __init__(
-        self, num_classes, embedding_dim, temperature=CLUSTER_TEMPERATURE, *, proxies=None, proxies_name=DEFAULT_PROXIES_NAME,
-        seed=None, gather_across_replicas=True, name="cluster_loss", dtype=None,
+        self,
+        num_classes,
+        embedding_dim,
+        temperature=CLUSTER_TEMPERATURE,
+        *,
+        proxies=None,
+        proxies_name=DEFAULT_PROXIES_NAME,
+        seed=None,
+        gather_across_replicas=True,
+        name="cluster_loss",
+        dtype=None,
     ):
         super().__init__(gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
-        self.temperature = validation.number("temperature", temperature, owner=type(self).__name__, minimum=0, min_open=True)
-        self.proxies = proxies if proxies is not None else ClusterProxies(num_classes, embedding_dim, seed=seed, name=proxies_name)
+        self.temperature = validation.number(
+            "temperature", temperature, owner=type(self).__name__, minimum=0, min_open=True
+        )
+        self.proxies = (
+            proxies if proxies is not None else ClusterProxies(num_classes, embedding_dim, seed=seed, name=proxies_name)
+        )
         if not isinstance(self.proxies, ClusterProxies):
             raise TypeError(f"ClusterLoss: proxies must be a ClusterProxies layer, got {type(self.proxies).__name__}.")
         if (self.proxies.num_classes, self.proxies.embedding_dim) != (int(num_classes), int(embedding_dim)):
@@ -222,14 +240,20 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
         dtype=None,
         **supap,
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         owner = type(self).__name__
         self.supap_parameters = validation.supap_parameters(owner=owner, **supap)
         self.cluster = ClusterLoss(
             num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
         )
-        self.ap_weight, self.cluster_weight = validation.loss_weights(ap_weight=ap_weight, cluster_weight=cluster_weight, owner=owner)
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True)
+        self.ap_weight, self.cluster_weight = validation.loss_weights(
+            ap_weight=ap_weight, cluster_weight=cluster_weight, owner=owner
+        )
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
+        )
 
     @property
     def proxies(self):
@@ -238,7 +262,9 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
 
     def ratio_terms(self, pairs):
         """SupAP's ratio and, in the batch form only, ClusterLoss's, each weighted."""
-        terms = [(self.ap_weight, lambda: supap_terms(pairs, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters))]
+        terms = [
+            (self.ap_weight, lambda: supap_terms(pairs, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters))
+        ]
         if pairs.batch_form:
             terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(pairs)))
         return weighted_terms(*terms)
@@ -275,14 +301,31 @@ def cluster_loss(y_true, y_pred, proxies, temperature=CLUSTER_TEMPERATURE, *, dt
 
 @with_parameters(SUPAP_DEFAULTS, after="cluster_weight")
 def roadmap_plus_plus(
-    y_true, y_pred, proxies, ref_y_true=None, ref_y_pred=None, ap_weight=ROADMAP_PP_WEIGHTS["ap_weight"],
-    cluster_weight=ROADMAP_PP_WEIGHTS["cluster_weight"], *, temperature=CLUSTER_TEMPERATURE, self_index=None,
-    ref_mask=None, include_self=True, pairs_per_chunk=None, dtype=None, **supap,
+    y_true,
+    y_pred,
+    proxies,
+    ref_y_true=None,
+    ref_y_pred=None,
+    ap_weight=ROADMAP_PP_WEIGHTS["ap_weight"],
+    cluster_weight=ROADMAP_PP_WEIGHTS["cluster_weight"],
+    *,
+    temperature=CLUSTER_TEMPERATURE,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
+    **supap,
 ):
     """ROADMAP++ as a function (one device): ``ap_weight * supap + cluster_weight *
     cluster_loss``; with a reference set, the SupAP term only (as :class:`ROADMAPPlusPlusLoss`)."""
     pairs = loss_pairs(y_true, y_pred, ref_y_true, ref_y_pred, dtype, include_self, self_index, ref_mask)
     terms = [(float(ap_weight), lambda: supap_terms(pairs, pairs_per_chunk=pairs_per_chunk, **supap))]
     if pairs.batch_form:
-        terms.append((float(cluster_weight), lambda: cluster_terms(pairs.labels, pairs.embeddings, ops.convert_to_tensor(proxies), temperature)))
+        terms.append(
+            (
+                float(cluster_weight),
+                lambda: cluster_terms(pairs.labels, pairs.embeddings, ops.convert_to_tensor(proxies), temperature),
+            )
+        )
     return sum_of_ratios(weighted_terms(*terms))

@@ -99,7 +99,8 @@ def level_counts(labels, ref_labels, num_levels, excluded, ref_valid, dtype, blo
 
     num_steps = (dynamic_batch + (block - 1)) // block
     _, counts = _inputs.sequential_while_loop(
-        lambda i, c: ops.less(i, num_steps), body,
+        lambda i, c: ops.less(i, num_steps),
+        body,
         (ops.convert_to_tensor(0, "int32"), ops.zeros((dynamic_batch, num_levels + 1), dtype)),
         maximum_iterations=steps,
     )
@@ -129,7 +130,9 @@ def hap_per_query(scores, labels, ref_labels, *, alpha, excluded=None, ref_valid
 
     def ranks(pairs):
         depth = common_depth(ops.take(labels, pairs.query, axis=0), ref_labels)
-        member = _membership(pairs.columns, ops.take(excluded, pairs.query) if excluded is not None else None, ref_valid)
+        member = _membership(
+            pairs.columns, ops.take(excluded, pairs.query) if excluded is not None else None, ref_valid
+        )
         member = ops.ones_like(depth, dtype="bool") if member is None else member
         level_k = ops.take_along_axis(depth, ops.expand_dims(pairs.item, 1), axis=1)
         rel_q = ops.take(relevance, pairs.query, axis=0)
@@ -153,7 +156,9 @@ def hap_per_query(scores, labels, ref_labels, *, alpha, excluded=None, ref_valid
         rank, hrank, lower_deriv = ranks(pairs)
         return ops.expand_dims(-upstream[:, 0] * hrank / (rank * rank), 1) * lower_deriv
 
-    sums = _pair_kernel.pair_sums(scores, segments, terms, grads, 1, skip_item=excluded, pairs_per_chunk=pairs_per_chunk)[:, 0]
+    sums = _pair_kernel.pair_sums(
+        scores, segments, terms, grads, 1, skip_item=excluded, pairs_per_chunk=pairs_per_chunk
+    )[:, 0]
     has_positive = ops.greater(total_relevance, 0)
     return sums / _inputs.floor_at(total_relevance, 1e-30), has_positive
 
@@ -167,7 +172,9 @@ def _elementwise_min(a, b):
 
 def _negative_step(tau, rho, offset, delta, start):
     def step(t):
-        return ranking.supap_negative_step(t, tau=float(tau), rho=float(rho), delta=float(delta), start=float(start), offset=float(offset))
+        return ranking.supap_negative_step(
+            t, tau=float(tau), rho=float(rho), delta=float(delta), start=float(start), offset=float(offset)
+        )
 
     return step
 
@@ -214,10 +221,23 @@ class HAPLoss(RetrievalLoss):
     """
 
     def __init__(
-        self, tau=0.01, rho=100.0, offset=1.44, delta=0.05, start=0.5, alpha=DEFAULT_ALPHA, *,
-        include_self=True, pairs_per_chunk=None, name="hap_loss", dtype=None, gather_across_replicas=False,
+        self,
+        tau=0.01,
+        rho=100.0,
+        offset=1.44,
+        delta=0.05,
+        start=0.5,
+        alpha=DEFAULT_ALPHA,
+        *,
+        include_self=True,
+        pairs_per_chunk=None,
+        name="hap_loss",
+        dtype=None,
+        gather_across_replicas=False,
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         owner = type(self).__name__
         self.tau = validation.number("tau", tau, owner=owner, minimum=0, min_open=True)
         self.rho = validation.number("rho", rho, owner=owner, minimum=0)
@@ -225,7 +245,9 @@ class HAPLoss(RetrievalLoss):
         self.delta = validation.number("delta", delta, owner=owner, minimum=0)
         self.start = validation.number("start", start, owner=owner)
         self.alpha = validation.number("alpha", alpha, owner=owner, minimum=0, min_open=True)
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True)
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
+        )
 
     @classmethod
     def inaturalist(cls, **kwargs):
@@ -264,8 +286,14 @@ class HAPLoss(RetrievalLoss):
 
     def per_query(self, pairs):
         return hap_per_query(
-            pairs.scores, pairs.labels, pairs.ref_labels, alpha=self.alpha, excluded=pairs.excluded,
-            ref_valid=pairs.ref_valid, pairs_per_chunk=self.pairs_per_chunk, **self.step_parameters,
+            pairs.scores,
+            pairs.labels,
+            pairs.ref_labels,
+            alpha=self.alpha,
+            excluded=pairs.excluded,
+            ref_valid=pairs.ref_valid,
+            pairs_per_chunk=self.pairs_per_chunk,
+            **self.step_parameters,
         )
 
     def ratio_terms(self, pairs):
@@ -281,7 +309,10 @@ class HAPLoss(RetrievalLoss):
 
     def get_config(self):
         return {
-            **super().get_config(), **self.step_parameters, "alpha": self.alpha, "pairs_per_chunk": self.pairs_per_chunk,
+            **super().get_config(),
+            **self.step_parameters,
+            "alpha": self.alpha,
+            "pairs_per_chunk": self.pairs_per_chunk,
         }
 
 

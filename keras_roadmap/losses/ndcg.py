@@ -52,7 +52,12 @@ def supndcg_terms(pairs, *, pairs_per_chunk=None, **supap):
     pos_step, neg_step = supap_steps(**supap)
     pair_fn = ndcg_pair_fn(ops.shape(pairs.ref_labels)[0], pairs.embeddings.dtype)
     sums, num_positives = rank_sums.rank_function_sums(
-        pairs, pos_step, neg_step, pair_fn, positive_step_has_gradient=False, pairs_per_chunk=pairs_per_chunk,
+        pairs,
+        pos_step,
+        neg_step,
+        pair_fn,
+        positive_step_has_gradient=False,
+        pairs_per_chunk=pairs_per_chunk,
     )
     return rank_sums.mean_score_terms(sums, num_positives)
 
@@ -82,12 +87,23 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
 
     @with_parameters(SUPAP_DEFAULTS, after="self")
     def __init__(
-        self, *, include_self=True, pairs_per_chunk=None, gather_across_replicas=True, name="supndcg_loss", dtype=None, **supap
+        self,
+        *,
+        include_self=True,
+        pairs_per_chunk=None,
+        gather_across_replicas=True,
+        name="supndcg_loss",
+        dtype=None,
+        **supap,
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         owner = type(self).__name__
         self.supap_parameters = validation.supap_parameters(owner=owner, **supap)
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True)
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
+        )
 
     def ratio_terms(self, pairs):
         """``[(1, sum over queries with a positive of 1 - NDCG, their number)]``."""
@@ -99,8 +115,17 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
 
 @with_parameters(SUPAP_DEFAULTS, after="ref_y_pred")
 def supndcg(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, include_self=True,
-    pairs_per_chunk=None, dtype=None, **supap,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
+    **supap,
 ):
     """SupNDCG loss of a batch (or of queries ranked against a reference set): the functional
     form of :class:`SupNDCGLoss` (same arguments, one device).

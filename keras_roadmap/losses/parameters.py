@@ -42,7 +42,9 @@ def with_parameters(*tables, after):
             raise TypeError(f"{function.__qualname__} must end with **kwargs to receive {sorted(defaults)}.")
         own = own[:-1]
         at = [p.name for p in own].index(after) + 1
-        inserted = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in defaults.items()]
+        inserted = [
+            inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in defaults.items()
+        ]
         signature = inspect.Signature(own[:at] + inserted + own[at:])
 
         @functools.wraps(function)

@@ -80,8 +80,17 @@ def rank_function_sums(
     # As in the AP kernel: the operands are an argument, never captured (JAX tracers).
     def ranks(operands_now, i):
         return _ap._chunk_ranks(
-            lambda query: rows_of(operands_now, query), dynamic_items, labels, ref_labels, excluded, ref_valid,
-            segments, i * chunk, chunk, pos_step, neg_step,
+            lambda query: rows_of(operands_now, query),
+            dynamic_items,
+            labels,
+            ref_labels,
+            excluded,
+            ref_valid,
+            segments,
+            i * chunk,
+            chunk,
+            pos_step,
+            neg_step,
         )
 
     @ops.custom_gradient
@@ -104,7 +113,9 @@ def rank_function_sums(
             upstream = ops.cast(upstream, dtype)
 
             def backward_body(i, *grads):
-                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(operands_in, i)
+                query, valid, onehot, rank_plus, rank, other_pos, negatives, pos_deriv, neg_deriv = ranks(
+                    operands_in, i
+                )
                 _, d_rank_plus, d_rank = pair_fn(rank_plus, rank, ops.take(positives_float, query))
                 coef = ops.take(upstream, query) * valid
                 # rank = rank+ + sum_negatives H_neg: a negative moves rank only, a positive both.

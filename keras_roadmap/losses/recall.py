@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_roadmap import validation
-from keras_roadmap.losses import ranking, rank_sums
+from keras_roadmap.losses import rank_sums, ranking
 from keras_roadmap.losses.ap_losses import supap_steps
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.calibration import calibration_pair_terms
@@ -31,7 +31,9 @@ def check_at_k(at_k, owner=None):
     try:
         values = tuple(at_k)
     except TypeError:
-        raise TypeError(f"{owner or 'SupRecallLoss'}: at_k must be a list of ints >= 1, e.g. [1, 2, 4, 8, 16]; got {at_k!r}.") from None
+        raise TypeError(
+            f"{owner or 'SupRecallLoss'}: at_k must be a list of ints >= 1, e.g. [1, 2, 4, 8, 16]; got {at_k!r}."
+        ) from None
     if not values:
         raise ValueError(f"{owner or 'SupRecallLoss'}: at_k must hold at least one k, got {at_k!r}.")
     return tuple(validation.integer("at_k", k, owner=owner, minimum=1) for k in values)
@@ -60,8 +62,12 @@ def suprecall_terms(pairs, *, at_k, temp, pairs_per_chunk=None, **supap):
     """SupRecall@k of ``pairs`` as ratio terms: ``1 - mean recall`` over queries with a positive."""
     pos_step, neg_step = supap_steps(**supap)
     sums, num_positives = rank_sums.rank_function_sums(
-        pairs, pos_step, neg_step, recall_pair_fn(at_k, float(temp)),
-        positive_step_has_gradient=False, pairs_per_chunk=pairs_per_chunk,
+        pairs,
+        pos_step,
+        neg_step,
+        recall_pair_fn(at_k, float(temp)),
+        positive_step_has_gradient=False,
+        pairs_per_chunk=pairs_per_chunk,
     )
     return rank_sums.mean_score_terms(sums, num_positives)
 
@@ -108,7 +114,9 @@ class SupRecallLoss(SupAPPresets, RetrievalLoss):
         dtype=None,
         **parameters,
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         owner = type(self).__name__
         self.at_k = check_at_k(at_k, owner)
         self.temp = validation.number("temp", temp, owner=owner, minimum=0, min_open=True)
@@ -118,7 +126,9 @@ class SupRecallLoss(SupAPPresets, RetrievalLoss):
         self.recall_weight, self.calibration_weight = validation.loss_weights(
             recall_weight=recall_weight, calibration_weight=calibration_weight, owner=owner
         )
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True)
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
+        )
 
     @classmethod
     def with_calibration(cls, **kwargs):
@@ -128,9 +138,12 @@ class SupRecallLoss(SupAPPresets, RetrievalLoss):
     def ratio_terms(self, pairs):
         """SupRecall's ratio (weighted) and, with a calibration weight, the calibration's."""
         return weighted_terms(
-            (self.recall_weight, lambda: suprecall_terms(
-                pairs, at_k=self.at_k, temp=self.temp, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters
-            )),
+            (
+                self.recall_weight,
+                lambda: suprecall_terms(
+                    pairs, at_k=self.at_k, temp=self.temp, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters
+                ),
+            ),
             (self.calibration_weight, lambda: calibration_pair_terms(pairs, **self.margins)),
         )
 
@@ -149,9 +162,21 @@ class SupRecallLoss(SupAPPresets, RetrievalLoss):
 
 @with_parameters(SUPAP_DEFAULTS, CALIBRATION_DEFAULTS, after="temp")
 def suprecall(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, at_k=RECALL_DEFAULTS["at_k"], temp=RECALL_DEFAULTS["temp"],
-    recall_weight=1.0, calibration_weight=0.0, *, self_index=None, ref_mask=None, include_self=True,
-    pairs_per_chunk=None, dtype=None, **parameters,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    at_k=RECALL_DEFAULTS["at_k"],
+    temp=RECALL_DEFAULTS["temp"],
+    recall_weight=1.0,
+    calibration_weight=0.0,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
+    **parameters,
 ):
     """SupRecall@k loss of a batch (or of queries ranked against a reference set): the
     functional form of :class:`SupRecallLoss` (same arguments, one device).
@@ -167,7 +192,10 @@ def suprecall(
     margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
     return sum_of_ratios(
         weighted_terms(
-            (float(recall_weight), lambda: suprecall_terms(pairs, at_k=at_k, temp=temp, pairs_per_chunk=pairs_per_chunk, **supap)),
+            (
+                float(recall_weight),
+                lambda: suprecall_terms(pairs, at_k=at_k, temp=temp, pairs_per_chunk=pairs_per_chunk, **supap),
+            ),
             (float(calibration_weight), lambda: calibration_pair_terms(pairs, **margins)),
         )
     )

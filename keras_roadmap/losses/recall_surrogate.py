@@ -42,12 +42,16 @@ def recall_at_k_per_query(pairs, *, tau, k_values, k_temperatures, pairs_per_chu
         capped = [float(min(int(num_items), k)) for k in k_values]
         ks = ops.convert_to_tensor(np.array(capped), dtype=dtype)
     else:
-        ks = _elementwise_min(ops.convert_to_tensor(np.array(k_values, np.float64), dtype=dtype), ops.cast(ops.shape(scores)[1], dtype))
+        ks = _elementwise_min(
+            ops.convert_to_tensor(np.array(k_values, np.float64), dtype=dtype), ops.cast(ops.shape(scores)[1], dtype)
+        )
     k_tau = ops.convert_to_tensor(np.array(k_temperatures, np.float64), dtype=dtype)
     excluded = pairs.excluded
 
     def ranks(chunk):
-        member = _membership(chunk.columns, ops.take(excluded, chunk.query) if excluded is not None else None, pairs.ref_valid)
+        member = _membership(
+            chunk.columns, ops.take(excluded, chunk.query) if excluded is not None else None, pairs.ref_valid
+        )
         others = ops.equal(chunk.onehot, 0) if member is None else ops.logical_and(member, ops.equal(chunk.onehot, 0))
         value, deriv = ranking.clamped_sigmoid_step(chunk.t, tau)
         zero = ops.zeros_like(chunk.t)
@@ -67,7 +71,9 @@ def recall_at_k_per_query(pairs, *, tau, k_values, k_temperatures, pairs_per_chu
         coef = -ops.sum(upstream * dr_dk, axis=1)  # d/drank of sum_k upstream_k r_k
         return ops.expand_dims(coef, 1) * drank_dt
 
-    sums = _pair_kernel.pair_sums(scores, segments, terms, grads, len(k_values), skip_item=own, pairs_per_chunk=pairs_per_chunk)
+    sums = _pair_kernel.pair_sums(
+        scores, segments, terms, grads, len(k_values), skip_item=own, pairs_per_chunk=pairs_per_chunk
+    )
     positives = ops.cast(segments["num_positives"], dtype)
     capped_sums = ops.where(ops.less(sums, ops.expand_dims(ks, 0)), sums, ops.zeros_like(sums) + ops.expand_dims(ks, 0))
     norm = _elementwise_min(ops.expand_dims(ks, 0), ops.expand_dims(positives, 1))
@@ -94,8 +100,15 @@ class RecallAtKLoss(RetrievalLoss):
     """
 
     def __init__(
-        self, k_values=RSK_DEFAULTS["k_values"], tau=RSK_DEFAULTS["tau"], k_temperatures=RSK_DEFAULTS["k_temperatures"], *,
-        include_self=True, pairs_per_chunk=None, name="recall_at_k_loss", dtype=None,
+        self,
+        k_values=RSK_DEFAULTS["k_values"],
+        tau=RSK_DEFAULTS["tau"],
+        k_temperatures=RSK_DEFAULTS["k_temperatures"],
+        *,
+        include_self=True,
+        pairs_per_chunk=None,
+        name="recall_at_k_loss",
+        dtype=None,
     ):
         super().__init__(include_self=include_self, gather_across_replicas=False, name=name, dtype=dtype)
         owner = type(self).__name__
@@ -107,20 +120,32 @@ class RecallAtKLoss(RetrievalLoss):
         self.k_values = k_values
         self.tau = validation.number("tau", tau, owner=owner, minimum=0, min_open=True)
         if isinstance(k_temperatures, (list, tuple)):
-            temps = tuple(validation.number("k_temperatures", t, owner=owner, minimum=0, min_open=True) for t in k_temperatures)
+            temps = tuple(
+                validation.number("k_temperatures", t, owner=owner, minimum=0, min_open=True) for t in k_temperatures
+            )
             if len(temps) != len(k_values):
-                raise ValueError(f"{owner}: k_temperatures has {len(temps)} values but k_values {len(k_values)}; give one per k or one number.")
+                raise ValueError(
+                    f"{owner}: k_temperatures has {len(temps)} values but k_values {len(k_values)}; give one per k or one number."
+                )
         else:
-            temps = (validation.number("k_temperatures", k_temperatures, owner=owner, minimum=0, min_open=True),) * len(k_values)
+            temps = (validation.number("k_temperatures", k_temperatures, owner=owner, minimum=0, min_open=True),) * len(
+                k_values
+            )
         self.k_temperatures = temps
-        self.pairs_per_chunk = validation.integer("pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True)
+        self.pairs_per_chunk = validation.integer(
+            "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
+        )
 
     def _replica_context(self):
         return None  # each replica ranks its own batch (see docs/hierarchical.md, known limits)
 
     def per_query(self, pairs):
         return recall_at_k_per_query(
-            pairs, tau=self.tau, k_values=self.k_values, k_temperatures=self.k_temperatures, pairs_per_chunk=self.pairs_per_chunk,
+            pairs,
+            tau=self.tau,
+            k_values=self.k_values,
+            k_temperatures=self.k_temperatures,
+            pairs_per_chunk=self.pairs_per_chunk,
         )
 
     def ratio_terms(self, pairs):
@@ -131,8 +156,11 @@ class RecallAtKLoss(RetrievalLoss):
 
     def get_config(self):
         return {
-            **super().get_config(), "k_values": list(self.k_values), "tau": self.tau,
-            "k_temperatures": list(self.k_temperatures), "pairs_per_chunk": self.pairs_per_chunk,
+            **super().get_config(),
+            "k_values": list(self.k_values),
+            "tau": self.tau,
+            "k_temperatures": list(self.k_temperatures),
+            "pairs_per_chunk": self.pairs_per_chunk,
         }
 
     @classmethod
@@ -142,7 +170,9 @@ class RecallAtKLoss(RetrievalLoss):
         return cls(**config)
 
 
-def recall_at_k(y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, dtype=None, **kwargs):
+def recall_at_k(
+    y_true, y_pred, ref_y_true=None, ref_y_pred=None, *, self_index=None, ref_mask=None, dtype=None, **kwargs
+):
     """Functional :class:`RecallAtKLoss` (batch form, or reference form with ``ref_y_true``/``ref_y_pred``)."""
     loss = RecallAtKLoss(dtype=dtype or keras.config.floatx(), **kwargs)
     return call_loss(loss, y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
@@ -200,7 +230,9 @@ def simix(y_true, y_pred, *, samples_per_class=4, alphas=None, seed=None):
     else:
         alphas = ops.cast(ops.convert_to_tensor(alphas), embeddings.dtype)
         if tuple(alphas.shape) != (num,):
-            raise ValueError(f"simix: alphas must have shape ({num},) for {batch} rows in blocks of {m}; got {tuple(alphas.shape)}.")
+            raise ValueError(
+                f"simix: alphas must have shape ({num},) for {batch} rows in blocks of {m}; got {tuple(alphas.shape)}."
+            )
     a = ops.expand_dims(alphas, 1)
     mixed = a * ops.take(embeddings, first_rows, axis=0) + (1.0 - a) * ops.take(embeddings, second_rows, axis=0)
     mixed_labels = ops.take(labels, first_rows)

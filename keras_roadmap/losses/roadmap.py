@@ -82,14 +82,24 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
         dtype=None,
         **parameters,
     ):
-        super().__init__(include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype)
+        super().__init__(
+            include_self=include_self, gather_across_replicas=gather_across_replicas, name=name, dtype=dtype
+        )
         supap = {key: parameters[key] for key in SUPAP_DEFAULTS}
         margins = {key: parameters[key] for key in CALIBRATION_DEFAULTS}
         self.supap = SupAPLoss(**supap, include_self=include_self, pairs_per_chunk=pairs_per_chunk, dtype=dtype)
         self.calibration = CalibrationLoss(**margins, include_self=include_self, dtype=dtype)
-        self.ap_weight, self.calibration_weight = validation.loss_weights(ap_weight=ap_weight, calibration_weight=calibration_weight, owner=type(self).__name__)
-        if isinstance(calibration_warmup_steps, bool) or int(calibration_warmup_steps) != calibration_warmup_steps or calibration_warmup_steps < 0:
-            raise ValueError(f"calibration_warmup_steps must be an integer >= 0 (0 = no warm-up), got {calibration_warmup_steps!r}.")
+        self.ap_weight, self.calibration_weight = validation.loss_weights(
+            ap_weight=ap_weight, calibration_weight=calibration_weight, owner=type(self).__name__
+        )
+        if (
+            isinstance(calibration_warmup_steps, bool)
+            or int(calibration_warmup_steps) != calibration_warmup_steps
+            or calibration_warmup_steps < 0
+        ):
+            raise ValueError(
+                f"calibration_warmup_steps must be an integer >= 0 (0 = no warm-up), got {calibration_warmup_steps!r}."
+            )
         self.calibration_warmup_steps = int(calibration_warmup_steps)
         self._step_counter = None
 
@@ -115,6 +125,7 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
     def ratio_terms(self, pairs):
         """SupAP's and the calibration's ratio terms, scaled by their weights (the calibration's
         also by its warm-up ramp)."""
+
         def calibration_terms():
             ramp = self._calibration_ramp()
             return [(ramp * w, numerator, count) for w, numerator, count in self.calibration.ratio_terms(pairs)]
@@ -138,8 +149,19 @@ class ROADMAPLoss(SupAPPresets, RetrievalLoss):
 
 @with_parameters(SUPAP_DEFAULTS, CALIBRATION_DEFAULTS, after="ref_y_pred")
 def roadmap(
-    y_true, y_pred, ref_y_true=None, ref_y_pred=None, ap_weight=1.0, calibration_weight=1.0, *, self_index=None,
-    ref_mask=None, include_self=True, pairs_per_chunk=None, dtype=None, **parameters,
+    y_true,
+    y_pred,
+    ref_y_true=None,
+    ref_y_pred=None,
+    ap_weight=1.0,
+    calibration_weight=1.0,
+    *,
+    self_index=None,
+    ref_mask=None,
+    include_self=True,
+    pairs_per_chunk=None,
+    dtype=None,
+    **parameters,
 ):
     """ROADMAP loss of a batch (or of queries ranked against a reference set).
 

@@ -36,7 +36,6 @@ def backbone_from_preset(preset: str, expected_cls, **overrides):
         ) from error
     if not isinstance(backbone, expected_cls):
         raise ValueError(
-            f"Preset {preset!r} holds a {type(backbone).__name__}, but this embedder needs a "
-            f"{expected_cls.__name__}."
+            f"Preset {preset!r} holds a {type(backbone).__name__}, but this embedder needs a {expected_cls.__name__}."
         )
     return backbone

@@ -105,10 +105,13 @@ def read_state_dict(path) -> dict:
                 state = state[key]
         if not isinstance(state, dict):
             raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
-        state = {k: v.detach().cpu().double().numpy() if v.is_floating_point() else v.cpu().numpy()
-                 for k, v in state.items() if hasattr(v, "detach")}
+        state = {
+            k: v.detach().cpu().double().numpy() if v.is_floating_point() else v.cpu().numpy()
+            for k, v in state.items()
+            if hasattr(v, "detach")
+        }
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -150,8 +153,12 @@ def _timm_vit_weights(state, backbone):
         elif isinstance(layer, ClassTokenPositionEmbedding):
             out[name] = [(None, "cls_token"), (_drop_distillation_position, "pos_embed")]
         elif isinstance(layer, FusedQKVSelfAttention):
-            out[name] = [(_linear, prefix + "qkv.weight"), (None, prefix + "qkv.bias"),
-                         (_linear, prefix + "proj.weight"), (None, prefix + "proj.bias")]
+            out[name] = [
+                (_linear, prefix + "qkv.weight"),
+                (None, prefix + "qkv.bias"),
+                (_linear, prefix + "proj.weight"),
+                (None, prefix + "proj.bias"),
+            ]
         elif isinstance(layer, keras.layers.LayerNormalization):
             out[name] = [(None, prefix + "weight"), (None, prefix + "bias")]
         elif isinstance(layer, keras.layers.Dense):
@@ -196,8 +203,9 @@ def load_state_dict_into(backbone, state: dict, architecture: str) -> dict:
         )
     used = {key for entries in plan.values() for _, key in entries}
     ignored = sorted(k for k in state if k not in used)
-    unexpected = [k for k in ignored if not k.startswith(_IGNORED[architecture])
-                  and not k.endswith("num_batches_tracked")]
+    unexpected = [
+        k for k in ignored if not k.startswith(_IGNORED[architecture]) and not k.endswith("num_batches_tracked")
+    ]
     if unexpected:
         raise ValueError(
             f"The checkpoint has {len(unexpected)} tensors this {architecture} trunk has no place "
@@ -217,8 +225,12 @@ def load_state_dict_into(backbone, state: dict, architecture: str) -> dict:
         expected = [tuple(w.shape) for w in layer.weights]
         got = [tuple(a.shape) for a in arrays]
         if expected != got:
-            hint = (" (DeiT position embeddings fix the image size: build with the checkpoint's "
-                    "input_shape, e.g. (224, 224, 3))" if layer_name == "embeddings" else "")
+            hint = (
+                " (DeiT position embeddings fix the image size: build with the checkpoint's "
+                "input_shape, e.g. (224, 224, 3))"
+                if layer_name == "embeddings"
+                else ""
+            )
             raise ValueError(f"Layer {layer_name!r} expects shapes {expected}, the checkpoint gives {got}{hint}.")
         layer.set_weights([a.astype(w.dtype) for a, w in zip(arrays, layer.weights, strict=False)])
         loaded += len(arrays)
@@ -238,9 +250,9 @@ def split_retrieval_net(state: dict, architecture: str):
     trunk, fc = {}, {}
     for key, value in state.items():
         if key.startswith("fc."):
-            fc[key[len("fc."):]] = value
+            fc[key[len("fc.") :]] = value
         elif key.startswith("backbone."):
-            key = key[len("backbone."):]
+            key = key[len("backbone.") :]
             if architecture == "torchvision_resnet":
                 index, _, rest = key.partition(".")
                 if index not in _SEQUENTIAL_RESNET:
@@ -261,9 +273,7 @@ def load_checkpoint(model, name: str, path) -> dict:
     message lists those that have one) or the projection does not fit the head.
     """
     if name not in ARCHITECTURES:
-        raise ValueError(
-            f"Embedder {name!r} loads no torch/timm checkpoint; those that do: {sorted(ARCHITECTURES)}."
-        )
+        raise ValueError(f"Embedder {name!r} loads no torch/timm checkpoint; those that do: {sorted(ARCHITECTURES)}.")
     architecture = ARCHITECTURES[name]
     trunk, fc = split_retrieval_net(read_state_dict(path), architecture)
     summary = load_state_dict_into(model.get_layer("backbone"), trunk, architecture)
@@ -271,12 +281,15 @@ def load_checkpoint(model, name: str, path) -> dict:
         try:
             head = model.get_layer("head_projection")
         except ValueError:
-            raise ValueError(f"{path!r} has an fc projection but this {name} embedder has no head_projection "
-                             "(embedding_dim=None?).") from None
+            raise ValueError(
+                f"{path!r} has an fc projection but this {name} embedder has no head_projection (embedding_dim=None?)."
+            ) from None
         kernel, bias = _linear(fc["weight"]), fc["bias"]
         if tuple(head.kernel.shape) != kernel.shape:
-            raise ValueError(f"The checkpoint's fc is {kernel.shape[0]} -> {kernel.shape[1]}, the head is "
-                             f"{tuple(head.kernel.shape)}: pass embedding_dim={kernel.shape[1]}.")
+            raise ValueError(
+                f"The checkpoint's fc is {kernel.shape[0]} -> {kernel.shape[1]}, the head is "
+                f"{tuple(head.kernel.shape)}: pass embedding_dim={kernel.shape[1]}."
+            )
         head.set_weights([kernel.astype(head.kernel.dtype), bias.astype(head.bias.dtype)])
         summary["head"] = True
     return summary

@@ -98,8 +98,19 @@ def deit_backbone(size, input_shape, *, distilled, backbone_weights=None) -> ker
     return cls(image_shape=tuple(input_shape), patch_size=PATCH_SIZE, name="backbone", **config)
 
 
-def _build(size, distilled, *, input_shape, embedding_dim, l2_normalize, freeze_batchnorm,
-           backbone_weights, token, model_name, variant):
+def _build(
+    size,
+    distilled,
+    *,
+    input_shape,
+    embedding_dim,
+    l2_normalize,
+    freeze_batchnorm,
+    backbone_weights,
+    token,
+    model_name,
+    variant,
+):
     del freeze_batchnorm  # DeiT has no BatchNorm; accepted so every embedder takes the flag.
     if variant is None:
         variant = "timm" if backbone_weights is None else "keras_hub"
@@ -118,43 +129,88 @@ def _build(size, distilled, *, input_shape, embedding_dim, l2_normalize, freeze_
             )
         backbone = timm_vit(size, input_shape)
     else:
-        backbone = deit_backbone(size, input_shape, distilled=distilled,
-                                 backbone_weights=backbone_weights)
+        backbone = deit_backbone(size, input_shape, distilled=distilled, backbone_weights=backbone_weights)
     images = keras.Input(shape=input_shape, name=INPUT_NAME)
-    embeddings = embedding_head(
-        backbone(images), pooling=token, embedding_dim=embedding_dim, l2_normalize=l2_normalize
-    )
+    embeddings = embedding_head(backbone(images), pooling=token, embedding_dim=embedding_dim, l2_normalize=l2_normalize)
     return keras.Model(images, embeddings, name=model_name)
 
 
 @register_embedder("deit_small")
-def build_deit_small(*, input_shape, embedding_dim=None, l2_normalize=True, freeze_batchnorm=True,
-                     backbone_weights=None, token="cls", variant=None):
+def build_deit_small(
+    *,
+    input_shape,
+    embedding_dim=None,
+    l2_normalize=True,
+    freeze_batchnorm=True,
+    backbone_weights=None,
+    token="cls",
+    variant=None,
+):
     """DeiT-S/16 class token (384-d; a Dense projection only if ``embedding_dim`` is given)."""
-    return _build("small", False, input_shape=input_shape, embedding_dim=embedding_dim,
-                  l2_normalize=l2_normalize, freeze_batchnorm=freeze_batchnorm,
-                  backbone_weights=backbone_weights, token=token, model_name="deit_small_embedder",
-                  variant=variant)
+    return _build(
+        "small",
+        False,
+        input_shape=input_shape,
+        embedding_dim=embedding_dim,
+        l2_normalize=l2_normalize,
+        freeze_batchnorm=freeze_batchnorm,
+        backbone_weights=backbone_weights,
+        token=token,
+        model_name="deit_small_embedder",
+        variant=variant,
+    )
 
 
 @register_embedder("deit_small_distilled")
-def build_deit_small_distilled(*, input_shape, embedding_dim=None, l2_normalize=True,
-                               freeze_batchnorm=True, backbone_weights=None, token="cls", variant=None):
+def build_deit_small_distilled(
+    *,
+    input_shape,
+    embedding_dim=None,
+    l2_normalize=True,
+    freeze_batchnorm=True,
+    backbone_weights=None,
+    token="cls",
+    variant=None,
+):
     """Distilled DeiT-S/16 (384-d). Default variant "timm": the class-token-only network into
     which a distilled checkpoint loads with the official token removal. Variant "keras_hub"
     keeps the distillation token; ``token`` = "cls" (default), "cls_dist_mean" or
     "cls_dist_concat" then picks the embedding."""
-    return _build("small", True, input_shape=input_shape, embedding_dim=embedding_dim,
-                  l2_normalize=l2_normalize, freeze_batchnorm=freeze_batchnorm,
-                  backbone_weights=backbone_weights, token=token,
-                  model_name="deit_small_distilled_embedder", variant=variant)
+    return _build(
+        "small",
+        True,
+        input_shape=input_shape,
+        embedding_dim=embedding_dim,
+        l2_normalize=l2_normalize,
+        freeze_batchnorm=freeze_batchnorm,
+        backbone_weights=backbone_weights,
+        token=token,
+        model_name="deit_small_distilled_embedder",
+        variant=variant,
+    )
 
 
 @register_embedder("deit_base")
-def build_deit_base(*, input_shape, embedding_dim=None, l2_normalize=True, freeze_batchnorm=True,
-                    backbone_weights=None, token="cls", variant=None):
+def build_deit_base(
+    *,
+    input_shape,
+    embedding_dim=None,
+    l2_normalize=True,
+    freeze_batchnorm=True,
+    backbone_weights=None,
+    token="cls",
+    variant=None,
+):
     """DeiT-B/16 class token (768-d)."""
-    return _build("base", False, input_shape=input_shape, embedding_dim=embedding_dim,
-                  l2_normalize=l2_normalize, freeze_batchnorm=freeze_batchnorm,
-                  backbone_weights=backbone_weights, token=token, model_name="deit_base_embedder",
-                  variant=variant)
+    return _build(
+        "base",
+        False,
+        input_shape=input_shape,
+        embedding_dim=embedding_dim,
+        l2_normalize=l2_normalize,
+        freeze_batchnorm=freeze_batchnorm,
+        backbone_weights=backbone_weights,
+        token=token,
+        model_name="deit_base_embedder",
+        variant=variant,
+    )

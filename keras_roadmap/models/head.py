@@ -47,20 +47,14 @@ def embedding_head(
     else:
         x = TokenPooling(pooling, name=HEAD_PREFIX + "token_pool")(features)
     if layer_norm:
-        x = keras.layers.LayerNormalization(
-            epsilon=1e-5, center=False, scale=False, name=HEAD_PREFIX + "layer_norm"
-        )(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-5, center=False, scale=False, name=HEAD_PREFIX + "layer_norm")(x)
     if embedding_dim is not None:
         if int(embedding_dim) != embedding_dim or embedding_dim < 1:
-            raise ValueError(
-                f"embedding_dim must be a positive int or None, got {embedding_dim!r}."
-            )
+            raise ValueError(f"embedding_dim must be a positive int or None, got {embedding_dim!r}.")
         x = keras.layers.Dense(int(embedding_dim), name=HEAD_PREFIX + "projection")(x)
     dtype = output_dtype()
     if l2_normalize:
-        return keras.layers.UnitNormalization(
-            axis=-1, dtype=dtype, name=HEAD_PREFIX + "l2_normalize"
-        )(x)
+        return keras.layers.UnitNormalization(axis=-1, dtype=dtype, name=HEAD_PREFIX + "l2_normalize")(x)
     return keras.layers.Activation("linear", dtype=dtype, name=HEAD_PREFIX + "output")(x)
 
 

@@ -45,10 +45,7 @@ def list_embedders() -> list[str]:
 def _check_input_shape(input_shape):
     shape = tuple(input_shape)
     if len(shape) != 3 or any(d is not None and (int(d) != d or d < 1) for d in shape):
-        raise ValueError(
-            "input_shape must be (height, width, channels) with positive ints, "
-            f"got {input_shape!r}."
-        )
+        raise ValueError(f"input_shape must be (height, width, channels) with positive ints, got {input_shape!r}.")
     if shape[2] is None:
         raise ValueError(f"input_shape needs a known channel count, got {input_shape!r}.")
     return shape
@@ -98,8 +95,7 @@ def _resolve_weights(weights):
         return "backbone_preset", path
     if os.sep in path or path.startswith("."):
         raise FileNotFoundError(
-            f"weights path not found: {path!r} (expected a .weights.h5 file or a keras-hub preset "
-            "directory)."
+            f"weights path not found: {path!r} (expected a .weights.h5 file or a keras-hub preset directory)."
         )
     return "backbone_preset", path  # a named preset, downloaded by keras-hub (needs network)
 
@@ -153,9 +149,7 @@ def build_embedder(
     Under ``keras.config.set_floatx("float64")`` the embedder computes and outputs float64.
     """
     if name not in _REGISTRY:
-        raise ValueError(
-            f"Unknown embedder {name!r}. Known embedders: {', '.join(list_embedders())}."
-        )
+        raise ValueError(f"Unknown embedder {name!r}. Known embedders: {', '.join(list_embedders())}.")
     input_shape = _check_input_shape(input_shape)
     kind, source = _resolve_weights(weights)
     model = _REGISTRY[name](

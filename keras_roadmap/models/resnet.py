@@ -63,8 +63,12 @@ def _conv(x, filters, kernel, stride, name):
 def _bottleneck(x, planes, stride, prefix, freeze):
     """torchvision's ``Bottleneck`` (expansion 4, stride on the 3x3 conv)."""
     shortcut = x
-    out = keras.layers.ReLU(name=prefix + "_relu1")(_batchnorm(prefix + "_bn1", freeze)(_conv(x, planes, 1, 1, prefix + "_conv1")))
-    out = keras.layers.ReLU(name=prefix + "_relu2")(_batchnorm(prefix + "_bn2", freeze)(_conv(out, planes, 3, stride, prefix + "_conv2")))
+    out = keras.layers.ReLU(name=prefix + "_relu1")(
+        _batchnorm(prefix + "_bn1", freeze)(_conv(x, planes, 1, 1, prefix + "_conv1"))
+    )
+    out = keras.layers.ReLU(name=prefix + "_relu2")(
+        _batchnorm(prefix + "_bn2", freeze)(_conv(out, planes, 3, stride, prefix + "_conv2"))
+    )
     out = _batchnorm(prefix + "_bn3", freeze)(_conv(out, planes * 4, 1, 1, prefix + "_conv3"))
     if stride != 1 or x.shape[-1] != planes * 4:
         shortcut = _conv(x, planes * 4, 1, stride, prefix + "_downsample_0")
@@ -94,8 +98,9 @@ def torchvision_resnet50(input_shape, *, freeze_batchnorm=None) -> keras.Model:
     return keras.Model(images, x, name="backbone")
 
 
-def resnet50_backbone(input_shape, *, variant="torchvision", backbone_weights=None,
-                      freeze_batchnorm=None) -> keras.Model:
+def resnet50_backbone(
+    input_shape, *, variant="torchvision", backbone_weights=None, freeze_batchnorm=None
+) -> keras.Model:
     """The ResNet-50 trunk as a model named "backbone": (B, H, W, 3) -> (B, H/32, W/32, 2048).
 
     ``variant="torchvision"`` (v1.5, the paper's, default): built random; torchvision
@@ -124,9 +129,7 @@ def resnet50_backbone(input_shape, *, variant="torchvision", backbone_weights=No
                 image_shape=tuple(input_shape),
                 name="backbone",
             )
-        return keras_hub.models.ResNetBackbone(
-            **RESNET50_HUB_CONFIG, image_shape=tuple(input_shape), name="backbone"
-        )
+        return keras_hub.models.ResNetBackbone(**RESNET50_HUB_CONFIG, image_shape=tuple(input_shape), name="backbone")
     if backbone_weights not in (None, "imagenet"):
         raise ValueError(
             "variant='keras_applications' takes weights=None, 'imagenet' or an embedder "
@@ -134,19 +137,26 @@ def resnet50_backbone(input_shape, *, variant="torchvision", backbone_weights=No
         )
     images = keras.Input(shape=input_shape, name="backbone_images")
     caffe_images = ImageNetToCaffe(name="to_caffe")(images)
-    trunk = keras.applications.ResNet50(
-        include_top=False, weights=backbone_weights, input_tensor=caffe_images
-    )
+    trunk = keras.applications.ResNet50(include_top=False, weights=backbone_weights, input_tensor=caffe_images)
     return keras.Model(images, trunk.output, name="backbone")
 
 
-def _build(input_shape, embedding_dim, l2_normalize, freeze_batchnorm, backbone_weights, *,
-           pooling, layer_norm, variant, model_name):
+def _build(
+    input_shape,
+    embedding_dim,
+    l2_normalize,
+    freeze_batchnorm,
+    backbone_weights,
+    *,
+    pooling,
+    layer_norm,
+    variant,
+    model_name,
+):
     if variant is None:
         variant = "torchvision" if backbone_weights is None else "keras_hub"
     mode = batchnorm_mode(freeze_batchnorm)
-    backbone = resnet50_backbone(input_shape, variant=variant, backbone_weights=backbone_weights,
-                                 freeze_batchnorm=mode)
+    backbone = resnet50_backbone(input_shape, variant=variant, backbone_weights=backbone_weights, freeze_batchnorm=mode)
     if mode is not None and variant != "torchvision":
         _freeze_batchnorm(backbone, mode)
     images = keras.Input(shape=input_shape, name=INPUT_NAME)
@@ -161,8 +171,16 @@ def _build(input_shape, embedding_dim, l2_normalize, freeze_batchnorm, backbone_
 
 
 @register_embedder("resnet50")
-def build_resnet50(*, input_shape, embedding_dim=None, l2_normalize=True, freeze_batchnorm=True,
-                   backbone_weights=None, variant=None, pooling="avg"):
+def build_resnet50(
+    *,
+    input_shape,
+    embedding_dim=None,
+    l2_normalize=True,
+    freeze_batchnorm=True,
+    backbone_weights=None,
+    variant=None,
+    pooling="avg",
+):
     """ResNet-50 (v1.5 by default) + global average pooling + Dense(512) + L2 (SOP/INShop/iNat).
 
     ``variant``: None (default: "torchvision", or "keras_hub" when ``weights`` is a keras-hub
@@ -170,15 +188,32 @@ def build_resnet50(*, input_shape, embedding_dim=None, l2_normalize=True, freeze
     "keras_applications" (v1).
     ``pooling``: "avg" (default) or "max".
     """
-    return _build(input_shape, embedding_dim, l2_normalize, freeze_batchnorm, backbone_weights,
-                  pooling=pooling, layer_norm=False, variant=variant,
-                  model_name="resnet50_embedder")
+    return _build(
+        input_shape,
+        embedding_dim,
+        l2_normalize,
+        freeze_batchnorm,
+        backbone_weights,
+        pooling=pooling,
+        layer_norm=False,
+        variant=variant,
+        model_name="resnet50_embedder",
+    )
 
 
 @register_embedder("resnet50_max_ln")
-def build_resnet50_max_ln(*, input_shape, embedding_dim=None, l2_normalize=True,
-                          freeze_batchnorm=True, backbone_weights=None, variant=None):
+def build_resnet50_max_ln(
+    *, input_shape, embedding_dim=None, l2_normalize=True, freeze_batchnorm=True, backbone_weights=None, variant=None
+):
     """ResNet-50 + global max pooling + LayerNorm (no affine) + Dense(512) + L2: the CUB setting."""
-    return _build(input_shape, embedding_dim, l2_normalize, freeze_batchnorm, backbone_weights,
-                  pooling="max", layer_norm=True, variant=variant,
-                  model_name="resnet50_max_ln_embedder")
+    return _build(
+        input_shape,
+        embedding_dim,
+        l2_normalize,
+        freeze_batchnorm,
+        backbone_weights,
+        pooling="max",
+        layer_norm=True,
+        variant=variant,
+        model_name="resnet50_max_ln_embedder",
+    )

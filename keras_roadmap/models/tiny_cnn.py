@@ -21,7 +21,8 @@ def tiny_cnn_backbone(input_shape, width=16, frozen_statistics=False) -> keras.M
     for block, filters in enumerate((width, 2 * width, 4 * width)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
         x = (FrozenStatsBatchNormalization if frozen_statistics else keras.layers.BatchNormalization)(
-            name=f"bn{block}")(x)
+            name=f"bn{block}"
+        )(x)
         x = keras.layers.ReLU(name=f"relu{block}")(x)
         if block < 2:
             x = keras.layers.MaxPooling2D(2, name=f"pool{block}")(x)
@@ -29,8 +30,16 @@ def tiny_cnn_backbone(input_shape, width=16, frozen_statistics=False) -> keras.M
 
 
 @register_embedder("tiny_cnn")
-def build_tiny_cnn(*, input_shape, embedding_dim=None, l2_normalize=True, freeze_batchnorm=True,
-                   backbone_weights=None, width=16, pooling="avg"):
+def build_tiny_cnn(
+    *,
+    input_shape,
+    embedding_dim=None,
+    l2_normalize=True,
+    freeze_batchnorm=True,
+    backbone_weights=None,
+    width=16,
+    pooling="avg",
+):
     """Tiny CNN + global pooling ("avg" or "max") + Dense(64 by default) + L2. Random init only
     (or a ``.weights.h5`` of this embedder); with ``freeze_batchnorm`` (the default, as for the
     real backbones) BatchNorm is a fixed affine map at init, so pass False to train from scratch.
@@ -46,7 +55,9 @@ def build_tiny_cnn(*, input_shape, embedding_dim=None, l2_normalize=True, freeze
         _freeze_batchnorm(backbone, "all")
     images = keras.Input(shape=input_shape, name=INPUT_NAME)
     embeddings = embedding_head(
-        backbone(images), pooling=pooling,
-        embedding_dim=64 if embedding_dim is None else embedding_dim, l2_normalize=l2_normalize,
+        backbone(images),
+        pooling=pooling,
+        embedding_dim=64 if embedding_dim is None else embedding_dim,
+        l2_normalize=l2_normalize,
     )
     return keras.Model(images, embeddings, name="tiny_cnn_embedder")

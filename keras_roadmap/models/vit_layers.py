@@ -68,7 +68,7 @@ class FusedQKVSelfAttention(keras.layers.Layer):
         qkv = ops.matmul(tokens, ops.cast(self.qkv_kernel, tokens.dtype)) + ops.cast(self.qkv_bias, tokens.dtype)
         qkv = ops.transpose(ops.reshape(qkv, (batch, length, 3, self.num_heads, head_dim)), (2, 0, 3, 1, 4))
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d) each
-        scores = ops.matmul(q * ops.cast(head_dim ** -0.5, tokens.dtype), ops.transpose(k, (0, 1, 3, 2)))
+        scores = ops.matmul(q * ops.cast(head_dim**-0.5, tokens.dtype), ops.transpose(k, (0, 1, 3, 2)))
         out = ops.matmul(ops.softmax(scores, axis=-1), v)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, length, dim))
         return ops.matmul(out, ops.cast(self.proj_kernel, tokens.dtype)) + ops.cast(self.proj_bias, tokens.dtype)

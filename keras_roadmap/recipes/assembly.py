@@ -74,7 +74,9 @@ def _sampler(config: RecipeConfig, split):
             batches_per_super_pair=s["batches_per_super_pair"],
             seed=config.seed,
         )
-    sampler = MPerClassSampler(split.labels, batch_size=s["batch_size"], samples_per_class=s["samples_per_class"], seed=config.seed)
+    sampler = MPerClassSampler(
+        split.labels, batch_size=s["batch_size"], samples_per_class=s["samples_per_class"], seed=config.seed
+    )
     if s.get("steps_per_epoch"):
         from keras_roadmap.samplers import FixedStepsSampler
 

@@ -36,11 +36,13 @@ def listing() -> str:
     """What `keras-roadmap recipes` prints: one line per recipe, then how to see its settings."""
     width = max(map(len, RECIPES))
     lines = [f"  {name:<{width}}  {text}" for name, text in RECIPES.items()]
-    return "\n".join([
-        "Recipes (keras-roadmap train NAME):",
-        *lines,
-        "",
-        "keras-roadmap train NAME --print-config prints a recipe's YAML config (copy it, edit it, "
-        "pass it back with --config FILE); keras-roadmap train NAME --smoke --out DIR runs it "
-        "end to end on a generated tiny dataset.",
-    ])
+    return "\n".join(
+        [
+            "Recipes (keras-roadmap train NAME):",
+            *lines,
+            "",
+            "keras-roadmap train NAME --print-config prints a recipe's YAML config (copy it, edit it, "
+            "pass it back with --config FILE); keras-roadmap train NAME --smoke --out DIR runs it "
+            "end to end on a generated tiny dataset.",
+        ]
+    )

@@ -88,7 +88,9 @@ def read_backup(backup_dir) -> BackupState | None:
         return BackupState(epoch, backup_dir / current["weights"], meta.get("config"))
     previous = meta.get("previous")
     if _intact(backup_dir, previous):
-        return BackupState(int(previous["epoch"]), backup_dir / previous["weights"], previous.get("config"), fell_back=True)
+        return BackupState(
+            int(previous["epoch"]), backup_dir / previous["weights"], previous.get("config"), fell_back=True
+        )
     raise CheckpointError(
         f"The backup {backup_dir / current['weights']} is missing or damaged (checksum mismatch) and no "
         f"earlier generation is intact; {start_over}."
@@ -204,8 +206,15 @@ class RunBackup(keras.callbacks.Callback):
                 previous = None
         if previous and previous["weights"] == name:
             previous = None  # the same epoch saved again (a resumed run redoing it)
-        meta = {"format": FORMAT, "epoch": completed, "batch": 0, "weights": name, "sha256": digest,
-                "config": self.config, "previous": previous}
+        meta = {
+            "format": FORMAT,
+            "epoch": completed,
+            "batch": 0,
+            "weights": name,
+            "sha256": digest,
+            "config": self.config,
+            "previous": previous,
+        }
         atomic.write_text(meta_path, json.dumps(meta, indent=1))
         keep = {name} | ({previous["weights"]} if previous else set())
         for stale in self.backup_dir.glob("*.weights.h5"):
@@ -255,8 +264,11 @@ class BestEmbedderCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(value) or value <= self.best:
             return
         if self.verbose:
-            print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}, "
-                  f"saving model to {self.filepath}", flush=True)
+            print(
+                f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}, "
+                f"saving model to {self.filepath}",
+                flush=True,
+            )
         with atomic.atomic_path(self.filepath, stall="best_write") as tmp:
             self._embedder.save(str(tmp))
         self.best, self.best_epoch = value, int(epoch)
@@ -299,7 +311,9 @@ class HistoryCSV(keras.callbacks.Callback):
             with open(self.path, newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
                 self.keys = [k for k in (reader.fieldnames or []) if k != "epoch"] or None
-                self.rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < self.initial_epoch]
+                self.rows = [
+                    row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < self.initial_epoch
+                ]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -111,7 +111,9 @@ def _float_or_none(value, where: str):
 def _deep_update(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in (extra or {}).items():
-        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -126,7 +128,9 @@ def _check_loss_arguments(loss: dict, source: str) -> None:
         raise ConfigError(f"{source}: `loss`: {err}") from None
 
 
-def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None = None, smoke: bool = False) -> RecipeConfig:
+def resolve_config(
+    raw: dict, *, source: str = "config", overrides: dict | None = None, smoke: bool = False
+) -> RecipeConfig:
     """Flatten a raw config mapping into a checked `RecipeConfig`.
 
     Args:
@@ -156,9 +160,7 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
             backbone = "smoke"
             profiles = {**profiles, "smoke": _require(smoke_section, "backbone", f"{source}: smoke")}
     if backbone not in profiles:
-        raise ConfigError(
-            f"{source}: unknown backbone profile {backbone!r}; this config defines {sorted(profiles)}."
-        )
+        raise ConfigError(f"{source}: unknown backbone profile {backbone!r}; this config defines {sorted(profiles)}.")
     profile = profiles[backbone]
     where = f"{source}: backbones.{backbone}"
 
@@ -193,7 +195,9 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
         # 0 (the paper) or N: the calibration weight ramps in over N steps (README, "When ROADMAP helps").
         warmup = loss["calibration_warmup_steps"]
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"{source}: loss.calibration_warmup_steps must be an integer >= 0 (0 = off), got {warmup!r}.")
+            raise ConfigError(
+                f"{source}: loss.calibration_warmup_steps must be an integer >= 0 (0 = off), got {warmup!r}."
+            )
 
     _check_loss_arguments(loss, source)
 
@@ -216,7 +220,9 @@ def resolve_config(raw: dict, *, source: str = "config", overrides: dict | None 
 
     evaluation = sections["evaluation"]
     evaluation["every_n_epochs"] = _positive_int(evaluation.get("every_n_epochs", 1), "evaluation.every_n_epochs")
-    evaluation["ks"] = [_positive_int(k, "evaluation.ks entries") for k in _require(evaluation, "ks", f"{source}: evaluation")]
+    evaluation["ks"] = [
+        _positive_int(k, "evaluation.ks entries") for k in _require(evaluation, "ks", f"{source}: evaluation")
+    ]
     evaluation["batch_size"] = _positive_int(evaluation.get("batch_size", 64), "evaluation.batch_size")
     evaluation["grid_queries"] = _positive_int(evaluation.get("grid_queries", 8), "evaluation.grid_queries")
     evaluation["grid_k"] = _positive_int(evaluation.get("grid_k", 5), "evaluation.grid_k")
@@ -287,7 +293,8 @@ def with_overrides(raw: dict, overrides: dict | None = None, *, smoke: bool = Fa
         size = overrides["memory"]
         if size == "official":
             size = _deep_update(raw.get("memory") or {}, (raw.get("smoke") or {}).get("memory") if smoke else {})[
-                "official_size"]
+                "official_size"
+            ]
         sections.setdefault("memory", {})["size"] = int(size)
     if "eval_every" in overrides:
         sections.setdefault("evaluation", {})["every_n_epochs"] = overrides["eval_every"]

@@ -26,7 +26,6 @@ the training images each.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -58,38 +57,96 @@ def build_parser():
     parser = OneLineErrorParser(
         prog=PROG,
         description="Train an embedder on your own images (a folder ROOT/<class>/<image>, "
-                    "ROOT/<category>/<class>/<image>, or an OML-style CSV) with the recipe machinery, "
-                    "evaluate it on held-out classes against its untrained start, export it to ONNX "
-                    "and write report.html. Every setting is a flag; the resolved config goes to RUN/config.yaml.",
+        "ROOT/<category>/<class>/<image>, or an OML-style CSV) with the recipe machinery, "
+        "evaluate it on held-out classes against its untrained start, export it to ONNX "
+        "and write report.html. Every setting is a flag; the resolved config goes to RUN/config.yaml.",
     )
     add = parser.add_argument
-    add("--data", required=True, help="image folder or split CSV (label, path, split, is_query, is_gallery[, category])")
-    add("--out", required=True, help="run folder RUN (split.csv, config.yaml, checkpoints, test_metrics.json, "
-                                     "embedder.keras, embedder.onnx, report.html)")
+    add(
+        "--data", required=True, help="image folder or split CSV (label, path, split, is_query, is_gallery[, category])"
+    )
+    add(
+        "--out",
+        required=True,
+        help="run folder RUN (split.csv, config.yaml, checkpoints, test_metrics.json, "
+        "embedder.keras, embedder.onnx, report.html)",
+    )
     add("--backbone", default=DEFAULTS["backbone"], help=f"embedder: {', '.join(BACKBONES)} (default tiny_cnn)")
-    add("--weights", default=None, help="imagenet | none | PATH (.weights.h5, keras-hub preset folder, "
-                                        "torchvision/timm checkpoint); default none for tiny_cnn, imagenet otherwise")
+    add(
+        "--weights",
+        default=None,
+        help="imagenet | none | PATH (.weights.h5, keras-hub preset folder, "
+        "torchvision/timm checkpoint); default none for tiny_cnn, imagenet otherwise",
+    )
     add("--random-init", action="store_true", help="the same as --weights none")
     add("--image-size", type=int, default=None, help="square input side (default 64 for tiny_cnn, 224 otherwise)")
-    add("--embedding-dim", type=int, default=None, help="embedding size (default: the backbone's, 64 for tiny_cnn, 512 for resnet50)")
+    add(
+        "--embedding-dim",
+        type=int,
+        default=None,
+        help="embedding size (default: the backbone's, 64 for tiny_cnn, 512 for resnet50)",
+    )
     add("--loss", default=DEFAULTS["loss"], help=f"training loss: {', '.join(LOSS_NAMES)} (default roadmap)")
-    add("--calibration-warmup", type=int, default=None,
-        help="steps over which ROADMAP's calibration weight ramps in (default: one epoch from random weights, 0 from pretrained)")
+    add(
+        "--calibration-warmup",
+        type=int,
+        default=None,
+        help="steps over which ROADMAP's calibration weight ramps in (default: one epoch from random weights, 0 from pretrained)",
+    )
     add("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs (default 10)")
-    add("--steps-per-epoch", type=int, default=None, help="batches per epoch (default: one pass over the training images)")
-    add("--batch-size", type=int, default=None,
-        help="images per batch, a multiple of --samples-per-class (default 16 classes x samples per class, fewer classes if the data has fewer)")
-    add("--samples-per-class", type=int, default=DEFAULTS["samples_per_class"], help="images per class in a batch (default 4)")
-    add("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 from random weights, 1e-5 from pretrained)")
-    add("--seed", type=int, default=DEFAULTS["seed"], help="split, sampler, augmentation and initialisation seed (default 0)")
-    add("--test-classes", type=float, default=None, help="fraction of classes held out when --data is a folder (default 0.5)")
+    add(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="batches per epoch (default: one pass over the training images)",
+    )
+    add(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch, a multiple of --samples-per-class (default 16 classes x samples per class, fewer classes if the data has fewer)",
+    )
+    add(
+        "--samples-per-class",
+        type=int,
+        default=DEFAULTS["samples_per_class"],
+        help="images per class in a batch (default 4)",
+    )
+    add(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate (default 1e-3 from random weights, 1e-5 from pretrained)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=DEFAULTS["seed"],
+        help="split, sampler, augmentation and initialisation seed (default 0)",
+    )
+    add(
+        "--test-classes",
+        type=float,
+        default=None,
+        help="fraction of classes held out when --data is a folder (default 0.5)",
+    )
     add("--dedupe", action="store_true", help="drop exact duplicate files before the split (as prepare --dedupe)")
     add("--eval-every", type=int, default=1, help="evaluate (and select the best model) every N epochs (default 1)")
-    add("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), default="auto",
-        help="Keras dtype policy; auto = mixed_float16 on a GPU for the hub backbones, float32 otherwise")
-    add("--resume", action="store_true", help="require a backup in RUN to continue from (a rerun always continues from one)")
+    add(
+        "--precision",
+        choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+        default="auto",
+        help="Keras dtype policy; auto = mixed_float16 on a GPU for the hub backbones, float32 otherwise",
+    )
+    add(
+        "--resume",
+        action="store_true",
+        help="require a backup in RUN to continue from (a rerun always continues from one)",
+    )
     add("--allow-config-change", action="store_true", help="continue a backup made with other settings")
-    add("--verbose", choices=("auto", "0", "1", "2"), default="auto", help="progress: 1 bar, 2 a line per epoch, 0 none")
+    add(
+        "--verbose", choices=("auto", "0", "1", "2"), default="auto", help="progress: 1 bar, 2 a line per epoch, 0 none"
+    )
     return parser
 
 
@@ -108,16 +165,28 @@ def check_flags(args) -> None:
         raise _Fail(f"--backbone {args.backbone!r} is not one of {', '.join(BACKBONES)}.")
     if args.loss not in LOSS_NAMES:
         raise _Fail(f"--loss {args.loss!r} is not one of {', '.join(LOSS_NAMES)}.")
-    for flag in ("image_size", "embedding_dim", "epochs", "steps_per_epoch", "batch_size", "samples_per_class", "eval_every"):
+    for flag in (
+        "image_size",
+        "embedding_dim",
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "samples_per_class",
+        "eval_every",
+    ):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.calibration_warmup is not None and args.calibration_warmup < 0:
         raise _Fail(f"--calibration-warmup must be >= 0 (0 = off), got {args.calibration_warmup}.")
     if args.calibration_warmup and args.loss != "roadmap":
-        raise _Fail(f"--calibration-warmup applies to --loss roadmap (it ramps the calibration term in), not {args.loss}.")
+        raise _Fail(
+            f"--calibration-warmup applies to --loss roadmap (it ramps the calibration term in), not {args.loss}."
+        )
     if args.lr is not None and not (args.lr > 0 and args.lr < float("inf")):
         raise _Fail(f"--lr must be a positive number, got {args.lr}.")
     if args.batch_size is not None and args.batch_size % args.samples_per_class:
-        raise _Fail(f"--batch-size {args.batch_size} is not a multiple of --samples-per-class {args.samples_per_class}.")
+        raise _Fail(
+            f"--batch-size {args.batch_size} is not a multiple of --samples-per-class {args.samples_per_class}."
+        )
     if args.random_init and args.weights not in (None, "none"):
         raise _Fail(f"--random-init and --weights {args.weights} contradict each other: give one.")
     if args.image_size is not None and args.backbone.startswith("deit") and args.image_size != 224:
@@ -125,7 +194,7 @@ def check_flags(args) -> None:
 
 
 def weights_setting(args) -> str:
-    """"random", "pretrained" (ImageNet, resolved later) or a path."""
+    """ "random", "pretrained" (ImageNet, resolved later) or a path."""
     weights = "none" if args.random_init else args.weights
     if weights is None:
         weights = "none" if args.backbone in NO_HUB_BACKBONES else "imagenet"
@@ -133,7 +202,9 @@ def weights_setting(args) -> str:
         return "random"
     if weights.lower() == "imagenet":
         if args.backbone in NO_HUB_BACKBONES:
-            raise _Fail(f"--weights imagenet: {args.backbone} has no ImageNet weights (it is trained from scratch); use --weights none.")
+            raise _Fail(
+                f"--weights imagenet: {args.backbone} has no ImageNet weights (it is trained from scratch); use --weights none."
+            )
         return "pretrained"
     if not pathlib.Path(weights).exists():
         raise _Fail(f"--weights {weights}: no such file or folder (give imagenet, none or a path).")
@@ -150,12 +221,16 @@ def config_from_flags(args, train_classes: int):
     spc = args.samples_per_class
     batch_size = args.batch_size or spc * min(DEFAULTS["classes_per_batch"], train_classes)
     if batch_size // spc > train_classes:
-        raise _Fail(f"--batch-size {batch_size} / --samples-per-class {spc} needs {batch_size // spc} classes per batch, "
-                    f"but the training side has {train_classes}; lower --batch-size.")
+        raise _Fail(
+            f"--batch-size {batch_size} / --samples-per-class {spc} needs {batch_size // spc} classes per batch, "
+            f"but the training side has {train_classes}; lower --batch-size."
+        )
     lr = args.lr if args.lr is not None else DEFAULTS["lr"]["random" if scratch else "pretrained"]
     loss = {"name": args.loss, "preset": "default"}
     if args.loss == "roadmap":
-        loss["calibration_warmup_steps"] = -1 if args.calibration_warmup is None and scratch else int(args.calibration_warmup or 0)
+        loss["calibration_warmup_steps"] = (
+            -1 if args.calibration_warmup is None and scratch else int(args.calibration_warmup or 0)
+        )
     hub = args.backbone not in NO_HUB_BACKBONES
     return RecipeConfig(
         dataset=DATASET,
@@ -169,13 +244,30 @@ def config_from_flags(args, train_classes: int):
         eval_resize=None,
         epochs=int(args.epochs),
         seed=int(args.seed),
-        sampler={"name": "m_per_class", "batch_size": int(batch_size), "samples_per_class": int(spc),
-                 "steps_per_epoch": args.steps_per_epoch},
-        optimizer={"name": "adam", "backbone_lr": float(lr), "head_lr": None, "weight_decay": 0.0, "milestones": [], "gamma": 0.3},
+        sampler={
+            "name": "m_per_class",
+            "batch_size": int(batch_size),
+            "samples_per_class": int(spc),
+            "steps_per_epoch": args.steps_per_epoch,
+        },
+        optimizer={
+            "name": "adam",
+            "backbone_lr": float(lr),
+            "head_lr": None,
+            "weight_decay": 0.0,
+            "milestones": [],
+            "gamma": 0.3,
+        },
         loss=loss,
         memory={"size": 0, "unique": True, "weight": 1.0, "activate_after": 0},
-        evaluation={"every_n_epochs": int(args.eval_every), "ks": [1, 2, 4, 8], "batch_size": 256, "grid_queries": 6,
-                    "grid_k": 5, "exclude_lone_from_recall": True},
+        evaluation={
+            "every_n_epochs": int(args.eval_every),
+            "ks": [1, 2, 4, 8],
+            "batch_size": 256,
+            "grid_queries": 6,
+            "grid_k": 5,
+            "exclude_lone_from_recall": True,
+        },
         mixed_precision="mixed_float16" if hub else "float32",
         transform=TRANSFORM,
         precision_forced=args.precision != "auto",
@@ -211,7 +303,9 @@ def _data(args, out: pathlib.Path):
         raise _Fail(f"--test-classes applies to a folder; {args.data} already holds its split (column `split`).")
     prepared = prepare_images(
         args.data,
-        test_classes=None if is_csv else (args.test_classes if args.test_classes is not None else DEFAULTS["test_classes"]),
+        test_classes=None
+        if is_csv
+        else (args.test_classes if args.test_classes is not None else DEFAULTS["test_classes"]),
         seed=None if is_csv else args.seed,
         dedupe=args.dedupe,
     )
@@ -229,9 +323,9 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from keras_roadmap.recipes.arguments import output_path_problem
     from keras_roadmap.errors import DatasetFormatError, KerasRoadmapError
     from keras_roadmap.recipes import preflight
+    from keras_roadmap.recipes.arguments import output_path_problem
 
     check_flags(args)
     problem = output_path_problem(str(pathlib.Path(args.out) / "x"), "--out")
@@ -269,8 +363,12 @@ def _main(args) -> int:
         try:
             resolve_pretrained(config, recipe=PROG)
         except ConfigError as err:
-            raise _Fail(str(err).replace(", or --random-init to train from random weights (not the paper's setting)",
-                                         ", or --weights none to train from random weights")) from None
+            raise _Fail(
+                str(err).replace(
+                    ", or --random-init to train from random weights (not the paper's setting)",
+                    ", or --weights none to train from random weights",
+                )
+            ) from None
 
     # Everything is checked: write the inputs of the run, then run it.
     from keras_roadmap.data.prepare import format_report, write_prepared
@@ -278,8 +376,10 @@ def _main(args) -> int:
     if fresh:
         print(format_report(prepared.report), flush=True)
         write_prepared(prepared, out / "split.csv")
-    _write_yaml(out / "config.yaml", {"data": str(pathlib.Path(args.data).absolute()), "split_csv": str(out / "split.csv"),
-                                      **config.to_dict()})
+    _write_yaml(
+        out / "config.yaml",
+        {"data": str(pathlib.Path(args.data).absolute()), "split_csv": str(out / "split.csv"), **config.to_dict()},
+    )
 
     from keras_roadmap._quiet import import_tensorflow
 
@@ -291,8 +391,14 @@ def _main(args) -> int:
     started = time.perf_counter()
     verbose = recipe_run.resolve_verbose(args.verbose)
     try:
-        result = recipe_run.run(config, out / "split.csv", out, require_backup=args.resume, verbose=verbose,
-                                allow_config_change=args.allow_config_change)
+        result = recipe_run.run(
+            config,
+            out / "split.csv",
+            out,
+            require_backup=args.resume,
+            verbose=verbose,
+            allow_config_change=args.allow_config_change,
+        )
         finish(config, out, result, custom)
     except (KerasRoadmapError, FileNotFoundError) as err:
         raise _Fail(err) from None
@@ -326,7 +432,9 @@ def finish(config, out: pathlib.Path, result: dict, custom) -> dict:
     with atomic.atomic_path(out / "embedder.keras") as tmp:
         trained.save(tmp)
     write_model_preset(out / "embedder.keras", transform_preset(config))
-    print(f"\nHeld-out classes, untrained (same initialisation):\n{format_table(config, untrained_metrics)}", flush=True)
+    print(
+        f"\nHeld-out classes, untrained (same initialisation):\n{format_table(config, untrained_metrics)}", flush=True
+    )
     metrics = {
         **{k: v for k, v in result.items() if k != "metrics"},
         "trained": numbers(trained_metrics),
@@ -361,13 +469,13 @@ def write_html_report(out: pathlib.Path, config, metrics: dict, splits, embeddin
     for label in custom.images.labels:
         sizes[label] = sizes.get(label, 0) + 1
     write_report(  # writes atomically itself
-            out / "report.html",
-            metrics={"trained": metrics["trained"], "untrained": metrics["untrained"]},
-            history_csv=out / "history.csv",
-            query=query,
-            gallery=gallery,
-            categories=categories,
-            class_sizes=sizes,
-            k=5,
-            title=f"keras-roadmap: {config.backbone} on {custom.images.source}",
+        out / "report.html",
+        metrics={"trained": metrics["trained"], "untrained": metrics["untrained"]},
+        history_csv=out / "history.csv",
+        query=query,
+        gallery=gallery,
+        categories=categories,
+        class_sizes=sizes,
+        k=5,
+        title=f"keras-roadmap: {config.backbone} on {custom.images.source}",
     )

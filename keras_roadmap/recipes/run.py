@@ -53,7 +53,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"recipes/{dataset}.py",
         description=f"Train ROADMAP on {dataset} with the recipe's settings (`keras-roadmap train {dataset} "
-                    f"--print-config` prints them); the same as `keras-roadmap train {dataset}`.",
+        f"--print-config` prints them); the same as `keras-roadmap train {dataset}`.",
     )
     add_train_arguments(parser)
     return parser
@@ -125,7 +125,10 @@ def print_config(dataset: str, args, default_config, *, prog: str) -> None:
     print(f"# {prog} --print-config: {path}" + (f", with {flags}{smoke} applied" if overrides else ""))
     print(f"# Save, edit, then train with: keras-roadmap train {dataset} --config FILE{smoke} --out DIR")
     if overrides:
-        print(yaml.safe_dump(with_overrides(raw, overrides, smoke=args.smoke), sort_keys=False, default_flow_style=None), end="")
+        print(
+            yaml.safe_dump(with_overrides(raw, overrides, smoke=args.smoke), sort_keys=False, default_flow_style=None),
+            end="",
+        )
     else:
         print(path.read_text(encoding="utf-8"), end="")
 
@@ -205,7 +208,10 @@ def resume_state(config: RecipeConfig, backup_dir, *, allow_config_change: bool 
     if state is None:
         return None
     if state.fell_back:
-        print(f"The newest backup in {backup_dir} is damaged; resuming from the previous one (epoch {state.epoch}).", flush=True)
+        print(
+            f"The newest backup in {backup_dir} is damaged; resuming from the previous one (epoch {state.epoch}).",
+            flush=True,
+        )
     if state.config is not None:
         changes = checkpoints.config_changes(state.config, config.to_dict())
         if changes and not allow_config_change:
@@ -218,7 +224,15 @@ def resume_state(config: RecipeConfig, backup_dir, *, allow_config_change: bool 
     return state
 
 
-def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False):
+def train(
+    config: RecipeConfig,
+    data_dir,
+    out,
+    *,
+    require_backup: bool = False,
+    verbose: int = 2,
+    allow_config_change: bool = False,
+):
     """Train with crash-safe checkpoints every epoch; returns `(encoder, splits, history)`.
 
     Resumes from `out/backup` when it holds a backup (required with `require_backup`), made
@@ -273,7 +287,12 @@ def train(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, 
     # First: a non-finite step stops fit before any later callback saves its state.
     callbacks.insert(0, NonFiniteGuard())
     history = trainer.fit(
-        train_ds, epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=len(sampler), callbacks=callbacks, verbose=verbose,
+        train_ds,
+        epochs=config.epochs,
+        initial_epoch=first_epoch,
+        steps_per_epoch=len(sampler),
+        callbacks=callbacks,
+        verbose=verbose,
         shuffle=False,  # the sampler already shuffles; Keras cannot shuffle a tf.data stream
     )
     return encoder, splits, history
@@ -376,7 +395,9 @@ def retrieval_grid(config: RecipeConfig, splits, embeddings, path) -> None:
     rows = np.unique(np.linspace(0, len(queries_split) - 1, config.evaluation["grid_queries"]).astype(int))
     found, scores = exact_knn(query_embeddings[rows], gallery, k + int(same_source))
     if same_source:
-        keep = np.stack([[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found, strict=False)])
+        keep = np.stack(
+            [[c for c, j in enumerate(row_found) if j != row][:k] for row, row_found in zip(rows, found, strict=False)]
+        )
         found = np.take_along_axis(found, keep, axis=1)
         scores = np.take_along_axis(np.asarray(scores), keep, axis=1)
     shown = np.unique(found)
@@ -403,7 +424,15 @@ def class_display_names(dataset: str, names) -> list:
     return [str(n) for n in names]
 
 
-def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, verbose: int = 2, allow_config_change: bool = False) -> dict:
+def run(
+    config: RecipeConfig,
+    data_dir,
+    out,
+    *,
+    require_backup: bool = False,
+    verbose: int = 2,
+    allow_config_change: bool = False,
+) -> dict:
     """Train, then evaluate the best embedder, draw the grid and export to ONNX.
 
     Returns the dict written to `out/test_metrics.json`.
@@ -414,7 +443,12 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
     previous_policy = keras.mixed_precision.global_policy()
     try:
         encoder, splits, _ = train(
-            config, data_dir, out, require_backup=require_backup, verbose=verbose, allow_config_change=allow_config_change
+            config,
+            data_dir,
+            out,
+            require_backup=require_backup,
+            verbose=verbose,
+            allow_config_change=allow_config_change,
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -426,8 +460,11 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
 
     metrics, embeddings = test_table(config, embedder, splits, verbose=verbose)
     table = format_table(config, metrics)
-    print(f"\nTest retrieval of the best embedder ({config.dataset}, {config.backbone}; selected on {MONITOR}"
-          f"{'' if selected is None else ' at epoch ' + str(selected['epoch'] + 1)}):\n{table}", flush=True)
+    print(
+        f"\nTest retrieval of the best embedder ({config.dataset}, {config.backbone}; selected on {MONITOR}"
+        f"{'' if selected is None else ' at epoch ' + str(selected['epoch'] + 1)}):\n{table}",
+        flush=True,
+    )
 
     with atomic.atomic_path(out / "retrieval_grid.png", stall="grid_write") as tmp:
         retrieval_grid(config, splits, embeddings, tmp)
@@ -457,8 +494,12 @@ def run(config: RecipeConfig, data_dir, out, *, require_backup: bool = False, ve
         "selected": selected,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "table": table,
-        "onnx": {"path": str(out / "embedder.onnx"), "max_abs_diff": report.max_abs_diff, "atol": report.atol,
-                 "preset": report.preset},
+        "onnx": {
+            "path": str(out / "embedder.onnx"),
+            "max_abs_diff": report.max_abs_diff,
+            "atol": report.atol,
+            "preset": report.preset,
+        },
     }
     atomic.write_text(out / "test_metrics.json", json.dumps(result, indent=2), stall="metrics_write")
     atomic.remove_partials(out)
@@ -478,6 +519,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
     (see `keras_roadmap.recipes.preflight`), the config or a flag is invalid, or the dataset
     layout is wrong.
     """
+
     def fail(message) -> int:
         print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
@@ -494,7 +536,9 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
             return fail(err)
         return 0
     if not args.out:
-        return fail("--out DIR is required: the output directory of the run (or --print-config to only print the config).")
+        return fail(
+            "--out DIR is required: the output directory of the run (or --print-config to only print the config)."
+        )
     try:
         config = config_from_args(dataset, args, default_config)
     except (ConfigError, FileNotFoundError) as err:
@@ -536,8 +580,14 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
         return fail(err)
     started = time.perf_counter()
     try:
-        run(config, data_dir, out, require_backup=args.resume, verbose=verbose,
-            allow_config_change=getattr(args, "allow_config_change", False))
+        run(
+            config,
+            data_dir,
+            out,
+            require_backup=args.resume,
+            verbose=verbose,
+            allow_config_change=getattr(args, "allow_config_change", False),
+        )
     except (KerasRoadmapError, FileNotFoundError) as err:
         # Dataset layout, config, checkpoint and NaN problems: the message says what and where.
         return fail(err)
@@ -571,9 +621,13 @@ def prepare_glyphs(config: RecipeConfig, root) -> pathlib.Path:
     settings = dict(config.glyphs or {})
     started = time.perf_counter()
     dataset = build_glyph_dataset(
-        settings.pop("fonts_dir", None), settings.pop("cache_dir", None),
-        image_size=config.image_size, copies=settings.pop("copies", 2), min_fonts=settings.pop("min_fonts", 8),
-        characters=settings.pop("characters", None), seed=settings.pop("seed", 0),
+        settings.pop("fonts_dir", None),
+        settings.pop("cache_dir", None),
+        image_size=config.image_size,
+        copies=settings.pop("copies", 2),
+        min_fonts=settings.pop("min_fonts", 8),
+        characters=settings.pop("characters", None),
+        seed=settings.pop("seed", 0),
     )
     write_glyph_tree(dataset, root)
     print(f"{dataset}; written to {root} in {time.perf_counter() - started:.1f} s", flush=True)

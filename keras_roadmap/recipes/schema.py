@@ -38,8 +38,14 @@ class Field:
 
     def expected(self) -> str:
         text = {
-            "int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
-            "list": "a list", "mapping": "a mapping", "section": "a mapping", "profiles": "a mapping of profiles",
+            "int": "an integer",
+            "number": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "list": "a list",
+            "mapping": "a mapping",
+            "section": "a mapping",
+            "profiles": "a mapping of profiles",
         }[self.kind]
         if self.choices:
             text = f"one of {list(self.choices)}"
@@ -90,7 +96,20 @@ SAMPLER = {
 # ROADMAPLoss keywords; their ranges are checked by the loss itself (keras_roadmap.validation).
 LOSS = {
     "preset": Field("str", choices=("default", "inaturalist")),
-    **{k: Field("number") for k in ("tau", "rho", "delta", "start", "offset", "pos_margin", "neg_margin", "ap_weight", "calibration_weight")},
+    **{
+        k: Field("number")
+        for k in (
+            "tau",
+            "rho",
+            "delta",
+            "start",
+            "offset",
+            "pos_margin",
+            "neg_margin",
+            "ap_weight",
+            "calibration_weight",
+        )
+    },
     "include_self": Field("bool"),
     "pairs_per_chunk": Field("int", minimum=1, nullable=True),
     "calibration_warmup_steps": Field("int", minimum=0),
@@ -218,7 +237,9 @@ def _value(value, field: Field, path: str, source: str):
     elif field.kind == "profiles":
         if not isinstance(value, dict) or not value:
             fail()
-        return {name: _section_values(profile, field.fields, f"{path}.{name}", source) for name, profile in value.items()}
+        return {
+            name: _section_values(profile, field.fields, f"{path}.{name}", source) for name, profile in value.items()
+        }
     if field.choices and value not in field.choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in field.choices], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

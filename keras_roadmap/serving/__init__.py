@@ -21,7 +21,22 @@ from keras_roadmap.serving.index_store import build as build_store
 from keras_roadmap.serving.search import Collection, expand_queries, format_results
 
 __all__ = [
-    "CONTRACT_KEY", "Collection", "IndexStore", "OnnxEmbedder", "ServingError", "add_files", "build_index",
-    "build_store", "expand_queries", "format_results", "label_of", "list_images", "load_rgb", "read_id_map",
-    "read_index", "remove_entries", "write_id_map", "write_index",
+    "CONTRACT_KEY",
+    "Collection",
+    "IndexStore",
+    "OnnxEmbedder",
+    "ServingError",
+    "add_files",
+    "build_index",
+    "build_store",
+    "expand_queries",
+    "format_results",
+    "label_of",
+    "list_images",
+    "load_rgb",
+    "read_id_map",
+    "read_index",
+    "remove_entries",
+    "write_id_map",
+    "write_index",
 ]

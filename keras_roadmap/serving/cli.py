@@ -54,8 +54,9 @@ def run_index_build(args) -> int:
     from keras_roadmap.serving import index_store
 
     started = time.perf_counter()
-    store = index_store.build(args.out, args.model, args.images, index_type=args.index_type,
-                              batch_size=args.batch_size, threads=args.threads)
+    store = index_store.build(
+        args.out, args.model, args.images, index_type=args.index_type, batch_size=args.batch_size, threads=args.threads
+    )
     labels = {e["label"] for e in store.entries if e.get("label") is not None}
     gallery = store.manifest["gallery"]
     if gallery["note"]:
@@ -63,10 +64,14 @@ def run_index_build(args) -> int:
     for path, reason in gallery["skipped"][:10]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if len(gallery["skipped"]) > 10:
-        print(f"skipped {len(gallery['skipped']) - 10} more files (all listed in {args.out}/manifest.json)",
-              file=sys.stderr)
-    print(f"indexed {store.size} images ({len(labels)} class{'es' if len(labels) != 1 else ''}, dim {store.dim}, {args.index_type} index) in "
-          f"{time.perf_counter() - started:.1f} s -> {args.out}")
+        print(
+            f"skipped {len(gallery['skipped']) - 10} more files (all listed in {args.out}/manifest.json)",
+            file=sys.stderr,
+        )
+    print(
+        f"indexed {store.size} images ({len(labels)} class{'es' if len(labels) != 1 else ''}, dim {store.dim}, {args.index_type} index) in "
+        f"{time.perf_counter() - started:.1f} s -> {args.out}"
+    )
     return 0
 
 
@@ -76,9 +81,14 @@ def run_index_add(args) -> int:
 
     if args.batch_size < 1:
         raise ServingError(f"--batch-size must be >= 1, got {args.batch_size}")
-    added, skipped = index_store.add_files(args.index, expand_queries(args.files), label=args.label,
-                                           skip_existing=args.skip_existing, batch_size=args.batch_size,
-                                           threads=args.threads)
+    added, skipped = index_store.add_files(
+        args.index,
+        expand_queries(args.files),
+        label=args.label,
+        skip_existing=args.skip_existing,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
     for message in skipped:
         print(message)
     for entry in added:
@@ -121,7 +131,9 @@ def run_serve(args) -> int:
     try:
         from keras_roadmap.serving import http
     except ImportError as exc:
-        raise ServingError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): "
-                           'pip install "keras-roadmap[serve]"') from exc
-    return http.serve(args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-                      threads=args.threads)
+        raise ServingError(
+            f'serve needs FastAPI and uvicorn ({exc.name} is missing): pip install "keras-roadmap[serve]"'
+        ) from exc
+    return http.serve(
+        args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, threads=args.threads
+    )

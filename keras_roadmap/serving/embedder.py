@@ -102,9 +102,7 @@ class OnnxEmbedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(
-                model_path, options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ServingError(f"cannot load ONNX model {model_path}: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional, Tuple
 
 from keras_roadmap.serving.embedder import ServingError
 
@@ -25,8 +24,8 @@ class GalleryItem:
     class's category (None when there is none)."""
 
     path: str
-    label: Optional[str] = None
-    category: Optional[str] = None
+    label: str | None = None
+    category: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +37,11 @@ class Gallery:
     source: str
     kind: str
     root: str
-    items: List[GalleryItem]
-    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    items: list[GalleryItem]
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     note: str = ""
 
-    def label_for(self, path: str) -> Tuple[Optional[str], Optional[str]]:
+    def label_for(self, path: str) -> tuple[str | None, str | None]:
         """``(class, category)`` a file added later gets by the rule of the build (``(None, None)``
         outside a folder gallery's root or directly in it)."""
         rel = os.path.relpath(os.path.abspath(path), self.root)
@@ -87,6 +86,5 @@ def read_gallery(path: str) -> Gallery:
         items = [GalleryItem(os.path.abspath(p)) for p in loose] + items
         skipped = [(p, reason) for p, reason in skipped if p not in loose]
     if not items:
-        raise ServingError(f"--images {path}: no images found (read as {found.layout}; "
-                           f"{len(skipped)} files skipped)")
+        raise ServingError(f"--images {path}: no images found (read as {found.layout}; {len(skipped)} files skipped)")
     return Gallery(found.source, found.layout, root, items, skipped, note)

@@ -62,8 +62,11 @@ class _UploadLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            response = _error(413, f"upload larger than the server's limit of {self.limit / 1e6:g} MB "
-                                   "(keras-roadmap serve --max-upload-mb)")
+            response = _error(
+                413,
+                f"upload larger than the server's limit of {self.limit / 1e6:g} MB "
+                "(keras-roadmap serve --max-upload-mb)",
+            )
             return await response(scope, receive, send)
         seen = 0
 
@@ -132,9 +135,13 @@ def create_app(index_folder: str, max_upload_mb: float = 10.0, threads: int = 2)
     @app.get("/healthz")
     def healthz():
         store = live.get()
-        return {"status": "ok", "images": store.size, "dim": store.dim,
-                "index_type": store.manifest["index_params"].get("index_type"),
-                "generation": store.manifest["generation"]}
+        return {
+            "status": "ok",
+            "images": store.size,
+            "dim": store.dim,
+            "index_type": store.manifest["index_params"].get("index_type"),
+            "generation": store.manifest["generation"],
+        }
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -163,8 +170,10 @@ def create_app(index_folder: str, max_upload_mb: float = 10.0, threads: int = 2)
         try:
             form = await request.form(max_files=1, max_fields=8)
         except UploadTooLarge:
-            return _error(413, f"upload larger than the server's limit of {max_upload_mb:g} MB "
-                               "(keras-roadmap serve --max-upload-mb)")
+            return _error(
+                413,
+                f"upload larger than the server's limit of {max_upload_mb:g} MB (keras-roadmap serve --max-upload-mb)",
+            )
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
@@ -206,8 +215,10 @@ def _decode_upload(data: bytes, name: str):
     except Exception:  # noqa: BLE001 - decode_rgb below names what is wrong with it
         return decode_rgb(data, name)
     if width * height > MAX_PIXELS:
-        raise _TooManyPixels(f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS // 1_000_000} M "
-                             "pixels decoded per upload; send a smaller image")
+        raise _TooManyPixels(
+            f"{name} is {width} x {height} pixels, more than the {MAX_PIXELS // 1_000_000} M "
+            "pixels decoded per upload; send a smaller image"
+        )
     return decode_rgb(data, name)
 
 
@@ -219,15 +230,18 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ServingError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
-                           "(0 picks a free one) or --host") from exc
+        raise ServingError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
+            "(0 picks a free one) or --host"
+        ) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
-def serve(index_folder: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
-          threads: int = 2) -> int:
+def serve(
+    index_folder: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, threads: int = 2
+) -> int:
     """Serve ``index_folder`` until interrupted (Ctrl-C / SIGTERM); returns 0.
 
     Prints ``serving IDX (N images) on http://HOST:PORT`` once it listens (the real port when
@@ -243,7 +257,9 @@ def serve(index_folder: str, host: str = "127.0.0.1", port: int = 8000, max_uplo
         print(f"note: listening on {host}, reachable from other machines", file=sys.stderr)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    print(f"serving {index_folder} ({app.live.store.size} images) on http://{shown}:{bound} (Ctrl-C to stop)", flush=True)
+    print(
+        f"serving {index_folder} ({app.live.store.size} images) on http://{shown}:{bound} (Ctrl-C to stop)", flush=True
+    )
     try:
         server.run(sockets=[sock])
     finally:

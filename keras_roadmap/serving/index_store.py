@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -46,11 +46,11 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def embed_files(embedder: OnnxEmbedder, paths: Sequence[str], batch_size: int = 32) -> Tuple[np.ndarray, List[str]]:
+def embed_files(embedder: OnnxEmbedder, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, list[str]]:
     """Embeddings (float32 ``(N, D)``, unit rows) and the SHA-256 of each file, decoding
     ``_DECODE_CHUNK`` files at a time. Raises ServingError naming the first bad file."""
     out = np.empty((len(paths), embedder.dim), dtype=np.float32)
-    hashes: List[str] = []
+    hashes: list[str] = []
     for start in range(0, len(paths), _DECODE_CHUNK):
         images = []
         for path in paths[start : start + _DECODE_CHUNK]:
@@ -61,7 +61,7 @@ def embed_files(embedder: OnnxEmbedder, paths: Sequence[str], batch_size: int = 
     return out, hashes
 
 
-def _contract_difference(stored: dict, found: dict) -> Optional[str]:
+def _contract_difference(stored: dict, found: dict) -> str | None:
     """What differs between two serving contracts for search purposes (None: compatible)."""
     if int(stored.get("output_dim") or -1) != int(found.get("output_dim") or -1):
         return f"outputs {found.get('output_dim')}-d embeddings but the index holds {stored.get('output_dim')}-d ones"
@@ -135,15 +135,17 @@ class IndexStore:
         embedder: the :class:`OnnxEmbedder` (the index's own copy unless ``model`` was given).
     """
 
-    def __init__(self, folder: str, manifest: dict, index, embedder: Optional[OnnxEmbedder]):
+    def __init__(self, folder: str, manifest: dict, index, embedder: OnnxEmbedder | None):
         self.folder = folder
         self.manifest = manifest
         self.index = index
         self.embedder = embedder
-        self.by_id: Dict[int, dict] = {int(e["id"]): e for e in manifest["entries"]}
+        self.by_id: dict[int, dict] = {int(e["id"]): e for e in manifest["entries"]}
 
     @classmethod
-    def open(cls, folder: str, model: Optional[str] = None, threads: int = 2, load_embedder: bool = True) -> "IndexStore":
+    def open(
+        cls, folder: str, model: str | None = None, threads: int = 2, load_embedder: bool = True
+    ) -> IndexStore:
         """Read ``folder`` and check that its parts belong together.
 
         Args:
@@ -165,36 +167,47 @@ class IndexStore:
         try:
             index = faiss.read_index(faiss_path)
         except RuntimeError as exc:
-            raise ServingError(f"{faiss_path} is damaged ({str(exc).splitlines()[-1][:120]}); rebuild the index "
-                               "with `keras-roadmap index build`") from exc
+            raise ServingError(
+                f"{faiss_path} is damaged ({str(exc).splitlines()[-1][:120]}); rebuild the index "
+                "with `keras-roadmap index build`"
+            ) from exc
         ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else None
         expected = [int(e["id"]) for e in manifest["entries"]]
         if ids is None or sorted(ids.tolist()) != sorted(expected):
-            raise ServingError(f"{faiss_path} does not hold the {len(expected)} ids {MANIFEST} lists; rebuild the "
-                               "index with `keras-roadmap index build`")
+            raise ServingError(
+                f"{faiss_path} does not hold the {len(expected)} ids {MANIFEST} lists; rebuild the "
+                "index with `keras-roadmap index build`"
+            )
         indexing.apply_search_params(index, manifest["index_params"])
         embedder = cls._embedder(folder, manifest, model, threads) if load_embedder else None
         return cls(folder, manifest, index, embedder)
 
     @staticmethod
-    def _embedder(folder: str, manifest: dict, model: Optional[str], threads: int) -> OnnxEmbedder:
+    def _embedder(folder: str, manifest: dict, model: str | None, threads: int) -> OnnxEmbedder:
         info = manifest["embedder"]
         own = os.path.join(folder, info["file"])
         if model is None:
             if not os.path.isfile(own):
                 raise ServingError(f"{own} (the index's embedder) is missing; pass --model EMBEDDER.onnx or rebuild")
             if file_sha256(own) != info["sha256"]:
-                raise ServingError(f"{own} does not match the SHA-256 in {MANIFEST} (damaged); pass --model "
-                                   "EMBEDDER.onnx or rebuild the index")
+                raise ServingError(
+                    f"{own} does not match the SHA-256 in {MANIFEST} (damaged); pass --model "
+                    "EMBEDDER.onnx or rebuild the index"
+                )
             return OnnxEmbedder(own, threads=threads)
         embedder = OnnxEmbedder(model, threads=threads)
         problem = _contract_difference(info["contract"], embedder.contract)
         if problem:
-            raise ServingError(f"--model {model} {problem}; the index {folder} was built with {info['source']}: "
-                               "search without --model (the index keeps its embedder) or rebuild the index")
+            raise ServingError(
+                f"--model {model} {problem}; the index {folder} was built with {info['source']}: "
+                "search without --model (the index keeps its embedder) or rebuild the index"
+            )
         if file_sha256(model) != info["sha256"]:
-            print(f"warning: --model {model} is not the file the index was built with ({info['source']}); scores "
-                  "only make sense if both give the same embeddings", file=sys.stderr)
+            print(
+                f"warning: --model {model} is not the file the index was built with ({info['source']}); scores "
+                "only make sense if both give the same embeddings",
+                file=sys.stderr,
+            )
         return embedder
 
     # -- reading -----------------------------------------------------------------------------
@@ -208,10 +221,10 @@ class IndexStore:
         return int(self.index.d)
 
     @property
-    def entries(self) -> List[dict]:
+    def entries(self) -> list[dict]:
         return self.manifest["entries"]
 
-    def search_embeddings(self, queries: np.ndarray, k: int) -> List[List[dict]]:
+    def search_embeddings(self, queries: np.ndarray, k: int) -> list[list[dict]]:
         """Top-``k`` hits per query row: ``[{"rank", "id", "path", "label", "score"}, ...]``
         (``k`` capped at the index size; the score is the cosine similarity)."""
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), min(int(k), self.size))
@@ -222,16 +235,23 @@ class IndexStore:
                 if i < 0:
                     continue
                 entry = self.by_id[int(i)]
-                row.append({"rank": len(row) + 1, "id": int(i), "path": entry["path"], "label": entry.get("label"),
-                            "score": float(s)})
+                row.append(
+                    {
+                        "rank": len(row) + 1,
+                        "id": int(i),
+                        "path": entry["path"],
+                        "label": entry.get("label"),
+                        "score": float(s),
+                    }
+                )
             hits.append(row)
         return hits
 
-    def search_images(self, images: Sequence[np.ndarray], k: int) -> List[List[dict]]:
+    def search_images(self, images: Sequence[np.ndarray], k: int) -> list[list[dict]]:
         """:meth:`search_embeddings` for uint8 ``(H, W, 3)`` images."""
         return self.search_embeddings(self.embedder.embed_arrays(list(images)), k)
 
-    def search_files(self, paths: Sequence[str], k: int = 5) -> List[dict]:
+    def search_files(self, paths: Sequence[str], k: int = 5) -> list[dict]:
         """``[{"query": path, "results": [...]}]`` for image files."""
         embeddings, _ = embed_files(self.embedder, list(paths))
         hits = self.search_embeddings(embeddings, k)
@@ -241,7 +261,7 @@ class IndexStore:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def _commit(folder: str, manifest: dict, index, embedder_src: Optional[str] = None) -> None:
+def _commit(folder: str, manifest: dict, index, embedder_src: str | None = None) -> None:
     """Write ``index`` and (for a build) the embedder under new names, then switch the manifest."""
     import faiss
 
@@ -257,8 +277,9 @@ def _commit(folder: str, manifest: dict, index, embedder_src: Optional[str] = No
         if not (os.path.isfile(target) and file_sha256(target) == manifest["embedder"]["sha256"]):
             with atomic.atomic_path(target) as tmp:
                 shutil.copyfile(embedder_src, tmp)
-    atomic.write_text(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False),
-                      stall=STALL_POINT)
+    atomic.write_text(
+        os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False), stall=STALL_POINT
+    )
     _clean(folder, manifest)
 
 
@@ -267,7 +288,8 @@ def _clean(folder: str, manifest: dict) -> None:
     keep = {manifest["faiss_file"], manifest["embedder"]["file"]}
     for name in os.listdir(folder):
         stale = (name.startswith("index-") and name.endswith(".faiss")) or (
-            name.startswith("embedder-") and name.endswith(".onnx"))
+            name.startswith("embedder-") and name.endswith(".onnx")
+        )
         if stale and name not in keep:
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, name))
@@ -275,12 +297,13 @@ def _clean(folder: str, manifest: dict) -> None:
 
 
 def _generation_of(name: str) -> int:
-    stem = name[len("index-"):-len(".faiss")] if name.startswith("index-") and name.endswith(".faiss") else ""
+    stem = name[len("index-") : -len(".faiss")] if name.startswith("index-") and name.endswith(".faiss") else ""
     return int(stem) if stem.isdigit() else 0
 
 
-def build(folder: str, model: str, images: str, index_type: str = "flat", batch_size: int = 32,
-          threads: int = 2) -> IndexStore:
+def build(
+    folder: str, model: str, images: str, index_type: str = "flat", batch_size: int = 32, threads: int = 2
+) -> IndexStore:
     """Embed every image of gallery ``images`` (a folder or CSV) with ONNX embedder ``model`` and
     write index folder ``folder`` (replacing an index already there, atomically).
 
@@ -295,10 +318,15 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
     if os.path.isfile(folder):
         raise ServingError(f"--out {folder} is a file; give a folder for the index")
     ours = lambda name: name == ".lock" or name.startswith(".partial-")  # noqa: E731 - left by a failed build
-    if (os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST))
-            and [name for name in os.listdir(folder) if not ours(name)]):
-        raise ServingError(f"--out {folder} is a non-empty folder that holds no keras-roadmap index; give a new "
-                           "or empty folder (nothing there was changed)")
+    if (
+        os.path.isdir(folder)
+        and not os.path.isfile(os.path.join(folder, MANIFEST))
+        and [name for name in os.listdir(folder) if not ours(name)]
+    ):
+        raise ServingError(
+            f"--out {folder} is a non-empty folder that holds no keras-roadmap index; give a new "
+            "or empty folder (nothing there was changed)"
+        )
     if batch_size < 1:
         raise ServingError(f"--batch-size must be >= 1, got {batch_size}")
     gallery: Gallery = read_gallery(images)
@@ -326,10 +354,19 @@ def build(folder: str, model: str, images: str, index_type: str = "flat", batch_
             "faiss_file": None,
             "metric": METRIC,
             "index_params": {},
-            "embedder": {"file": f"embedder-{sha[:12]}.onnx", "sha256": sha, "source": os.path.abspath(model),
-                         "contract": embedder.contract},
-            "gallery": {"source": gallery.source, "kind": gallery.kind, "root": gallery.root, "note": gallery.note,
-                        "skipped": [list(pair) for pair in gallery.skipped]},
+            "embedder": {
+                "file": f"embedder-{sha[:12]}.onnx",
+                "sha256": sha,
+                "source": os.path.abspath(model),
+                "contract": embedder.contract,
+            },
+            "gallery": {
+                "source": gallery.source,
+                "kind": gallery.kind,
+                "root": gallery.root,
+                "note": gallery.note,
+                "skipped": [list(pair) for pair in gallery.skipped],
+            },
             "next_id": len(entries),
             "entries": entries,
         }
@@ -342,8 +379,14 @@ def _gallery_of(manifest: dict) -> Gallery:
     return Gallery(info["source"], info["kind"], info["root"], [])  # items are not needed to label new files
 
 
-def add_files(folder: str, files: Iterable[str], label: Optional[str] = None, skip_existing: bool = False,
-              batch_size: int = 32, threads: int = 2) -> Tuple[List[dict], List[str]]:
+def add_files(
+    folder: str,
+    files: Iterable[str],
+    label: str | None = None,
+    skip_existing: bool = False,
+    batch_size: int = 32,
+    threads: int = 2,
+) -> tuple[list[dict], list[str]]:
     """Embed ``files`` with the index's embedder and add them under new ids.
 
     ``label``: the class of every added file (default: the build's rule, i.e. the parent folder's
@@ -376,8 +419,10 @@ def add_files(folder: str, files: Iterable[str], label: Optional[str] = None, sk
                 same = "" if known["path"] == path else f" (same bytes as {known['path']})"
                 message = f"{path} is already in the index as id {known['id']}{same}"
                 if not skip_existing:
-                    raise ServingError(message + ": nothing was added; leave it out, pass --skip-existing, or "
-                                       "`keras-roadmap index remove` it first to replace it")
+                    raise ServingError(
+                        message + ": nothing was added; leave it out, pass --skip-existing, or "
+                        "`keras-roadmap index remove` it first to replace it"
+                    )
                 skipped.append(message + "; skipped")
                 continue
             fresh.append(path)
@@ -401,7 +446,7 @@ def add_files(folder: str, files: Iterable[str], label: Optional[str] = None, sk
         return added, skipped
 
 
-def resolve_entries(store: IndexStore, tokens: Iterable[str]) -> List[dict]:
+def resolve_entries(store: IndexStore, tokens: Iterable[str]) -> list[dict]:
     """The entries named by ``tokens``: an image path (absolute, relative to the working folder or
     to the gallery root) or an id. Raises ServingError listing every unknown token."""
     by_path = {e["path"]: e for e in store.entries}
@@ -451,7 +496,7 @@ def _without(index, gone_ids: np.ndarray, params: dict):
     return index
 
 
-def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> List[dict]:
+def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> list[dict]:
     """Remove the images named by ``tokens`` (ids or paths, see :func:`resolve_entries`).
 
     A flat index drops the vectors in place; an IVF or HNSW one is refilled with the remaining
@@ -465,8 +510,10 @@ def remove_entries(folder: str, tokens: Iterable[str], threads: int = 2) -> List
         store = IndexStore.open(folder, threads=threads, load_embedder=False)
         gone = resolve_entries(store, tokens)
         if len(gone) == store.size:
-            raise ServingError(f"removing all {store.size} images would leave {folder} empty; build a new index "
-                               "instead; nothing was removed")
+            raise ServingError(
+                f"removing all {store.size} images would leave {folder} empty; build a new index "
+                "instead; nothing was removed"
+            )
         gone_ids = np.array(sorted(int(e["id"]) for e in gone), dtype=np.int64)
         params = store.manifest["index_params"]
         index = _without(store.index, gone_ids, params)

@@ -59,8 +59,13 @@ class Collection:
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, self.index.ntotal))
         return [
             [
-                {"rank": r + 1, "id": int(i), "path": self.paths[i], "label": self.label(self.paths[i]),
-                 "score": float(s)}
+                {
+                    "rank": r + 1,
+                    "id": int(i),
+                    "path": self.paths[i],
+                    "label": self.label(self.paths[i]),
+                    "score": float(s),
+                }
                 for r, (i, s) in enumerate(zip(row_ids, row_scores, strict=False))
                 if i >= 0
             ]

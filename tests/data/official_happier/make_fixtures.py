@@ -49,7 +49,8 @@ def load(name, path, package=False):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        name, os.path.join(path, "__init__.py") if package else path,
+        name,
+        os.path.join(path, "__init__.py") if package else path,
         submodule_search_locations=[path] if package else None,
     )
     module = importlib.util.module_from_spec(spec)
@@ -75,7 +76,9 @@ def import_happier(src):
     sys.modules["happier"].lib = lib
     load("happier.losses.tools", os.path.join(root, "losses", "tools"), package=True)
     hap = load("happier.losses.hap_loss", os.path.join(root, "losses", "hap_loss.py"))
-    rel = load("happier.engine.compute_relevance_on_the_fly", os.path.join(root, "engine", "compute_relevance_on_the_fly.py"))
+    rel = load(
+        "happier.engine.compute_relevance_on_the_fly", os.path.join(root, "engine", "compute_relevance_on_the_fly.py")
+    )
     metrics = load("happier.engine.metrics", os.path.join(root, "engine", "metrics.py"))
 
     def heaviside(tens, val=1.0, target=None, general=None):
@@ -108,6 +111,7 @@ def import_rsk(src):
 
 
 # ---------------------------------------------------------------- HAPPIER
+
 
 def tree_labels(rng, batch, num_levels, fine_per_class, classes_per_parent):
     """Coarse-to-fine ``(B, L)`` labels of a random tree (each node has one parent), uneven class
@@ -156,7 +160,14 @@ def official_hap(hap, rel, emb, labels, ref_emb=None, ref_labels=None, **kwargs)
     if ref_emb is None:
         per_query = loss(x, lab, relevance_fn)
     else:
-        per_query = loss(x, lab, relevance_fn, ref_embeddings=torch.tensor(ref_emb), ref_labels=torch.tensor(official_labels(ref_labels)), force_general=True)
+        per_query = loss(
+            x,
+            lab,
+            relevance_fn,
+            ref_embeddings=torch.tensor(ref_emb),
+            ref_labels=torch.tensor(official_labels(ref_labels)),
+            force_general=True,
+        )
     value = (1 - per_query).mean()
     (grad,) = torch.autograd.grad(value, x)
     return per_query.detach().numpy(), value.item(), grad.numpy()
@@ -176,30 +187,60 @@ def hap_cases(rng, hap, rel):
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         if ties:  # exact score ties: repeated rows
             emb[1::4] = emb[0::4][: len(emb[1::4])]
-        params = dict(tau=0.01, rho=100.0, offset=1.44, delta=0.05, start=0.5, beta=25, gamma=0.5, leak=10, with_hrank=False)
+        params = dict(
+            tau=0.01, rho=100.0, offset=1.44, delta=0.05, start=0.5, beta=25, gamma=0.5, leak=10, with_hrank=False
+        )
         if name.endswith("inat"):
             params.update(offset=1.0, start=0.0)
         per_query, value, grad = official_hap(hap, rel, emb, labels, **params)
-        out[f"hap_{name}"] = dict(labels=labels, embeddings=emb, per_query=per_query, value=np.float64(value), grad=grad,
-                                   offset=params["offset"], start=params["start"])
+        out[f"hap_{name}"] = dict(
+            labels=labels,
+            embeddings=emb,
+            per_query=per_query,
+            value=np.float64(value),
+            grad=grad,
+            offset=params["offset"],
+            start=params["start"],
+        )
     # reference form (official general_forward): queries against a separate set
     labels = tree_labels(rng, 40, 2, [2, 3, 4], 3)
     emb = rng.normal(size=(40, 8))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     q, r = slice(0, 12), slice(12, 40)
     per_query, value, grad = official_hap(
-        hap, rel, emb[q], labels[q], emb[r], labels[r],
-        tau=0.01, rho=100.0, offset=1.44, delta=0.05, start=0.5, beta=25, gamma=0.5, leak=10, with_hrank=False,
+        hap,
+        rel,
+        emb[q],
+        labels[q],
+        emb[r],
+        labels[r],
+        tau=0.01,
+        rho=100.0,
+        offset=1.44,
+        delta=0.05,
+        start=0.5,
+        beta=25,
+        gamma=0.5,
+        leak=10,
+        with_hrank=False,
     )
     keep = np.isfinite(per_query)
     out["hap_reference"] = dict(
-        labels=labels[q], embeddings=emb[q], ref_labels=labels[r], ref_embeddings=emb[r], per_query=per_query,
-        has_positive=keep, value=np.float64(np.mean(1 - per_query[keep])), offset=1.44, start=0.5,
+        labels=labels[q],
+        embeddings=emb[q],
+        ref_labels=labels[r],
+        ref_embeddings=emb[r],
+        per_query=per_query,
+        has_positive=keep,
+        value=np.float64(np.mean(1 - per_query[keep])),
+        offset=1.44,
+        start=0.5,
     )
     return out
 
 
 # ---------------------------------------------------------------- hierarchical metrics
+
 
 def official_metrics(metrics, rel, labels, order):
     """Official H-AP / ASI / NDCG of ``order`` (each query's ranking of the others, same source)."""
@@ -225,7 +266,9 @@ def official_metrics(metrics, rel, labels, order):
         asi = metrics.asi(sorted_target, reduce=False)
         ndcg = metrics.ndcg(sorted_target, reduce=False)
     collision = np.array([len(set(r[1:].tolist())) < num_levels for r in relevances.numpy()])
-    return dict(hap=hap.numpy(), hap_once=hap_once.numpy(), asi=asi.double().numpy(), ndcg=ndcg.numpy(), collision=collision)
+    return dict(
+        hap=hap.numpy(), hap_once=hap_once.numpy(), asi=asi.double().numpy(), ndcg=ndcg.numpy(), collision=collision
+    )
 
 
 def metric_cases(rng, metrics, rel):
@@ -246,6 +289,7 @@ def metric_cases(rng, metrics, rel):
 
 # ---------------------------------------------------------------- RS@k and SiMix
 
+
 def official_rsk(losses, emb, num_id, k_vals=(1, 2, 4, 8, 16), anneal=0.01, batch_size=None):
     batch = emb.shape[0]
     criterion = losses.RecallatK(anneal, batch_size or batch, num_id, emb.shape[1], list(k_vals), [1] * len(k_vals), 0)
@@ -259,13 +303,19 @@ def official_rsk(losses, emb, num_id, k_vals=(1, 2, 4, 8, 16), anneal=0.01, batc
 
 def rsk_cases(rng, losses, mixup):
     out = {}
-    for name, classes, m, dim, ties in (("c8_m4", 8, 4, 8, False), ("c6_m3_ties", 6, 3, 8, True), ("c20_m4", 20, 4, 16, False)):
+    for name, classes, m, dim, ties in (
+        ("c8_m4", 8, 4, 8, False),
+        ("c6_m3_ties", 6, 3, 8, True),
+        ("c20_m4", 20, 4, 16, False),
+    ):
         emb = rng.normal(size=(classes * m, dim))
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         if ties:
             emb[1::5] = emb[0::5][: len(emb[1::5])]
         value, grad = official_rsk(losses, emb, classes)
-        out[f"rsk_{name}"] = dict(embeddings=emb, labels=np.repeat(np.arange(classes), m), value=np.float64(value), grad=grad)
+        out[f"rsk_{name}"] = dict(
+            embeddings=emb, labels=np.repeat(np.arange(classes), m), value=np.float64(value), grad=grad
+        )
     # SiMix: the official pos_mixup with seeded alphas, then RS@k on the mixed batch
     classes, m = 5, 4
     emb = rng.normal(size=(classes * m, 8))
@@ -285,8 +335,12 @@ def rsk_cases(rng, losses, mixup):
         total = total + criterion(mixed, q)
     (grad,) = torch.autograd.grad(total, x)
     out["simix_c5_m4"] = dict(
-        embeddings=emb, labels=np.repeat(np.arange(classes), m), alphas=alphas_ours, mixed=mixed.detach().numpy(),
-        value=np.float64(total.item()), grad=grad.numpy(),
+        embeddings=emb,
+        labels=np.repeat(np.arange(classes), m),
+        alphas=alphas_ours,
+        mixed=mixed.detach().numpy(),
+        value=np.float64(total.item()),
+        grad=grad.numpy(),
     )
     return out
 
@@ -305,7 +359,12 @@ def main():
         losses, mixup = import_rsk(rsk_src)
         rng = np.random.default_rng(2022)
         cases = {**hap_cases(rng, hap, rel), **metric_cases(rng, metrics, rel), **rsk_cases(rng, losses, mixup)}
-    provenance = {"happier_commit": happier_commit, "recallatk_commit": rsk_commit, "torch": torch.__version__, "numpy": np.__version__}
+    provenance = {
+        "happier_commit": happier_commit,
+        "recallatk_commit": rsk_commit,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
     for name, arrays in cases.items():
         path = os.path.join(args.out, f"{name}.npz")
         np.savez_compressed(path + ".tmp.npz", provenance=json.dumps(provenance), **arrays)

@@ -26,13 +26,13 @@ Shims (this script's only changes to the official behaviour, all listed in READM
 import argparse
 import importlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import types
-import io
 
 import numpy as np
 import torch
@@ -45,10 +45,16 @@ SUPAP_INAT = {**SUPAP, "start": 0.0, "offset": 1.0}
 def source_tree(mirror):
     """(folder holding ``suprank/``, commit hash) of the mirror."""
     if os.path.isdir(os.path.join(mirror, "suprank")):
-        commit = subprocess.run(["git", "-C", mirror, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", mirror, "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
         return mirror, commit or "unknown"
-    commit = subprocess.run(["git", "--git-dir", mirror, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", mirror, "archive", "HEAD", "suprank"], capture_output=True, check=True).stdout
+    commit = subprocess.run(
+        ["git", "--git-dir", mirror, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "--git-dir", mirror, "archive", "HEAD", "suprank"], capture_output=True, check=True
+    ).stdout
     folder = tempfile.mkdtemp(prefix="suprank_")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder)
@@ -57,6 +63,7 @@ def source_tree(mirror):
 
 def load_official(root):
     """The official loss modules, with the package ``__init__`` files stubbed (see the docstring)."""
+
     def package(name, path):
         module = types.ModuleType(name)
         module.__path__ = [path]
@@ -66,7 +73,9 @@ def load_official(root):
     suprank = package("suprank", os.path.join(root, "suprank"))
     lib = package("suprank.lib", os.path.join(root, "suprank", "lib"))
     suprank.lib = lib
-    spec = importlib.util.spec_from_file_location("suprank.lib.create_label_matrix", os.path.join(root, "suprank", "lib", "create_label_matrix.py"))
+    spec = importlib.util.spec_from_file_location(
+        "suprank.lib.create_label_matrix", os.path.join(root, "suprank", "lib", "create_label_matrix.py")
+    )
     clm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(clm)
     lib.create_label_matrix = clm.create_label_matrix
@@ -141,7 +150,7 @@ def batch_value(crit, x, labels, per_query):
     emb = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     lab = torch.tensor(labels, dtype=torch.int64).view(-1, 1)
     if per_query:
-        value = sum(_call(crit, emb[q:q + 1], lab[q:q + 1], emb, lab) for q in range(len(x))) / len(x)
+        value = sum(_call(crit, emb[q : q + 1], lab[q : q + 1], emb, lab) for q in range(len(x))) / len(x)
     else:
         value = _call(crit, emb, lab)
     value.backward()
@@ -156,14 +165,16 @@ def reference_value(crit, x, labels, ref_x, ref_labels):
     ref = torch.tensor(ref_x, dtype=torch.float64)
     ref_lab = torch.tensor(ref_labels, dtype=torch.int64).view(-1, 1)
     valid = [q for q in range(len(x)) if np.any(ref_labels == labels[q])]
-    value = sum(_call(crit, emb[q:q + 1], lab[q:q + 1], ref, ref_lab) for q in valid) / len(valid)
+    value = sum(_call(crit, emb[q : q + 1], lab[q : q + 1], ref, ref_lab) for q in valid) / len(valid)
     value.backward()
     return float(value.detach()), emb.grad.numpy().copy()
 
 
 def cluster_value(official, x, labels, proxies, temperature=0.05):
     emb = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    crit = official.cluster.ClusterLoss(embedding_size=x.shape[1], num_classes=proxies.shape[0], temperature=temperature).double()
+    crit = official.cluster.ClusterLoss(
+        embedding_size=x.shape[1], num_classes=proxies.shape[0], temperature=temperature
+    ).double()
     with torch.no_grad():
         crit.weight.copy_(torch.tensor(proxies))
     value = crit(emb, torch.tensor(labels, dtype=torch.int64))
