@@ -30,6 +30,9 @@ test: $(PY)
 	# loaded after TensorFlow in one process; nothing on the CPU needs it.
 	$(PY) -m pip uninstall -q -y triton
 	$(PY) tests/backend_venvs.py jax torch   # .venv-jax, .venv-torch: no TensorFlow (tests/test_backends.py)
+	# Lint and format (settings in pyproject.toml): a finding or an unformatted file fails.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	# The docs site: a broken link, a page missing from the nav or an unresolved API reference fails.
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict   # into site/ (git-ignored); not --quiet, which hides the warnings --strict counts
 	$(PY) -m pytest -q tests

@@ -33,6 +33,8 @@ NOT_IN_LOWEST_RUN = {
     "twine",
     "httpx2",
     "playwright",
+    "pytest-xdist",
+    "ruff",
     "mkdocs",
     "mkdocs-material",
     "mkdocstrings",
