@@ -156,7 +156,8 @@ def main():
     with open("/proc/loadavg") as f:
         print(f"/proc/loadavg at the end: {f.read().strip()}")
     print(
-        "| case | N x D | classes (max size) | ours | bare faiss k=1001 | ratio | added peak RSS | R@1 | R@1000 | MAP@R | mAP |"
+        "| case | N x D | classes (max size) | ours | bare faiss k=1001 | ratio | added peak RSS "
+        "| R@1 | R@1000 | MAP@R | mAP |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -169,7 +170,8 @@ def main():
     tfsim = [r for r in results if "tfsim_total_s" in r]
     if tfsim:
         print(
-            "\nSame data, leave-one-out Recall@1: tensorflow-similarity 0.17.1 (NMSLib HNSW, approximate) vs ours (exact)"
+            "\nSame data, leave-one-out Recall@1: tensorflow-similarity 0.17.1 "
+            "(NMSLib HNSW, approximate) vs ours (exact)"
         )
         print("| N x D | TF-Sim build + evaluate | ours, R@1 only | ours, all metrics | TF-Sim R@1 | our R@1 |")
         print("|---|---|---|---|---|---|")

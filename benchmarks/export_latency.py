@@ -180,7 +180,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {batch} | {reps} | {keras_ms:.2f} | {ort_ms:.2f} | {keras_ms / ort_ms:.1f}x |")
     print()
     print(
-        "| model | processes | TF: import + load SavedModel + 1 call (s) | ORT: import + session + 1 call (s) | TF / ORT |"
+        "| model | processes | TF: import + load SavedModel + 1 call (s) "
+        "| ORT: import + session + 1 call (s) | TF / ORT |"
     )
     print("|---|---|---|---|---|")
     for name, reps, tf_s, ort_s in cold_rows:

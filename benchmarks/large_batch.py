@@ -1,8 +1,9 @@
 """Large batches: plain ``RetrievalTrainer`` step vs embedding-gradient caching (``chunk_size``).
 
 A small CNN (three 3x3 convolutions, 16/32/64 filters, the first at full 32x32 resolution, the
-next two with stride 2; global average pooling, Dense 128, L2 normalisation) on random 32x32x3 images, ROADMAPLoss, SGD, graph mode (Keras' default
-on CPU). Each (batch size, mode) runs in its own subprocess: it builds the model and the data,
+next two with stride 2; global average pooling, Dense 128, L2 normalisation) on random 32x32x3
+images, ROADMAPLoss, SGD, graph mode (Keras' default on CPU). Each (batch size, mode) runs in its
+own subprocess: it builds the model and the data,
 records its peak resident memory (``resource.getrusage``), runs one warm-up step (tracing), then
 times ``--steps`` steps. "peak MB" is the peak RSS of the whole process minus that pre-step
 baseline: what the steps themselves (activations, loss, tracing) added. Ratios are cached /

@@ -223,7 +223,10 @@ def main(argv=None):
     if len(args.backend) > 1 or args.backend != ["tensorflow"]:
         return compare_backends(args)
 
-    header = "| B | ours eager ms | ours XLA ms | ours XLA peak MiB | naive dense XLA ms | naive peak MiB | speed-up (naive / ours XLA) |"
+    header = (
+        "| B | ours eager ms | ours XLA ms | ours XLA peak MiB | naive dense XLA ms | naive peak MiB "
+        "| speed-up (naive / ours XLA) |"
+    )
     print(f"ROADMAPLoss forward+backward, D={args.dim}, {args.per_class} per class, median of {args.repeats}")
     print(header)
     print("|" + "---|" * 7)
@@ -263,7 +266,8 @@ def main(argv=None):
         print(
             "\nXLA under mixed precision (ms): "
             + ", ".join(
-                f"B={r['batch']}: f16 {r['ours_xla_mixed_float16'].get('ms', float('nan')):.1f} / bf16 {r['ours_xla_mixed_bfloat16'].get('ms', float('nan')):.1f}"
+                f"B={r['batch']}: f16 {r['ours_xla_mixed_float16'].get('ms', float('nan')):.1f} "
+                f"/ bf16 {r['ours_xla_mixed_bfloat16'].get('ms', float('nan')):.1f}"
                 for r in results
             )
         )
@@ -314,7 +318,8 @@ def compare_backends(args):
         "x = this backend's time / TensorFlow's (same mode, same run)"
     )
     print(
-        "| backend | B | ours eager ms | ours XLA ms | naive dense ms (XLA; torch eager) | ours eager / TF | ours XLA / TF |"
+        "| backend | B | ours eager ms | ours XLA ms | naive dense ms (XLA; torch eager) "
+        "| ours eager / TF | ours XLA / TF |"
     )
     print("|" + "---|" * 7)
     for backend in backends:

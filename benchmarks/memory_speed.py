@@ -124,7 +124,8 @@ def main(argv=None):
 
         print(
             f"| {memory} | {cell(ours, 'mean_positives', '{:.1f}')} | {cell(ours, 'ms', '{:.0f}')} | "
-            f"{cell(ours, 'peak_mib', '{:.0f}')} | {cell(loop, 'ms', '{:.0f}')} | {cell(loop, 'peak_mib', '{:.0f}')} | {ratio} |",
+            f"{cell(ours, 'peak_mib', '{:.0f}')} | {cell(loop, 'ms', '{:.0f}')} | "
+            f"{cell(loop, 'peak_mib', '{:.0f}')} | {ratio} |",
             flush=True,
         )
 

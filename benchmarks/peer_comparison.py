@@ -194,7 +194,8 @@ def main(argv=None):
     if rows and "untrained" in rows[0]:
         u = rows[0]["untrained"]
         print(
-            f"| untrained tiny_cnn | | {u['map@r']:.3f} | {u['recall@1']:.3f} | {u['r_precision']:.3f} | {u['map']:.3f} | |"
+            f"| untrained tiny_cnn | | {u['map@r']:.3f} | {u['recall@1']:.3f} | {u['r_precision']:.3f} "
+            f"| {u['map']:.3f} | |"
         )
     for row in rows:
         print(
@@ -204,7 +205,8 @@ def main(argv=None):
     for row in rows:
         if "onnx_vs_json" in row:
             print(
-                f"check: {row['method']}: ONNX-recomputed metrics vs test_metrics.json, max |diff| = {row['onnx_vs_json']:.2e}"
+                f"check: {row['method']}: ONNX-recomputed metrics vs test_metrics.json, "
+                f"max |diff| = {row['onnx_vs_json']:.2e}"
             )
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=2))

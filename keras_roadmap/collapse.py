@@ -2,9 +2,10 @@
 
 A network trained from scratch can start with every input mapped to nearly the same direction
 (e.g. images on a shared white background through a ReLU CNN: mean pairwise cosine ~0.99).
-From there SupAP escapes, but ROADMAP's calibration term can hold the embedding collapsed longer (issue 18: for whole runs): every
-negative pair is above ``neg_margin``, the calibration gradient through the L2 normalisation
-nearly vanishes and its weight dilutes the SupAP signal (README, "When ROADMAP helps").
+From there SupAP escapes, but ROADMAP's calibration term can hold the embedding collapsed longer
+(issue 18: for whole runs): every negative pair is above ``neg_margin``, the calibration gradient
+through the L2 normalisation nearly vanishes and its weight dilutes the SupAP signal (README,
+"When ROADMAP helps").
 :class:`CollapseMonitor` says so during training instead of letting the run end poor.
 """
 

@@ -26,8 +26,9 @@ convention of Keras' own losses under ``tf.distribute`` (each replica's mean sca
 multiplies each replica's value by ``num_replicas`` before averaging, so ``model.fit`` reports
 the global loss. :class:`~keras_roadmap.RetrievalTrainer` follows the same convention.
 
-``gather_across_replicas=False`` (a constructor argument of every loss) opts out: each replica ranks its own examples only and
-returns its local loss divided by the number of replicas (Keras' usual data-parallel mean).
+``gather_across_replicas=False`` (a constructor argument of every loss) opts out: each replica
+ranks its own examples only and returns its local loss divided by the number of replicas (Keras'
+usual data-parallel mean).
 
 Known limit: ``jit_compile=True`` under ``MirroredStrategy`` on logical CPU devices fails in
 TensorFlow itself (a replica's variable accessed from another device), with any loss; Keras'

@@ -89,7 +89,8 @@ class ExportReport:
     Attributes:
         path: where the artifact was written (a directory for SavedModel, a file for ONNX).
         format: ``"saved_model"`` or ``"onnx"``.
-        input_name: name of the single input (``"images"`` with preprocessing, else the Keras input's name or ``"inputs"``).
+        input_name: name of the single input (``"images"`` with preprocessing, else the Keras
+            input's name or ``"inputs"``).
         input_shape: input shape, ``None`` for dynamic axes, e.g. ``(None, None, None, 3)``.
         input_dtype: ``"uint8"`` with preprocessing baked in, else the model's input dtype.
         output_name: ``"embeddings"``.

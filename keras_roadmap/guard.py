@@ -86,7 +86,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
         if bad:
             self.model.stop_training = True
             raise NonFiniteError(
-                f"Training stopped at epoch {epoch + 1}, step {step + 1}: {', '.join(f'{k} = {v}' for k, v in bad.items())} "
+                f"Training stopped at epoch {epoch + 1}, step {step + 1}: "
+                f"{', '.join(f'{k} = {v}' for k, v in bad.items())} "
                 "(a NaN or Inf in the loss or the embeddings). The model's weights may be corrupt from "
                 "this step on; no checkpoint of this epoch was written (a recipe keeps its last good "
                 "backup). Lower the learning rate or check the inputs."

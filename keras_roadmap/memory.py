@@ -100,7 +100,8 @@ class CrossBatchMemory(keras.layers.Layer):
         if self.built:
             if int(embedding_dim) != self.embedding_dim:
                 raise ValueError(
-                    f"CrossBatchMemory was built for dimension {self.embedding_dim}, got embeddings of dimension {embedding_dim}."
+                    f"CrossBatchMemory was built for dimension {self.embedding_dim}, "
+                    f"got embeddings of dimension {embedding_dim}."
                 )
             return
         self.embedding_dim = int(embedding_dim)

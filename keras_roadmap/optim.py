@@ -345,9 +345,10 @@ class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     """``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch, driven by the step count.
 
     ``lr(step) = initial_learning_rate * gamma ** n`` where ``n`` is the number of milestones
-    ``m`` with ``step // steps_per_epoch >= m``, so the first step of epoch ``m`` (0-based) already uses the decayed rate, as PyTorch does
-    after ``scheduler.step()`` at the end of epoch ``m - 1``. (``PiecewiseConstantDecay`` keeps the
-    old value *at* the boundary step and counts in steps, hence this class.)
+    ``m`` with ``step // steps_per_epoch >= m``, so the first step of epoch ``m`` (0-based)
+    already uses the decayed rate, as PyTorch does after ``scheduler.step()`` at the end of epoch
+    ``m - 1``. (``PiecewiseConstantDecay`` keeps the old value *at* the boundary step and counts in
+    steps, hence this class.)
 
     Args:
         initial_learning_rate: float > 0.

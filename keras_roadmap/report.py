@@ -33,7 +33,8 @@ _COUNT_KEYS = ("num_queries", "num_lone_queries", "num_references")
 _NAMES = {"map@r": "mAP@R", "r_precision": "R-precision", "map": "mAP", "precision@1": "P@1", "mrr": "MRR"}
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;\
+max-width:1100px;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #999}
@@ -43,7 +44,8 @@ th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #
 .tile img,.tile .noimg{width:96px;height:96px;object-fit:contain;border:4px solid #999;background:#fff;display:block}
 .tile .noimg{display:flex;align-items:center;justify-content:center;color:#888}
 .tile.query img,.tile.query .noimg{border-color:rgb(40,90,200)}
-.tile.right img,.tile.right .noimg{border-color:rgb(0,170,0)}.tile.wrong img,.tile.wrong .noimg{border-color:rgb(210,0,0)}
+.tile.right img,.tile.right .noimg{border-color:rgb(0,170,0)}\
+.tile.wrong img,.tile.wrong .noimg{border-color:rgb(210,0,0)}
 .mark{font-weight:bold;font-size:13px}.right .mark{color:rgb(0,150,0)}.wrong .mark{color:rgb(200,0,0)}
 .meta{font-size:12px;color:#444;margin:.2em 0}
 """
@@ -176,7 +178,8 @@ class _Evaluation:
         g, g_labels, g_paths = _unpack(gallery, "gallery")
         if g.shape[1] != q.shape[1]:
             raise ValueError(
-                f"query embeddings have dimension {q.shape[1]} but gallery {g.shape[1]}; they must come from the same model."
+                f"query embeddings have dimension {q.shape[1]} but gallery {g.shape[1]}; "
+                "they must come from the same model."
             )
         return cls(q, q_labels, q_paths, g, g_labels, g_paths, metric)
 
@@ -202,7 +205,8 @@ def _unpack(data, name):
         paths = [str(p) for p in paths]
         if len(paths) != emb.shape[0]:
             raise ValueError(
-                f"{name}['paths'] has {len(paths)} entries but {name}['embeddings'] {emb.shape[0]} rows; they must match."
+                f"{name}['paths'] has {len(paths)} entries but {name}['embeddings'] {emb.shape[0]} rows; "
+                "they must match."
             )
     return emb, labels, paths
 
@@ -439,7 +443,7 @@ def _worst_queries(evaluation, k, num_worst):
     for row, qi in enumerate(worst):
         q_label = evaluation.q_labels[qi]
         tiles = [_tile(_path(evaluation.q_paths, qi), thumbs, "query", "query", f"class {q_label}")]
-        for rank, (j, score) in enumerate(zip(neighbours[row], scores[row]), start=1):
+        for rank, (j, score) in enumerate(zip(neighbours[row], scores[row], strict=True), start=1):
             right = ref_labels[j] == q_label
             mark = "✓" if right else "✗"
             tiles.append(
@@ -457,7 +461,8 @@ def _worst_queries(evaluation, k, num_worst):
             f"nearest of its class at rank {int(evaluation.per_query['first_pos_rank'][qi])}</p>"
         )
         strips.append(
-            f"<div class='strip-block' data-query='{int(qi)}' data-ap='{float(ap[qi])!r}'>{info}<div class='strip'>{''.join(tiles)}</div></div>"
+            f"<div class='strip-block' data-query='{int(qi)}' data-ap='{float(ap[qi])!r}'>{info}"
+            f"<div class='strip'>{''.join(tiles)}</div></div>"
         )
     intro = _note(
         f"The {len(worst)} queries of lowest average precision (trained model), each followed by its top {k}: "
@@ -499,7 +504,10 @@ def _tile(path, cache, css, head, label):
             if uri
             else f"<div class='noimg' title='{_e(problem)}'>unreadable</div>"
         )
-    return f"<figure class='tile {css}'>{picture}<figcaption><div class='mark'>{_e(head)}</div>{_e(label)}</figcaption></figure>"
+    return (
+        f"<figure class='tile {css}'>{picture}<figcaption>"
+        f"<div class='mark'>{_e(head)}</div>{_e(label)}</figcaption></figure>"
+    )
 
 
 def _thumbnail(path):

@@ -188,8 +188,8 @@ class RetrievalTrainer(keras.Model):
             id_spec = _tensor_spec(id_spec)
             if id_spec is not None and not is_integer_ids(id_spec):
                 raise ValueError(
-                    f"the dataset yields sample ids of dtype {id_spec.dtype.name}: a keyed CrossBatchMemory needs integer "
-                    f"ids in [0, {self.memory.size}) (e.g. each image's row index); map them in the dataset."
+                    f"the dataset yields sample ids of dtype {id_spec.dtype.name}: a keyed CrossBatchMemory needs "
+                    f"integer ids in [0, {self.memory.size}) (e.g. each image's row index); map them in the dataset."
                 )
         in_args = len(args) >= 2
         y = args[1] if in_args else kwargs.get("y")

@@ -121,7 +121,8 @@ def trainer_args(encoder, memory, chunk_size, *, memory_type):
 
     if not isinstance(encoder, keras.layers.Layer):
         raise TypeError(
-            f"RetrievalTrainer: `encoder` must be a Keras model mapping inputs to (B, D) embeddings, got {type(encoder).__name__}."
+            "RetrievalTrainer: `encoder` must be a Keras model mapping inputs to (B, D) embeddings, "
+            f"got {type(encoder).__name__}."
         )
     if memory is not None and not isinstance(memory, memory_type):
         raise TypeError(f"RetrievalTrainer: `memory` must be None or a CrossBatchMemory, got {type(memory).__name__}.")

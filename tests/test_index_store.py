@@ -130,7 +130,7 @@ def test_remove_then_add_back_gives_the_fresh_build_results(onnx_embedder, galle
     assert "added id 9" in out and "added id 10" in out  # ids are never reused
     after = search_json(capsys, updated, images, 9)
     expected = search_json(capsys, fresh, images, 9)
-    for got, want in zip(after, expected):
+    for got, want in zip(after, expected, strict=True):
         assert [(h["path"], h["label"]) for h in got["results"]] == [(h["path"], h["label"]) for h in want["results"]]
         np.testing.assert_allclose(
             [h["score"] for h in got["results"]], [h["score"] for h in want["results"]], atol=1e-6

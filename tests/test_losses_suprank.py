@@ -145,7 +145,7 @@ def test_xla_equals_eager():
     data = fixture("equal_b24_d8")
     losses = [SupRecallLoss(at_k=[1, 4]), SupNDCGLoss()]
     x = data["embeddings"].astype("float32")
-    eager = [value_and_grad(lambda e: loss(data["labels"], e), x) for loss in losses]
+    eager = [value_and_grad(lambda e, loss=loss: loss(data["labels"], e), x) for loss in losses]
 
     @tf.function(jit_compile=True)
     def compiled(e):
@@ -154,7 +154,7 @@ def test_xla_equals_eager():
             values = [loss(data["labels"], e) for loss in losses]
         return [(value, tape.gradient(value, e)) for value in values]
 
-    for (value, grad), (want_value, want_grad) in zip(compiled(tf.constant(x)), eager):
+    for (value, grad), (want_value, want_grad) in zip(compiled(tf.constant(x)), eager, strict=True):
         np.testing.assert_allclose(float(value), want_value, rtol=1e-5)
         np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-4, atol=1e-6)
 

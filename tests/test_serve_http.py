@@ -40,7 +40,7 @@ class Server:
             self.banner = lines.get(timeout=timeout)
         except queue.Empty:
             self.stop()
-            raise AssertionError(f"the server printed nothing in {timeout} s: {self.proc.stderr.read()}")
+            raise AssertionError(f"the server printed nothing in {timeout} s: {self.proc.stderr.read()}") from None
         self.url = self.banner.split(" on ")[1].split()[0]
 
     def stop(self):
@@ -237,7 +237,8 @@ def test_the_page_shows_the_neighbours_of_a_dropped_image(served):
                 """(bytes) => {
                 const file = new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"});
                 const data = new DataTransfer(); data.items.add(file);
-                document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: data, bubbles: true}));
             }""",
                 payload,
             )
@@ -247,7 +248,8 @@ def test_the_page_shows_the_neighbours_of_a_dropped_image(served):
             page.evaluate(
                 """(bytes) => {
                 const data = new DataTransfer(); data.items.add(new File([new Uint8Array(bytes)], "junk.jpg"));
-                document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+                document.getElementById("drop").dispatchEvent(
+                    new DragEvent("drop", {dataTransfer: data, bubbles: true}));
             }""",
                 bad,
             )

@@ -70,7 +70,9 @@ def test_every_documented_command_runs(onnx_embedder, tmp_path):
                     argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
                 )
                 lines = queue.Queue()
-                threading.Thread(target=lambda: [lines.put(x) for x in server.stdout], daemon=True).start()
+                threading.Thread(
+                    target=lambda lines=lines, out=server.stdout: [lines.put(x) for x in out], daemon=True
+                ).start()
                 banner = lines.get(timeout=90)
                 assert f"on http://127.0.0.1:{port}" in banner, banner
                 outputs.append(banner)

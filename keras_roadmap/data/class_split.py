@@ -80,13 +80,15 @@ def split_by_class(images, *, test_classes: float = 0.5, seed: int = 0) -> Class
         category[r.label] = r.category
     if len(counts) < 2:
         raise DatasetFormatError(
-            f"{source}: found {len(counts)} class ({next(iter(counts))}); retrieval needs at least 4 classes (2 to train on, 2 to test on)."
+            f"{source}: found {len(counts)} class ({next(iter(counts))}); "
+            "retrieval needs at least 4 classes (2 to train on, 2 to test on)."
         )
     multi = sorted(c for c, n in counts.items() if n >= 2)
     single = sorted(c for c, n in counts.items() if n == 1)
     if not multi:
         raise DatasetFormatError(
-            f"{source}: every one of the {len(counts)} classes has a single image; a class needs 2+ images to train on or to be queried."
+            f"{source}: every one of the {len(counts)} classes has a single image; "
+            "a class needs 2+ images to train on or to be queried."
         )
     total_test = int(round(fraction * len(multi)))
     if total_test < 2 or len(multi) - total_test < 2:
@@ -106,7 +108,7 @@ def split_by_class(images, *, test_classes: float = 0.5, seed: int = 0) -> Class
     keys = sorted(groups)
     rng = np.random.default_rng(seed)
     held = set()
-    for key, take in zip(keys, _apportion([len(groups[k]) for k in keys], total_test)):
+    for key, take in zip(keys, _apportion([len(groups[k]) for k in keys], total_test), strict=True):
         members = list(groups[key])
         rng.shuffle(members)
         held.update(members[:take])

@@ -276,7 +276,8 @@ def _read_csv(path: pathlib.Path) -> ImageSet:
             raise DatasetFormatError(f"{where}: column `label` is empty; give every row a class name or integer id.")
         if _FLOAT_LABEL.match(label):
             raise DatasetFormatError(
-                f"{where}: column `label` is {label!r}, a float (a spreadsheet's conversion?); write integer ids or names."
+                f"{where}: column `label` is {label!r}, a float (a spreadsheet's conversion?); "
+                "write integer ids or names."
             )
         split_value = (row.get("split") or "").strip().lower()
         if split_value not in _SPLIT_ALIASES:
@@ -546,7 +547,8 @@ def splits_of(images: ImageSet, *, name: str | None = None) -> CustomData:
         queries = sum(1 for c in counts.values() if c >= 2)
         if queries < 2:
             raise DatasetFormatError(
-                f"{source}: the validation split has {queries} class(es) with 2+ images; at least 2 are needed to measure retrieval."
+                f"{source}: the validation split has {queries} class(es) with 2+ images; "
+                "at least 2 are needed to measure retrieval."
             )
         gallery_split = _split_of(f"{name}/gallery", gallery)
         query_split = None

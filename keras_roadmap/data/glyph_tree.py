@@ -119,7 +119,7 @@ def write_glyph_folder(
         None, cache_dir, image_size=image_size, copies=copies, seed=seed, characters=characters
     )
     counters: dict = {}
-    for image, label in zip(dataset.images, dataset.labels):
+    for image, label in zip(dataset.images, dataset.labels, strict=True):
         label = int(label)
         folder = root / class_folder(label, dataset.characters[label])
         folder.mkdir(parents=True, exist_ok=True)

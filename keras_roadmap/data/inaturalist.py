@@ -14,10 +14,12 @@ from keras_roadmap.data.split import (
     read_list_file,
 )
 
-INAT_LAYOUT = """\
-  <root>/Inat_dataset_splits/Inaturalist_train_set1.txt   one path per line:
-  <root>/Inat_dataset_splits/Inaturalist_test_set1.txt      train_val2018/Plantae/7477/3b60c9486db1d2ee875f11a669fbde4a.jpg
-  <root>/train_val2018/<kingdom>/<category id>/<image>.jpg"""
+INAT_LAYOUT = (
+    "  <root>/Inat_dataset_splits/Inaturalist_train_set1.txt   one path per line:\n"
+    "  <root>/Inat_dataset_splits/Inaturalist_test_set1.txt      "
+    "train_val2018/Plantae/7477/3b60c9486db1d2ee875f11a669fbde4a.jpg\n"
+    "  <root>/train_val2018/<kingdom>/<category id>/<image>.jpg"
+)
 
 _FILES = {"train": "Inaturalist_train_set1.txt", "test": "Inaturalist_test_set1.txt"}
 

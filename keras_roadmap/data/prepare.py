@@ -106,7 +106,8 @@ def prepare_images(
     records = [r for r in images.records if by_path[r.path].ok]
     if not records:
         raise DatasetFormatError(
-            f"{source}: none of the {len(images.records)} image files could be decoded (first: {unreadable[0]['path']}: {unreadable[0]['reason']})."
+            f"{source}: none of the {len(images.records)} image files could be decoded "
+            f"(first: {unreadable[0]['path']}: {unreadable[0]['reason']})."
         )
 
     groups: dict = {}
@@ -229,7 +230,8 @@ def format_report(report: dict) -> str:
             lines.append("  same bytes: " + " = ".join(group))
     if dup["across_split"]:
         lines.append(
-            f"WARNING: {dup['across_split']} duplicate group(s) span train and test, a leak; rerun with --dedupe to drop the copies."
+            f"WARNING: {dup['across_split']} duplicate group(s) span train and test, a leak; "
+            "rerun with --dedupe to drop the copies."
         )
     if dup["dropped"]:
         lines.append(f"Dropped {len(dup['dropped'])} duplicate copies (--dedupe).")
@@ -243,7 +245,7 @@ def format_report(report: dict) -> str:
             f"Skipped files: {len(skipped)} (hidden or not an image extension), e.g. "
             + "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
         )
-    for kind, entry in report["conversions"].items():
+    for _kind, entry in report["conversions"].items():
         lines.append(f"Converted: {entry['count']} image(s) {entry['what']} (e.g. {entry['examples'][0]})")
     return "\n".join(lines)
 

@@ -125,7 +125,8 @@ class RecallAtKLoss(RetrievalLoss):
             )
             if len(temps) != len(k_values):
                 raise ValueError(
-                    f"{owner}: k_temperatures has {len(temps)} values but k_values {len(k_values)}; give one per k or one number."
+                    f"{owner}: k_temperatures has {len(temps)} values but k_values {len(k_values)}; "
+                    "give one per k or one number."
                 )
         else:
             temps = (validation.number("k_temperatures", k_temperatures, owner=owner, minimum=0, min_open=True),) * len(

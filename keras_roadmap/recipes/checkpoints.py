@@ -7,7 +7,8 @@ a run killed at any moment leaves each file either as it was or complete.
   place, so a kill during the write left a 0-byte weights file that no rerun could load).
   Each epoch writes `backup/epoch-NNNN.weights.h5` (weights, optimiser, memory), then commits
   it by renaming the metadata file (epoch, file name, SHA-256, resolved config; same name as
-  BackupAndRestore's, so backups of older runs are still read) into place. The previous generation is kept: a damaged newest file falls back to it.
+  BackupAndRestore's, so backups of older runs are still read) into place. The previous
+  generation is kept: a damaged newest file falls back to it.
 * `read_backup` / `backup_epoch` give the state a rerun resumes from (the training stream is
   rebuilt from that epoch, `make_train_dataset(first_epoch=...)`, so the resumed run sees the
   batches the unbroken one saw); `config_changes` lists what differs from the stored config.

@@ -174,7 +174,8 @@ def resolve_config(
     if sampler["batch_size"] % sampler["samples_per_class"]:
         raise ConfigError(
             f"batch size {sampler['batch_size']} is not a multiple of samples_per_class "
-            f"{sampler['samples_per_class']}; choose e.g. {sampler['samples_per_class'] * (sampler['batch_size'] // sampler['samples_per_class'] or 1)}."
+            f"{sampler['samples_per_class']}; choose e.g. "
+            f"{sampler['samples_per_class'] * (sampler['batch_size'] // sampler['samples_per_class'] or 1)}."
         )
     if sampler["name"] == "hierarchical":
         if (sampler["batch_size"] // sampler["samples_per_class"]) % 2:

@@ -48,7 +48,8 @@ DEFAULTS = {
     "test_classes": 0.5,
     "seed": 0,
 }
-TRANSFORM = "sop"  # the SOP transform (Resize + RandomResizedCrop + flip / square resize + centre crop), rescaled to --image-size
+# The SOP transform (Resize + RandomResizedCrop + flip / square resize + centre crop), rescaled to --image-size.
+TRANSFORM = "sop"
 
 
 def build_parser():
@@ -91,7 +92,10 @@ def build_parser():
         "--calibration-warmup",
         type=int,
         default=None,
-        help="steps over which ROADMAP's calibration weight ramps in (default: one epoch from random weights, 0 from pretrained)",
+        help=(
+            "steps over which ROADMAP's calibration weight ramps in "
+            "(default: one epoch from random weights, 0 from pretrained)"
+        ),
     )
     add("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs (default 10)")
     add(
@@ -104,7 +108,10 @@ def build_parser():
         "--batch-size",
         type=int,
         default=None,
-        help="images per batch, a multiple of --samples-per-class (default 16 classes x samples per class, fewer classes if the data has fewer)",
+        help=(
+            "images per batch, a multiple of --samples-per-class "
+            "(default 16 classes x samples per class, fewer classes if the data has fewer)"
+        ),
     )
     add(
         "--samples-per-class",
@@ -203,7 +210,8 @@ def weights_setting(args) -> str:
     if weights.lower() == "imagenet":
         if args.backbone in NO_HUB_BACKBONES:
             raise _Fail(
-                f"--weights imagenet: {args.backbone} has no ImageNet weights (it is trained from scratch); use --weights none."
+                f"--weights imagenet: {args.backbone} has no ImageNet weights (it is trained from scratch); "
+                "use --weights none."
             )
         return "pretrained"
     if not pathlib.Path(weights).exists():

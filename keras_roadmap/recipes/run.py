@@ -217,7 +217,8 @@ def resume_state(config: RecipeConfig, backup_dir, *, allow_config_change: bool 
         if changes and not allow_config_change:
             raise ConfigError(
                 f"the backup in {backup_dir} was made with another configuration ({'; '.join(changes)}); "
-                "rerun with the same settings, use another --out, or pass --allow-config-change to continue with the new ones."
+                "rerun with the same settings, use another --out, "
+                "or pass --allow-config-change to continue with the new ones."
             )
         if changes:
             print(f"Continuing with a changed configuration: {'; '.join(changes)}.", flush=True)

@@ -69,7 +69,8 @@ def run_index_build(args) -> int:
             file=sys.stderr,
         )
     print(
-        f"indexed {store.size} images ({len(labels)} class{'es' if len(labels) != 1 else ''}, dim {store.dim}, {args.index_type} index) in "
+        f"indexed {store.size} images ({len(labels)} class{'es' if len(labels) != 1 else ''}, "
+        f"dim {store.dim}, {args.index_type} index) in "
         f"{time.perf_counter() - started:.1f} s -> {args.out}"
     )
     return 0

@@ -11,8 +11,9 @@ Routes:
 
 Every error is a 4xx (or 503) JSON ``{"error": "..."}``: an upload that is not an image (415), one
 over ``max_upload_mb`` (413, refused from its Content-Length, or once that many bytes have arrived
-when it has none) or over :data:`MAX_PIXELS` once decoded (413), a missing ``file`` field or a bad ``k`` (422). The index folder is re-read when
-its manifest changes (``index add`` / ``remove`` while serving), between requests.
+when it has none) or over :data:`MAX_PIXELS` once decoded (413), a missing ``file`` field or a bad
+``k`` (422). The index folder is re-read when its manifest changes (``index add`` / ``remove``
+while serving), between requests.
 """
 
 from __future__ import annotations

@@ -143,9 +143,7 @@ class IndexStore:
         self.by_id: dict[int, dict] = {int(e["id"]): e for e in manifest["entries"]}
 
     @classmethod
-    def open(
-        cls, folder: str, model: str | None = None, threads: int = 2, load_embedder: bool = True
-    ) -> IndexStore:
+    def open(cls, folder: str, model: str | None = None, threads: int = 2, load_embedder: bool = True) -> IndexStore:
         """Read ``folder`` and check that its parts belong together.
 
         Args:
@@ -229,9 +227,9 @@ class IndexStore:
         (``k`` capped at the index size; the score is the cosine similarity)."""
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), min(int(k), self.size))
         hits = []
-        for row_ids, row_scores in zip(ids, scores):
+        for row_ids, row_scores in zip(ids, scores, strict=True):
             row = []
-            for i, s in zip(row_ids, row_scores):
+            for i, s in zip(row_ids, row_scores, strict=True):
                 if i < 0:
                     continue
                 entry = self.by_id[int(i)]
@@ -255,7 +253,7 @@ class IndexStore:
         """``[{"query": path, "results": [...]}]`` for image files."""
         embeddings, _ = embed_files(self.embedder, list(paths))
         hits = self.search_embeddings(embeddings, k)
-        return [{"query": q, "results": h} for q, h in zip(paths, hits)]
+        return [{"query": q, "results": h} for q, h in zip(paths, hits, strict=True)]
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -339,7 +337,7 @@ def build(
         raise ServingError(str(exc)) from exc
     sha = file_sha256(model)
     entries = []
-    for i, (item, digest) in enumerate(zip(gallery.items, hashes)):
+    for i, (item, digest) in enumerate(zip(gallery.items, hashes, strict=True)):
         entry = {"id": i, "path": item.path, "label": item.label, "sha256": digest}
         if item.category is not None:
             entry["category"] = item.category
@@ -434,7 +432,7 @@ def add_files(
         ids = np.arange(start, start + len(fresh), dtype=np.int64)
         store.index.add_with_ids(embeddings, ids)
         added = []
-        for i, path, digest in zip(ids, fresh, hashes):
+        for i, path, digest in zip(ids, fresh, hashes, strict=True):
             found_label, category = gallery.label_for(path)
             entry = {"id": int(i), "path": path, "label": label if label is not None else found_label, "sha256": digest}
             if category is not None and label is None:

@@ -142,7 +142,7 @@ def official_labels(labels):
     columns fine-to-coarse as the official datasets store them."""
     labels = labels.copy()
     fresh = labels.max() + 1
-    for row, col in zip(*np.nonzero(labels < 0)):
+    for row, col in zip(*np.nonzero(labels < 0), strict=True):
         labels[row, col] = fresh
         fresh += 1
     return labels[:, ::-1].copy()
