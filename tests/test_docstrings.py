@@ -10,6 +10,7 @@ MODULES = [
     "keras_roadmap.losses.calibration",
     "keras_roadmap.losses.roadmap",
     "keras_roadmap.losses.hierarchical",
+    "keras_roadmap.data.glyphs",
 ]
 
 

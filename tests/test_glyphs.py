@@ -180,3 +180,41 @@ def test_bad_parameters(fonts_dir, kwargs, message):
     options = {"characters": CHARS, "min_fonts": 5, **kwargs}
     with pytest.raises(ValueError, match=message):
         glyphs.build_glyph_dataset(fonts_dir, cache_dir=False, **options)
+
+
+def test_script_of_maps_characters_to_their_unicode_script():
+    cases = {
+        "A": "Latin",
+        "z": "Latin",
+        "\u00e9": "Latin",  # e acute (Latin-1 Supplement)
+        "\u0101": "Latin",  # a macron (Latin Extended-A)
+        "\u00aa": "Latin",  # feminine ordinal: Latin in Scripts.txt, though its name says nothing
+        "\u03b2": "Greek",
+        "\u03a9": "Greek",
+        "\u0436": "Cyrillic",
+        "\u0416": "Cyrillic",
+        "\u03e2": "Coptic",  # in the Greek and Coptic block, Coptic script
+        "7": "Common",
+        "\u00b5": "Common",  # micro sign
+    }
+    assert {c: glyphs.script_of(c) for c in cases} == cases
+    with pytest.raises(ValueError, match="one character"):
+        glyphs.script_of("ab")
+
+
+def test_hierarchical_labels_are_script_then_class(dataset):
+    test_x, test_y = dataset.split("test")
+    labels = dataset.hierarchical_labels(test_y)
+    assert labels.shape == (len(test_y), 2) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels[:, 1], test_y)
+    for coarse, fine in np.unique(labels, axis=0):
+        assert glyphs.SCRIPTS[coarse] == glyphs.script_of(dataset.characters[fine])
+    # A tree: each class has one script.
+    pairs = np.unique(dataset.hierarchical_labels(dataset.labels), axis=0)
+    assert len(pairs) == len(dataset.characters)
+    # CHARS holds every script but Coptic.
+    assert set(pairs[:, 0]) == {0, 1, 2, 4}
+    with pytest.raises(ValueError, match="lie in"):
+        dataset.hierarchical_labels([len(dataset.characters)])
+    with pytest.raises(ValueError, match="1-D integer"):
+        glyphs.hierarchical_glyph_labels("AB", [[0, 1]])

@@ -27,6 +27,13 @@ exceed 90% of the side is shrunk to fit. Each (character, font) gets ``copies`` 
 with a rotation uniform in [-10, 10] degrees, a scale in [0.9, 1.1] and a shift of up to 8% of
 the side per axis, from a generator seeded by ``(seed, character, font)``.
 
+Hierarchy (:func:`script_of`, :meth:`GlyphDataset.hierarchical_labels`): the coarse level of a
+character is its Unicode *script* (:data:`SCRIPTS`: Latin, Greek, Cyrillic, Coptic, Common),
+read from its Unicode name (``LATIN ...``, ``GREEK ...``, ...); the two ordinal indicators
+(``ª`` ``º``) are Latin and the digits and the micro sign (``µ``) Common, as in Unicode's
+``Scripts.txt``. The blocks are not used as the coarse level: Basic Latin, Latin-1 and Latin
+Extended-A split one script by code-point history (``e`` / ``é`` / ``ē`` in three blocks).
+
 The arrays are cached as one ``.npz`` per parameter set (the key covers every parameter, the
 font files' names and sizes, and a format version), so later calls load in milliseconds.
 """
@@ -49,6 +56,10 @@ BLOCKS = {
     "Greek and Coptic": (0x0370, 0x03FF),
     "Cyrillic": (0x0400, 0x04FF),
 }
+# Coarse level of the glyph hierarchy: Unicode scripts, in id order (see the module docstring).
+SCRIPTS = ("Latin", "Greek", "Cyrillic", "Coptic", "Common")
+# Characters of the blocks whose script their Unicode name does not start with (Scripts.txt).
+_SCRIPT_EXCEPTIONS = {"\u00aa": "Latin", "\u00ba": "Latin"}
 # Mean absolute pixel difference (pixels in [0, 1]) under which two characters' clean 32 px
 # renders in the reference font are the same picture. Measured in DejaVu Sans Bold: identical
 # outlines (A / Alpha / Cyrillic A, ...) give 0, homoglyphs with shifted diacritics 0.0006-0.0024
@@ -145,11 +156,50 @@ class GlyphDataset:
         mask = np.isin(self.labels, classes)
         return self.images[mask], self.labels[mask]
 
+    def hierarchical_labels(self, labels) -> np.ndarray:
+        """``(N, 2)`` int64 ``[script id, class id]`` (coarse to fine, the layout of ``HAPLoss``
+        and ``hierarchical_retrieval_metrics``) of class ids ``labels`` (e.g. a split's).
+
+        The script id indexes :data:`SCRIPTS` (Latin 0, Greek 1, Cyrillic 2, Coptic 3, Common 4).
+        """
+        return hierarchical_glyph_labels(self.characters, labels)
+
     def __repr__(self):
         return (
             f"GlyphDataset({len(self.labels)} images {self.images.shape[1:]}, {len(self.characters)} classes "
             f"({len(self.train_classes)} train / {len(self.test_classes)} test), {len(self.fonts)} fonts)"
         )
+
+
+def script_of(char: str) -> str:
+    """The Unicode script of one character of the glyph blocks, one of :data:`SCRIPTS`.
+
+    >>> script_of("A"), script_of("\u03b2"), script_of("\u0436"), script_of("7"), script_of("\u00aa")
+    ('Latin', 'Greek', 'Cyrillic', 'Common', 'Latin')
+    """
+    if not isinstance(char, str) or len(char) != 1:
+        raise ValueError(f"script_of takes one character; got {char!r}.")
+    if char in _SCRIPT_EXCEPTIONS:
+        return _SCRIPT_EXCEPTIONS[char]
+    first_word = unicodedata.name(char, "").split(" ")[0]
+    return {"LATIN": "Latin", "GREEK": "Greek", "CYRILLIC": "Cyrillic", "COPTIC": "Coptic"}.get(first_word, "Common")
+
+
+def hierarchical_glyph_labels(characters, labels) -> np.ndarray:
+    """``(N, 2)`` int64 ``[script id, class id]`` for class ids ``labels`` into ``characters``
+    (the class of each id, e.g. ``GlyphDataset.characters``); script ids index :data:`SCRIPTS`.
+
+    >>> hierarchical_glyph_labels("A\u03b2\u04363", [0, 2, 3, 1]).tolist()
+    [[0, 0], [2, 2], [4, 3], [1, 1]]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array of class ids; got shape {labels.shape}, {labels.dtype}.")
+    characters = tuple(characters)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(characters)):
+        raise ValueError(f"class ids must lie in [0, {len(characters)}); got {labels.min()}..{labels.max()}.")
+    scripts = np.asarray([SCRIPTS.index(script_of(c)) for c in characters], np.int64)
+    return np.stack([scripts[labels], labels.astype(np.int64)], axis=1)
 
 
 def _positive_int(value, name, minimum=1):
