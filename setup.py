@@ -81,9 +81,8 @@ EXTRAS = {
         # and the browser driver of its page test (Chromium itself comes from apt, see Makefile)
         "httpx2>=2.16,<2.17",
         "playwright>=1.65,<1.66",
-        # two test processes on CI's two cores (tested: 3.8.0) and the lint + format check of
-        # `make test` (tested: 0.17.5; one minor, as a newer ruff adds rules and format changes)
-        "pytest-xdist>=3.8,<4",
+        # the lint + format check of `make test` (tested: 0.17.5; one minor, as a newer ruff adds
+        # rules and changes its format)
         "ruff>=0.17,<0.18",
     ],
 }

@@ -33,7 +33,6 @@ NOT_IN_LOWEST_RUN = {
     "twine",
     "httpx2",
     "playwright",
-    "pytest-xdist",
     "ruff",
     "mkdocs",
     "mkdocs-material",
