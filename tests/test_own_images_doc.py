@@ -87,7 +87,7 @@ def test_the_page_runs_as_written_and_resumes_after_a_kill(tmp_path):
         assert (run_dir / name).is_file(), name
     assert rows(run_dir / "split.csv") == rows(tmp_path / "my_split.csv")  # the same split as prepare
     config = (run_dir / "config.yaml").read_text()
-    assert "image_size: 32" in config and "calibration_warmup_steps: 4" in config and "backbone_lr: 0.001" in config
+    assert "image_size: 32" in config and "calibration_warmup_steps: 4" in config and "backbone_lr: 0.002" in config
     assert not list(run_dir.glob(".partial-*"))
 
 
