@@ -1,7 +1,6 @@
 """`keras-roadmap train`: the preflight stops before training with the install line, progress
 modes, and the glyph recipe end to end (same recipe system) with a served search."""
 
-import json
 import os
 import pathlib
 import subprocess
@@ -82,57 +81,3 @@ def test_long_evaluation_reports_progress(capsys):
     )
     embed(model, with_progress(data, total=3, name="gallery", verbose=1))
     assert "3/3" in capsys.readouterr().out  # keras' progress bar
-
-
-@pytest.mark.slow
-def test_glyph_recipe_smoke_and_served_search(tmp_path, monkeypatch, capsys):
-    from keras_roadmap.cli import main
-
-    monkeypatch.setenv("KERAS_ROADMAP_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "glyphs"
-    assert main(["train", "glyphs", "--smoke", "--out", str(out), "--verbose", "2"]) == 0
-    printed = capsys.readouterr().out
-    result = json.loads((out / "test_metrics.json").read_text())
-    assert result["dataset"] == "glyphs" and result["metrics"]["num_queries"] > 100
-    assert "Epoch 2/2" in printed and "Embedded glyphs/test" in printed
-    tree = out / "glyph_images"
-    train_classes = {p.name for p in (tree / "train").iterdir()}
-    test_classes = {p.name for p in (tree / "test").iterdir()}
-    assert train_classes and test_classes and not train_classes & test_classes  # unseen classes
-    assert (
-        main(
-            [
-                "index",
-                "--model",
-                str(out / "embedder.onnx"),
-                "--images",
-                str(tree / "test"),
-                "--index",
-                str(out / "t.faiss"),
-                "--ids",
-                str(out / "t.json"),
-            ]
-        )
-        == 0
-    )
-    query = sorted((tree / "test").rglob("*.png"))[0]
-    assert (
-        main(
-            [
-                "search",
-                str(query),
-                "--model",
-                str(out / "embedder.onnx"),
-                "--index",
-                str(out / "t.faiss"),
-                "--ids",
-                str(out / "t.json"),
-                "--k",
-                "5",
-            ]
-        )
-        == 0
-    )
-    lines = capsys.readouterr().out.splitlines()
-    assert sum(line.strip().startswith(("1.", "2.", "3.", "4.", "5.")) for line in lines) == 5
-    assert f"class {query.parent.name}" in lines[-5] and str(query) in lines[-5]  # itself first

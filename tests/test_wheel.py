@@ -177,6 +177,31 @@ def test_glyphs_smoke_run_from_the_wheel(venv):
     assert metrics["dataset"] == "glyphs" and metrics["smoke"] is True
     assert 0.0 <= metrics["metrics"]["map@r"] <= 1.0
     assert (out / "embedder.onnx").stat().st_size > 0 and (out / "best_embedder.keras").is_file()
+    assert metrics["metrics"]["num_queries"] > 100
+    assert "Epoch 2/2" in result.stdout and "Embedded glyphs/test" in result.stdout
+    tree = out / "glyph_images"
+    train_classes = {p.name for p in (tree / "train").iterdir()}
+    test_classes = {p.name for p in (tree / "test").iterdir()}
+    assert train_classes and test_classes and not train_classes & test_classes  # unseen classes
+    # The served search of an unseen glyph, through the wheel's CLI.
+    cli = str(prefix / "bin" / "keras-roadmap")
+    model, index, ids = str(out / "embedder.onnx"), str(out / "t.faiss"), str(out / "t.json")
+    _run(
+        [cli, "index", "--model", model, "--images", str(tree / "test"), "--index", index, "--ids", ids],
+        cwd=work,
+        timeout=300,
+        env=env,
+    )
+    query = sorted((tree / "test").rglob("*.png"))[0]
+    found = _run(
+        [cli, "search", str(query), "--model", model, "--index", index, "--ids", ids, "--k", "5"],
+        cwd=work,
+        timeout=300,
+        env=env,
+    )
+    lines = found.stdout.splitlines()
+    assert sum(line.strip().startswith(("1.", "2.", "3.", "4.", "5.")) for line in lines) == 5, found.stdout
+    assert f"class {query.parent.name}" in lines[-5] and str(query) in lines[-5]  # itself first
 
 
 def test_readme_python_example_runs_against_the_wheel(venv):
