@@ -3,14 +3,17 @@
 `make_train_dataset` turns a sampler's numpy index batches into `(images, labels)` batches with
 a preset's train transform; `make_eval_dataset` reads a split in order with its test transform
 (the official ROADMAP transforms, see `keras_roadmap.data.presets`: "sop", "sop_big", "cub",
-"cub_big", "inaturalist", "inshop", "inshop_big"). Both decode in a parallel `map` (AUTOTUNE,
-order preserved) and prefetch.
+"cub_big", "inaturalist", "inshop", "inshop_big"). Both load whole batches in a parallel `map`
+(AUTOTUNE, order preserved; a batch's images are decoded and transformed in one `map_fn`, which
+costs less per image than a tf.data element each) and prefetch.
 
 Reproducibility: element `p` of the stream (counted from the first epoch) is augmented with
 the stateless seed `(seed, p)`, and the sampler's epoch `e` depends only on its own seed and `e`,
 so two pipelines built with the same seeds yield identical batches.
 
-Unreadable images (missing file, truncated or non-image bytes) are caught per element:
+Unreadable images (missing file, truncated or non-image bytes) are caught per batch: a batch
+is first loaded as a whole, and only a batch that fails is loaded again image by image, which
+finds the bad files:
 `on_corrupt="raise"` (default) stops with an InvalidArgumentError naming the file;
 `on_corrupt="skip"` drops the image in eval (its label and id go with it) and drops the whole
 batch in training (so every batch keeps its classes x samples_per_class structure), warning and
@@ -19,6 +22,7 @@ recording the path in a `CorruptImageLog`.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -44,14 +48,24 @@ class CorruptImageLog:
         self.paths: list = []
         self.events = 0
 
-    def record(self, path) -> np.bool_:
-        """Called from inside the pipeline for each unreadable image; warns once per path."""
-        path = path.decode() if isinstance(path, bytes) else str(path)
-        self.events += 1
-        if path not in self.paths:
-            self.paths.append(path)
-            warnings.warn(f"keras_roadmap: skipping unreadable image {path}", RuntimeWarning, stacklevel=1)
+    def record(self, paths) -> np.bool_:
+        """Called from inside the pipeline with the unreadable images of a batch, in order;
+        warns once per path."""
+        for path in np.atleast_1d(paths):
+            path = path.decode() if isinstance(path, bytes) else str(path)
+            self.events += 1
+            if path not in self.paths:
+                self.paths.append(path)
+                warnings.warn(f"keras_roadmap: skipping unreadable image {path}", RuntimeWarning, stacklevel=1)
         return np.bool_(False)
+
+    def record_batch(self, paths, ok):
+        """In-graph: record `paths[~ok]` (a sequential map calls it, so batches come in order)."""
+        return tf.cond(
+            tf.reduce_all(ok),
+            lambda: tf.constant(True),
+            lambda: tf.numpy_function(self.record, [tf.boolean_mask(paths, ~ok)], tf.bool),
+        )
 
 
 class _Source:
@@ -84,44 +98,117 @@ class _Source:
                 f"(images, labels) of numpy arrays; got {type(data).__name__}."
             )
 
-    def load(self, index):
-        path = tf.gather(self.paths, index)
-        if self.images is not None:
-            return to_rgb(tf.gather(self.images, index)), tf.constant(True), path
-        image, ok = _safe_decode(path)
-        return image, ok, path
-
     def target(self, index):
         return tf.gather(self.labels, index), tf.gather(self.ids, index)
+
+    def path(self, index):
+        return tf.gather(self.paths, index)
+
+    def load_batch(self, indices, kind: str, preset, normalize: bool, on_corrupt: str, first=0, seed=0):
+        """Images `indices` (b,) through the preset's `kind` ("eval" / "train") transform ->
+        float32 (b, S, S, 3) and a bool (b,) mask of the readable ones. Train augmentations
+        are keyed by `(seed, first + place in the batch)`."""
+        first, seed = tf.cast(first, tf.int64), tf.cast(seed, tf.int64)
+        if self.images is not None:
+            transform = _transform(kind, preset, normalize)
+            size = preset.crop_size
+            places = tf.range(tf.shape(indices, out_type=tf.int64)[0])
+            images = tf.map_fn(
+                lambda a: transform(to_rgb(tf.gather(self.images, a[0])), seed, first + a[1]),
+                (indices, places),
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            )
+            return images, tf.ones_like(indices, tf.bool)
+        return _file_batch_loader(kind, preset, normalize, on_corrupt)(tf.gather(self.paths, indices), first, seed)
+
+
+def _transform(kind: str, preset, normalize: bool):
+    if kind == "eval":
+        return lambda image, seed, position: eval_transform(image, preset, normalize=normalize)
+    return lambda image, seed, position: train_transform(image, tf.stack([seed, position]), preset, normalize=normalize)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_batch_loader(kind: str, preset, normalize: bool, on_corrupt: str):
+    """One traced function per (kind, preset, normalize, on_corrupt), shared by every pipeline
+    of the process: building a dataset then costs no retracing of the decode and transform.
+
+    `(paths (b,) string, first, seed)` -> `(images (b, S, S, 3), ok (b,))`.
+    """
+    transform = _transform(kind, preset, normalize)
+    size = preset.crop_size
+    spec = tf.TensorSpec([size, size, 3], tf.float32)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int64),
+        ]
+    )
+    def load(paths, first, seed):
+        places = tf.range(tf.shape(paths, out_type=tf.int64)[0])
+
+        def whole(batch_paths):
+            def one(a):
+                return transform(decode_image(tf.io.read_file(a[0])), seed, first + a[1])
+
+            return tf.map_fn(one, (batch_paths, places), fn_output_signature=spec), True
+
+        # A one-element dataset with ignore_errors is tf.data's try/except: an error anywhere in
+        # the batch drops the element, and the concatenated placeholder (False) comes out.
+        attempt = tf.data.Dataset.from_tensors(paths).map(whole).ignore_errors()
+        fallback = tf.data.Dataset.from_tensors((tf.zeros([tf.shape(paths)[0], size, size, 3]), False))
+        images, ok = attempt.concatenate(fallback).take(1).get_single_element()
+
+        def one_by_one():
+            def one(a):
+                image, readable = _safe_decode(a[0])
+                image = _guard(image, readable, a[0], on_corrupt)
+                return transform(image, seed, first + a[1]), readable
+
+            return tf.map_fn(one, (paths, places), fn_output_signature=(spec, tf.TensorSpec([], tf.bool)))
+
+        return tf.cond(ok, lambda: (images, tf.ones_like(paths, tf.bool)), one_by_one)
+
+    return load
 
 
 _PLACEHOLDER = tf.zeros((1, 1, 3), tf.uint8)
 
 
 def _safe_decode(path):
-    # A one-element dataset with ignore_errors is tf.data's per-element try/except: an error in
-    # read or decode drops the element, and the concatenated placeholder (ok=False) comes out.
+    # The per-image form of the try/except above, for a batch that failed.
     attempt = tf.data.Dataset.from_tensors(path).map(lambda p: (decode_image(tf.io.read_file(p)), True))
     attempt = attempt.ignore_errors()
     fallback = tf.data.Dataset.from_tensors((_PLACEHOLDER, False))
     return attempt.concatenate(fallback).take(1).get_single_element()
 
 
-def _guard(image, ok, path, on_corrupt, log):
-    if on_corrupt == "raise":
-        check = tf.debugging.Assert(
-            ok,
-            [
-                "keras_roadmap: cannot read or decode image (missing file, truncated or not an image). "
-                "Remove it from the split or build the pipeline with on_corrupt='skip'. Path:",
-                path,
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(image)
-    noted = tf.cond(ok, lambda: tf.constant(True), lambda: tf.numpy_function(log.record, [path], tf.bool))
-    with tf.control_dependencies([noted]):
+def _guard(image, ok, path, on_corrupt):
+    if on_corrupt == "skip":  # recorded later, in order, by CorruptImageLog.record_batch
+        return image  # an unreadable image is the 1x1 placeholder: any transform takes it
+    check = tf.debugging.Assert(
+        ok,
+        [
+            "keras_roadmap: cannot read or decode image (missing file, truncated or not an image). "
+            "Remove it from the split or build the pipeline with on_corrupt='skip'. Path:",
+            path,
+        ],
+    )
+    with tf.control_dependencies([check]):
         return tf.identity(image)
+
+
+def _drop_unreadable(ds, log, keep):
+    """on_corrupt="skip" on `(images, labels, ids, ok, paths)` batches: record the unreadable
+    images in stream order (a sequential map), then `filter(keep)`."""
+
+    def note(images, labels, ids, ok, paths):
+        with tf.control_dependencies([log.record_batch(paths, ok)]):
+            return tf.identity(images), labels, ids, ok, paths
+
+    return ds.map(note).filter(keep)
 
 
 def _check_options(on_corrupt, corrupt_log):
@@ -207,20 +294,19 @@ def make_train_dataset(
         epoch_ds = tf.data.Dataset.counter(first_epoch)
     else:
         epoch_ds = tf.data.Dataset.range(first_epoch, first_epoch + int(epochs))
-    ds = epoch_ds.flat_map(epoch_indices).enumerate(start=first_epoch * per_epoch * batch_size)
+    ds = epoch_ds.flat_map(epoch_indices).batch(batch_size, drop_remainder=True)
+    ds = ds.enumerate(start=first_epoch * per_epoch)
 
-    def load(position, index):
-        image, ok, path = source.load(index)
-        image = _guard(image, ok, path, on_corrupt, log)
-        image = train_transform(image, tf.stack([tf.constant(seed, tf.int64), position]), preset, normalize=normalize)
-        label, sample_id = source.target(index)
-        return image, label, sample_id, ok
+    def load(step, indices):
+        first = step * batch_size  # stream position of the batch's first element
+        images, ok = source.load_batch(indices, "train", preset, normalize, on_corrupt, first, seed)
+        labels, ids = source.target(indices)
+        return images, labels, ids, ok, source.path(indices)
 
     ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    if on_corrupt == "skip":
-        ds = ds.filter(lambda images, labels, ids, ok: tf.reduce_all(ok))
-    ds = ds.map(lambda images, labels, ids, ok: _package(with_sample_ids)(images, labels, ids))
+    if on_corrupt == "skip":  # drop the whole batch: every batch keeps its classes x samples
+        ds = _drop_unreadable(ds, log, lambda images, labels, ids, ok, paths: tf.reduce_all(ok))
+    ds = ds.map(lambda images, labels, ids, ok, paths: _package(with_sample_ids)(images, labels, ids))
     if on_corrupt == "raise":
         total = tf.data.INFINITE_CARDINALITY if epochs is None else int(epochs) * per_epoch
         ds = ds.apply(tf.data.experimental.assert_cardinality(total))
@@ -262,15 +348,15 @@ def make_eval_dataset(
     preset = get_preset(preset, image_size)
     source = _Source(data)
 
-    def load(index):
-        image, ok, path = source.load(index)
-        image = _guard(image, ok, path, on_corrupt, log)
-        image = eval_transform(image, preset, normalize=normalize)
-        label, sample_id = source.target(index)
-        return image, label, sample_id, ok
+    def load(indices):
+        images, ok = source.load_batch(indices, "eval", preset, normalize, on_corrupt)
+        labels, ids = source.target(indices)
+        return images, labels, ids, ok, source.path(indices)
 
-    ds = tf.data.Dataset.range(source.size).map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if on_corrupt == "skip":
-        ds = ds.filter(lambda image, label, sample_id, ok: ok)
-    ds = ds.batch(int(batch_size)).map(lambda images, labels, ids, ok: _package(with_sample_ids)(images, labels, ids))
+    ds = tf.data.Dataset.range(source.size).batch(int(batch_size))
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if on_corrupt == "skip":  # drop the unreadable images only, and keep full batches
+        ds = _drop_unreadable(ds, log, lambda images, labels, ids, ok, paths: tf.reduce_any(ok))
+        ds = ds.unbatch().filter(lambda image, label, sample_id, ok, path: ok).batch(int(batch_size))
+    ds = ds.map(lambda images, labels, ids, ok, paths: _package(with_sample_ids)(images, labels, ids))
     return ds.prefetch(AUTOTUNE)

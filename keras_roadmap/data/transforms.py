@@ -129,38 +129,96 @@ def _resize_taps(in_size, out_size):
     return index, weight
 
 
-def _resize_axis(x, axis: int, out_size):
-    index, weight = _resize_taps(tf.shape(x)[axis], out_size)
-    gathered = tf.gather(x, index, axis=axis)  # axis becomes (out, K)
-    trailing = len(x.shape) - axis - 1
-    weight = tf.reshape(weight, tf.concat([tf.shape(weight), tf.ones([trailing], tf.int32)], 0))
-    out = tf.reduce_sum(gathered * weight, axis=axis + 1)
+# Outputs per block of the horizontal pass: each block of _BLOCK consecutive output columns reads
+# one contiguous window of input columns, so the pass costs about `out x window x rest`
+# multiply-adds instead of the dense `out x in x rest` (7x fewer for 320 -> 73), and stays plain
+# Gather + MatMul for the exporters.
+_BLOCK = 8
+
+
+def _round_like_pil(x):
     # PIL keeps 8-bit images in 8 bits after each pass: round half up and clip. Exact ties
     # (x.5) are common (symmetric weights on integer pixels), and another runtime (onnxruntime)
-    # summing in another order lands a hair below or above them; moving the rounding boundary
+    # or another summation order lands a hair below or above them; moving the rounding boundary
     # by _TIE_BREAK, far above float32 error and far below PIL's own fixed-point error, makes
     # every runtime round a tie the same way (up, as PIL).
-    return tf.clip_by_value(tf.floor(out + (0.5 + _TIE_BREAK)), 0.0, 255.0)
+    return tf.clip_by_value(tf.floor(x + (0.5 + _TIE_BREAK)), 0.0, 255.0)
 
 
-def resize_like_pil(images: tf.Tensor, height, width) -> tf.Tensor:
+def _window_taps(in_size, out_size, start, count):
+    """`_resize_taps` of outputs `[start, start + count)` only."""
+    index, weight = _resize_taps(in_size, out_size)
+    return index[start : start + count], weight[start : start + count]
+
+
+def _banded_weights(in_size, out_size, start, count):
+    """The taps of outputs `[start, start + count)` as `_BLOCK`-row blocks over input windows.
+
+    Returns `(rows, weights)`: int32 (G, L) input indices of each block's window and float32
+    (G, _BLOCK, L) weights, G = ceil(count / _BLOCK); rows past `count` have zero weights.
+    """
+    index, weight = _window_taps(in_size, out_size, start, count)
+    blocks = (count + _BLOCK - 1) // _BLOCK
+    # Pad to whole blocks with copies of the last output's taps, weighted 0 (a gather, not
+    # tf.repeat: tf2onnx converts a repeat of 0 copies wrongly).
+    padded = tf.range(blocks * _BLOCK)
+    index = tf.gather(index, tf.minimum(padded, count - 1))
+    weight = tf.gather(weight, tf.minimum(padded, count - 1)) * tf.cast(padded < count, weight.dtype)[:, None]
+    index = tf.reshape(index, [blocks, _BLOCK, -1])
+    weight = tf.reshape(weight, [blocks, _BLOCK, -1])
+    low = tf.reduce_min(index, axis=[1, 2])
+    length = tf.reduce_max(tf.reduce_max(index, axis=[1, 2]) - low) + 1
+    low = tf.minimum(low, tf.cast(in_size, tf.int32) - length)
+    # one_hot of a tap's place in its window, weighted and summed over the taps: a clamped
+    # duplicate index (zero weight) adds nothing.
+    place = tf.one_hot(index - low[:, None, None], length, dtype=weight.dtype)  # (G, B, K, L)
+    weights = tf.reduce_sum(place * weight[..., None], axis=2)
+    return low[:, None] + tf.range(length)[None, :], weights
+
+
+def _dense_weights(in_size, out_size, start, count):
+    """The taps of outputs `[start, start + count)` as a dense (count, in_size) matrix (a
+    clamped duplicate index carries a zero weight, so the scatter's sum is exact)."""
+    index, weight = _window_taps(in_size, out_size, start, count)
+    rows = tf.broadcast_to(tf.range(tf.shape(index)[0])[:, None], tf.shape(index))
+    at = tf.reshape(tf.stack([rows, index], axis=-1), [-1, 2])
+    return tf.scatter_nd(at, tf.reshape(weight, [-1]), tf.stack([tf.shape(index)[0], tf.cast(in_size, tf.int32)]))
+
+
+def resize_like_pil(images: tf.Tensor, height, width, *, window=None) -> tf.Tensor:
     """PIL's `Image.resize((width, height), BILINEAR)` on (H, W, C) or (N, H, W, C) 8-bit images.
 
     Antialiased (the filter widens by the downscale factor), horizontal pass first, each pass
     rounded to integers in [0, 255] as PIL stores them; a side that keeps its size is left
-    untouched. Returns float32 holding integer values. `height`/`width` may be tensors.
+    unchanged. Returns float32 holding integer values. `height`/`width` may be tensors.
+
+    `window=(top, left, crop_height, crop_width)` returns only that crop of the resized image
+    (the same pixels as resizing, then slicing), computing only the pixels it keeps.
     """
     x = tf.cast(images, tf.float32)
     rank = len(x.shape)
     if rank not in (3, 4):
         raise ValueError(f"resize_like_pil expects (H, W, C) or (N, H, W, C) images; got shape {x.shape}.")
-    h_axis, w_axis = rank - 3, rank - 2
+    if rank == 3:
+        x = x[None]
+    top, left, crop_h, crop_w = (0, 0, height, width) if window is None else window
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
     shape = tf.shape(x)
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
-    x = tf.cond(tf.equal(shape[w_axis], width), lambda: x, lambda: _resize_axis(x, w_axis, width))
-    x = tf.cond(tf.equal(shape[h_axis], height), lambda: x, lambda: _resize_axis(x, h_axis, height))
-    return x
+    n, in_h, in_w, channels = shape[0], shape[1], shape[2], shape[3]
+    # Both passes run on planar "columns": (W, C * N * H), each row one input column of every
+    # channel and image, so the horizontal pass is a gather of row windows + matmul and the
+    # vertical one a matmul on the last axis; the only transposes are a 2-D one of the input
+    # (fast, unlike TensorFlow's transpose of an (H, W, 3) array) and one of the small output.
+    columns = tf.reshape(tf.transpose(tf.reshape(x, [n * in_h, in_w * channels])), [in_w, -1])
+
+    # A side that keeps its size needs no branch: its taps are then exactly (0, 1, 0), so the
+    # pass returns the integer pixels unchanged (and a tf.cond costs more in a tf.data map).
+    rows, weights = _banded_weights(in_w, width, left, crop_w)
+    x = tf.reshape(tf.matmul(weights, tf.gather(columns, rows)), [-1, tf.shape(columns)[1]])
+    x = tf.reshape(_round_like_pil(x[:crop_w]), [-1, in_h])  # (crop_w * C * N, H)
+    x = _round_like_pil(tf.matmul(x, _dense_weights(in_h, height, top, crop_h), transpose_b=True))
+    x = tf.transpose(tf.reshape(x, [crop_w, channels, n, crop_h]), [2, 3, 0, 1])
+    return x[0] if rank == 3 else x
 
 
 def shorter_side_size(height, width, size: int):
@@ -199,9 +257,8 @@ def _eval_core(images: tf.Tensor, preset: TransformPreset, normalize: bool) -> t
         new_h = new_w = tf.constant(preset.eval_resize, tf.int32)
     else:
         new_h, new_w = shorter_side_size(shape[1], shape[2], preset.eval_resize)
-    x = resize_like_pil(images, new_h, new_w)
     top, left = _center_offset(new_h, s), _center_offset(new_w, s)
-    x = x[:, top : top + s, left : left + s, :]
+    x = resize_like_pil(images, new_h, new_w, window=(top, left, s, s))
     x = tf.ensure_shape(x, [None, s, s, 3])
     return normalize_imagenet(x) if normalize else x
 
@@ -286,19 +343,22 @@ def sample_crop_box(height, width, seed: tf.Tensor, scale=(0.16, 1.0), ratio=(0.
     return tf.cond(tf.reduce_any(fits), random_box, central_box)
 
 
-def _train_resized(image, preset: TransformPreset):
-    """The train transform's first step: `Resize(train_resize)` (shorter side) or nothing."""
-    x = tf.cast(image, tf.float32)
+def _train_size(image, preset: TransformPreset):
+    """(h, w) of the image the crop box is drawn on: after `Resize(train_resize)` (shorter
+    side), or the image's own size for presets without one."""
+    shape = tf.shape(image)
     if preset.train_resize is None:
-        return x
-    shape = tf.shape(x)
-    new_h, new_w = shorter_side_size(shape[0], shape[1], preset.train_resize)
-    return resize_like_pil(x, new_h, new_w)
+        return shape[0], shape[1]
+    return shorter_side_size(shape[0], shape[1], preset.train_resize)
 
 
-def _crop_flip(x, box, flip, preset: TransformPreset, normalize: bool):
+def _crop_flip(image, size, box, flip, preset: TransformPreset, normalize: bool):
+    """`box` of the image resized to `size` (only the box is resized), then to S x S, flipped."""
     box = tf.cast(box, tf.int32)
-    crop = tf.slice(x, tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], 3]))
+    if preset.train_resize is None:
+        crop = tf.slice(tf.cast(image, tf.float32), tf.stack([box[0], box[1], 0]), tf.stack([box[2], box[3], 3]))
+    else:
+        crop = resize_like_pil(image, size[0], size[1], window=(box[0], box[1], box[2], box[3]))
     s = preset.crop_size
     out = resize_like_pil(crop, s, s)
     out = tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(out, axis=[1]), lambda: out)
@@ -323,11 +383,10 @@ def train_transform(
     preset = get_preset(preset, image_size)
     image = _check_image(tf.convert_to_tensor(image), batched=False)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
-    x = _train_resized(image, preset)
-    shape = tf.shape(x)
-    box = sample_crop_box(shape[0], shape[1], seeds[0], preset.scale, preset.ratio)
+    size = _train_size(image, preset)
+    box = sample_crop_box(size[0], size[1], seeds[0], preset.scale, preset.ratio)
     flip = tf.random.stateless_uniform([], seeds[1]) < preset.flip
-    return _crop_flip(x, box, flip, preset, normalize)
+    return _crop_flip(image, size, box, flip, preset, normalize)
 
 
 def train_transform_from_box(image, box, flip, preset: PresetLike = "sop", *, image_size=None, normalize: bool = True):
@@ -343,16 +402,15 @@ def train_transform_from_box(image, box, flip, preset: PresetLike = "sop", *, im
     """
     preset = get_preset(preset, image_size)
     image = _check_image(tf.convert_to_tensor(image), batched=False)
-    x = _train_resized(image, preset)
-    box = tf.convert_to_tensor(box)
-    shape = tf.shape(x)
+    size = _train_size(image, preset)
+    box = tf.cast(tf.convert_to_tensor(box), tf.int32)
     check = tf.debugging.assert_less_equal(
         tf.stack([box[0] + box[2], box[1] + box[3]]),
-        tf.stack([shape[0], shape[1]]),
+        tf.stack([size[0], size[1]]),
         message="train_transform_from_box: the box does not fit in the (resized) image",
     )
     with tf.control_dependencies([check]):
-        return _crop_flip(x, box, flip, preset, normalize)
+        return _crop_flip(image, size, box, flip, preset, normalize)
 
 
 def train_resize_shape(height: int, width: int, preset: PresetLike = "sop") -> tuple:
