@@ -16,6 +16,7 @@ labels ``[script, class]``).
     python benchmarks/rank_family_glyphs.py --seeds 1 --methods roadmap happier
     python benchmarks/rank_family_glyphs.py --smoke           # end to end in about a minute
     python benchmarks/rank_family_glyphs.py --replot docs/glyphs_family.json
+    python benchmarks/rank_family_glyphs.py --resume          # keep --out's finished runs, add the rest
 
 Losses at their defaults (the official configurations, see docs/rank-losses.md and
 docs/hierarchical.md); only HAPPIER sees the script labels. ROADMAP++'s proxies train in the
@@ -98,6 +99,11 @@ def parse_args(argv=None):
     add("--out", default="docs/glyphs_family.json", help="results JSON path")
     add("--plot", default="docs/glyphs_family.png", help="plot (PNG) path; '' for none")
     add("--replot", metavar="RESULTS_JSON", help="redraw --plot and reprint the table from a results file")
+    add(
+        "--resume",
+        action="store_true",
+        help="keep the (method, seed) runs already in --out (same settings) and train only the missing ones",
+    )
     add("--smoke", action="store_true", help="40 characters, 1 seed, 4 eager steps: an end-to-end check")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -292,6 +298,26 @@ def replot(args):
     return result
 
 
+# Settings a resumed run must share with the results file it extends.
+_RUN_SETTINGS = ("steps", "epochs", "classes_per_batch", "samples_per_class", "learning_rate", "xla", "copies", "smoke")
+
+
+def finished_runs(args):
+    """The runs of ``--out`` that ``--resume`` keeps; a clear error when its settings differ."""
+    if not os.path.exists(args.out):
+        return []
+    with open(args.out) as f:
+        previous = json.load(f)
+    config = previous.get("config", {})
+    changed = [name for name in _RUN_SETTINGS if config.get(name, getattr(args, name)) != getattr(args, name)]
+    if changed:
+        raise SystemExit(
+            f"--resume: {args.out} was made with other settings ({', '.join(f'--{n}' for n in changed)}); "
+            "rerun with them or write to another --out."
+        )
+    return previous["runs"]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
@@ -301,8 +327,11 @@ def main(argv=None):
     dataset, train, test = load_data(recipe, args)
     script_counts = {"train": classes_per_script(train["hierarchy"]), "test": classes_per_script(test["hierarchy"])}
     print(f"{dataset}; classes per script {script_counts}", flush=True)
-    untrained = recipe.build_model(train["images"].shape[1:], 0)
-    records = [{"method": "untrained", "seed": 0, **evaluate(recipe, untrained, test)}]
+    records = finished_runs(args) if args.resume else []
+    done = {(r["method"], r["seed"]) for r in records}
+    if ("untrained", 0) not in done:
+        untrained = recipe.build_model(train["images"].shape[1:], 0)
+        records.insert(0, {"method": "untrained", "seed": 0, **evaluate(recipe, untrained, test)})
     dataset_info = {
         "num_images": int(len(dataset.labels)),
         "num_classes": len(dataset.characters),
@@ -313,6 +342,8 @@ def main(argv=None):
     command = " ".join(["python", "benchmarks/rank_family_glyphs.py", *(sys.argv[1:] if argv is None else argv)])
     for seed in range(args.seeds):
         for method in args.methods:
+            if (method, seed) in done:
+                continue
             record = train_one(recipe, method, seed, train, test, args)
             records.append(record)
             metrics = "  ".join(f"{METRIC_TITLES[k]} {record[k]:.3f}" for k in METRICS)

@@ -38,6 +38,19 @@ def test_smoke_runs_every_loss_and_writes_finite_metrics(bench, tmp_path):
     again = bench.main(["--replot", str(out), "--plot", str(tmp_path / "again.png")])
     assert bench.markdown_table(bench.summarise(again["runs"])) == result["table"]
 
+    # --resume keeps the finished runs and trains only the missing one (SmoothAP, dropped here).
+    saved["runs"] = [r for r in saved["runs"] if r["method"] != "smoothap"]
+    out.write_text(json.dumps(saved))
+    common = ["--smoke", "--resume", "--out", str(out), "--plot", "", "--cache-dir", str(tmp_path / "cache")]
+    resumed = bench.main(common)
+    assert [r["method"] for r in resumed["runs"]] == methods
+    assert resumed["runs"][:-1] == saved["runs"]  # kept as they were, not retrained
+    # ... and refuses a results file made with other settings
+    saved["config"]["copies"] = 2
+    out.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match="--copies"):
+        bench.main(common)
+
 
 def test_arguments(bench):
     args = bench.parse_args(["--smoke"])
