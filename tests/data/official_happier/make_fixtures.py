@@ -59,8 +59,10 @@ def load(name, path, package=False):
     return module
 
 
-def import_happier(src):
-    """The official loss, relevance and metric modules, without the package's training imports."""
+def import_happier(src, float64=True):
+    """The official loss, relevance and metric modules, without the package's training imports.
+
+    ``float64=False`` leaves the official float32 casts alone (for timing, not for fixtures)."""
     root = os.path.join(src, "happier")
     for pkg in ("happier", "happier.losses", "happier.engine"):
         module = types.ModuleType(pkg)
@@ -86,9 +88,9 @@ def import_happier(src):
 
     hap.heaviside = heaviside
 
-    # float32 casts of the relevance table and of the metrics, in float64 (see the docstring)
-    rel.torch = Float64Torch("torch")
-    torch.Tensor.float = torch.Tensor.double
+    if float64:  # float32 casts of the relevance table and of the metrics, in float64 (see the docstring)
+        rel.torch = Float64Torch("torch")
+        torch.Tensor.float = torch.Tensor.double
     return hap, rel, metrics
 
 
