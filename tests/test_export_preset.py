@@ -80,6 +80,18 @@ def test_a_jpeg_gets_the_same_embedding_through_onnx_and_evaluation(tmp_path, pr
     assert np.max(np.abs(served - evaluated)) <= 1e-4
 
 
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 32, 47, 3), (1, 40, 32, 3)])
+def test_a_side_the_resize_keeps_exports_exactly(tmp_path, shape):
+    """The glyph preset's 32x32 test transform on images with a side already 32: its taps
+    repeat the last pixel (zero weights), which ONNX's ScatterND must not keep over the real one."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((32, 32, 3), name="images")
+    model = keras.Model(x, keras.layers.Dense(4)(keras.layers.Flatten()(x)))
+    probe = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    report = ex.to_onnx(model, tmp_path / "m.onnx", with_preprocessing=True, preset="glyphs", probe=probe)
+    assert report.max_abs_diff <= 1e-4
+
+
 def test_model_file_records_its_preset_and_the_cli_bakes_it_in(tmp_path, capsys):
     from keras_roadmap.cli import main
 

@@ -12,12 +12,14 @@ from PIL import Image
 
 from keras_roadmap.data import resize_like_pil
 
-# (input h, w) -> (output h, w): down, up, one side kept, 1-pixel sides, a strong downscale.
+# (input h, w) -> (output h, w): down, up, one side kept, both kept, 1-pixel sides, a strong
+# downscale.
 SIZES = [
     ((240, 320), (73, 73)),
     ((37, 50), (90, 61)),
     ((64, 100), (64, 33)),
     ((120, 45), (31, 45)),
+    ((30, 40), (30, 40)),
     ((1, 7), (5, 1)),
     ((400, 300), (9, 12)),
 ]

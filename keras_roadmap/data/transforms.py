@@ -177,12 +177,19 @@ def _banded_weights(in_size, out_size, start, count):
 
 
 def _dense_weights(in_size, out_size, start, count):
-    """The taps of outputs `[start, start + count)` as a dense (count, in_size) matrix (a
-    clamped duplicate index carries a zero weight, so the scatter's sum is exact)."""
+    """The taps of outputs `[start, start + count)` as a dense (count, in_size) matrix."""
     index, weight = _window_taps(in_size, out_size, start, count)
+    # Scatter at the unclamped tap positions (first + k: distinct within a row) into K spare
+    # columns, then drop them: with the clamped indices a row's last taps repeat the last
+    # column, and ONNX's ScatterND keeps one of the repeated writes (a zero weight) where
+    # TensorFlow sums them.
+    taps = tf.shape(index)[1]
+    unclamped = index[:, :1] + tf.range(taps)[None, :]
     rows = tf.broadcast_to(tf.range(tf.shape(index)[0])[:, None], tf.shape(index))
-    at = tf.reshape(tf.stack([rows, index], axis=-1), [-1, 2])
-    return tf.scatter_nd(at, tf.reshape(weight, [-1]), tf.stack([tf.shape(index)[0], tf.cast(in_size, tf.int32)]))
+    at = tf.reshape(tf.stack([rows, unclamped], axis=-1), [-1, 2])
+    width = tf.cast(in_size, tf.int32)
+    dense = tf.scatter_nd(at, tf.reshape(weight, [-1]), tf.stack([tf.shape(index)[0], width + taps]))
+    return dense[:, :width]
 
 
 def resize_like_pil(images: tf.Tensor, height, width, *, window=None) -> tf.Tensor:
