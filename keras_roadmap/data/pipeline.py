@@ -200,15 +200,15 @@ def _guard(image, ok, path, on_corrupt):
         return tf.identity(image)
 
 
-def _drop_unreadable(ds, log, keep):
+def _record_unreadable(ds, log):
     """on_corrupt="skip" on `(images, labels, ids, ok, paths)` batches: record the unreadable
-    images in stream order (a sequential map), then `filter(keep)`."""
+    images in stream order (a sequential map); the caller drops them."""
 
     def note(images, labels, ids, ok, paths):
         with tf.control_dependencies([log.record_batch(paths, ok)]):
             return tf.identity(images), labels, ids, ok, paths
 
-    return ds.map(note).filter(keep)
+    return ds.map(note)
 
 
 def _check_options(on_corrupt, corrupt_log):
@@ -305,7 +305,7 @@ def make_train_dataset(
 
     ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     if on_corrupt == "skip":  # drop the whole batch: every batch keeps its classes x samples
-        ds = _drop_unreadable(ds, log, lambda images, labels, ids, ok, paths: tf.reduce_all(ok))
+        ds = _record_unreadable(ds, log).filter(lambda images, labels, ids, ok, paths: tf.reduce_all(ok))
     ds = ds.map(lambda images, labels, ids, ok, paths: _package(with_sample_ids)(images, labels, ids))
     if on_corrupt == "raise":
         total = tf.data.INFINITE_CARDINALITY if epochs is None else int(epochs) * per_epoch
@@ -356,7 +356,7 @@ def make_eval_dataset(
     ds = tf.data.Dataset.range(source.size).batch(int(batch_size))
     ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     if on_corrupt == "skip":  # drop the unreadable images only, and keep full batches
-        ds = _drop_unreadable(ds, log, lambda images, labels, ids, ok, paths: tf.reduce_any(ok))
-        ds = ds.unbatch().filter(lambda image, label, sample_id, ok, path: ok).batch(int(batch_size))
+        ds = _record_unreadable(ds, log).unbatch()
+        ds = ds.filter(lambda image, label, sample_id, ok, path: ok).batch(int(batch_size))
     ds = ds.map(lambda images, labels, ids, ok, paths: _package(with_sample_ids)(images, labels, ids))
     return ds.prefetch(AUTOTUNE)
