@@ -38,6 +38,7 @@ _EXPORTS = {
     "SupRecallLoss": "keras_roadmap.losses.recall",
     # hierarchical and recall losses (issue 23: HAPPIER, RS@k)
     "HAPLoss": "keras_roadmap.losses.hierarchical",
+    "HAPPIERLoss": "keras_roadmap.losses.happier",
     "RecallAtKLoss": "keras_roadmap.losses.recall_surrogate",
     "simix": "keras_roadmap.losses.recall_surrogate",
     # memory and training

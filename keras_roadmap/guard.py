@@ -39,7 +39,10 @@ def poison_nonfinite(loss, embeddings):
 def degenerate_batch(labels):
     """Scalar float 1.0 when the batch trains nothing: fewer than 2 examples or no pair
     ``i != j`` sharing a label; else 0.0 (graph- and XLA-safe). ``O(B log B)``: two equal
-    neighbours among the sorted labels, no ``(B, B)`` mask (64 MiB at B = 4096)."""
+    neighbours among the sorted labels, no ``(B, B)`` mask (64 MiB at B = 4096). Hierarchical
+    labels ``(B, L)`` (coarse to fine) are judged by their finest level."""
+    if len(labels.shape) == 2:
+        labels = labels[:, -1]
     ordered = ops.sort(ops.reshape(labels, (-1,)))
     repeats = ops.cast(ops.equal(ordered[1:], ordered[:-1]), "float32")
     return ops.cast(ops.less_equal(ops.sum(repeats), 0.0), "float32")

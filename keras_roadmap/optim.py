@@ -124,9 +124,14 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
         # stays None here; decay is applied per variable in `update_step`.
         # Popped here so that TorchAdam and TorchSGD take it through their **kwargs.
         group_learning_rates = _check_group_learning_rates(kwargs.pop("group_learning_rates", None))
+        frozen_steps = kwargs.pop("frozen_steps", 0)
+        if isinstance(frozen_steps, bool) or not isinstance(frozen_steps, int) or frozen_steps < 0:
+            raise ValueError(f"frozen_steps must be an int >= 0, got {frozen_steps!r}.")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.group_learning_rates = group_learning_rates
+        self.frozen_steps = frozen_steps
         self._variable_groups = []
+        self._variable_frozen = []
         self.decay_rate = _check_decay(weight_decay, decay_style)
         self.decay_style = decay_style
         self.lr_multipliers = _check_multipliers(lr_multipliers)
@@ -139,12 +144,20 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
                 return factor
         return 1.0
 
+    def frozen_for(self, path: str) -> bool:
+        """Whether ``frozen_steps`` holds this variable: one of the base group (no
+        ``lr_multipliers`` prefix, no ``group_learning_rates`` prefix: the backbone)."""
+        if not self.frozen_steps or self.group_for(path) is not None:
+            return False
+        return not any(path.startswith(prefix) for prefix in self.lr_multipliers)
+
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
         self._variable_lr_factors = [self.lr_factor_for(v.path) for v in var_list]
         self._variable_groups = [self.group_for(v.path) for v in var_list]
+        self._variable_frozen = [self.frozen_for(v.path) for v in var_list]
 
     def group_for(self, path: str):
         """The ``group_learning_rates`` prefix of a variable path (first match wins), or None."""
@@ -161,15 +174,30 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
         else:
             lr = ops.cast(_group_rate(self.group_learning_rates[group], self.iterations), variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
+        # The official warm-up (SupRank `warmup_step`) skips the backbone optimiser's step: no
+        # update, no moment update, and its step count (Adam's bias correction) starts after.
+        active = None
+        if self._variable_frozen and self._variable_frozen[index]:
+            active = ops.greater_equal(self.iterations, self.frozen_steps)
         if self.decay_rate > 0 and _keras_compat.uses_weight_decay(self, variable):
             if self.decay_style == "coupled":
                 gradient = gradient + self.decay_rate * variable
             else:
                 # torch.optim.AdamW: param *= 1 - lr * wd, before the moment update.
-                self.assign_sub(variable, lr * self.decay_rate * variable)
-        self._apply_update(gradient, variable, lr, index)
+                self._assign_if(active, variable, variable - lr * self.decay_rate * variable)
+        self._apply_update(gradient, variable, lr, index, active)
 
-    def _apply_update(self, gradient, variable, lr, index):  # pragma: no cover - abstract
+    def _assign_if(self, active, variable, value):
+        """``variable <- value``, or (``active`` a bool scalar) only where it is True."""
+        self.assign(variable, value if active is None else ops.where(active, value, variable))
+
+    def _step_count(self, active, dtype):
+        """The 1-based step of this update; for a frozen variable counted from the end of the freeze."""
+        if active is None:
+            return ops.cast(self.iterations + 1, dtype)
+        return ops.cast(ops.maximum(self.iterations + 1 - self.frozen_steps, 1), dtype)
+
+    def _apply_update(self, gradient, variable, lr, index, active):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def get_config(self):
@@ -181,6 +209,8 @@ class _GroupedDecayOptimizer(keras.optimizers.Optimizer):
                 "lr_multipliers": dict(self.lr_multipliers),
             }
         )
+        if self.frozen_steps:
+            config["frozen_steps"] = self.frozen_steps
         if self.group_learning_rates:
             config["group_learning_rates"] = {
                 prefix: rate if isinstance(rate, float) else keras.optimizers.schedules.serialize(rate)
@@ -221,7 +251,10 @@ class TorchAdam(_GroupedDecayOptimizer):
             parameter group with its own optimiser and scheduler; it wins over
             ``lr_multipliers``. E.g. the ROADMAP++ proxies: ``{"cluster_proxies":
             CosineAnnealingDecay(10.0, epochs, steps_per_epoch, eta_min=0.1)}`` (see
-            ``docs/rank-losses.md``). And the other ``keras.optimizers.Optimizer`` arguments (``clipnorm``,
+            ``docs/rank-losses.md``). ``frozen_steps`` (int, 0): for that many first steps the
+            variables outside every prefix (the backbone) are not updated and their step count
+            waits (SupRank's warm-up; :func:`build_optimizer` ``warmup_epochs``). And the other
+            ``keras.optimizers.Optimizer`` arguments (``clipnorm``,
             ``use_ema``, ``gradient_accumulation_steps``, ...). Variables whose name matches
             ``exclude_from_weight_decay`` get no decay in either style.
 
@@ -264,19 +297,27 @@ class TorchAdam(_GroupedDecayOptimizer):
         super().build(var_list)
         self._momentums, self._velocities = self.add_optimizer_variables(var_list, ["momentum", "velocity"])
 
-    def _apply_update(self, gradient, variable, lr, index):
+    def _apply_update(self, gradient, variable, lr, index, active):
         dtype = variable.dtype
-        step = ops.cast(self.iterations + 1, dtype)
+        step = self._step_count(active, dtype)
         # `ops.cast` of a Python float goes through float32: beta_2 = 0.999 would become
         # 0.99900001, a 6.7e-6 relative error in the first float64 updates.
         bias_correction_1 = 1 - ops.power(ops.convert_to_tensor(self.beta_1, dtype), step)
         bias_correction_2 = 1 - ops.power(ops.convert_to_tensor(self.beta_2, dtype), step)
         m = self._momentums[index]
         v = self._velocities[index]
-        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
-        self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
-        denom = ops.sqrt(v) * ops.rsqrt(bias_correction_2) + self.epsilon
-        self.assign_sub(variable, (lr / bias_correction_1) * m / denom)
+        if active is None:
+            self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+            self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
+            denom = ops.sqrt(v) * ops.rsqrt(bias_correction_2) + self.epsilon
+            self.assign_sub(variable, (lr / bias_correction_1) * m / denom)
+            return
+        new_m = m + (gradient - m) * (1 - self.beta_1)
+        new_v = v + (ops.square(gradient) - v) * (1 - self.beta_2)
+        denom = ops.sqrt(new_v) * ops.rsqrt(bias_correction_2) + self.epsilon
+        self._assign_if(active, variable, variable - (lr / bias_correction_1) * new_m / denom)
+        self._assign_if(active, m, new_m)
+        self._assign_if(active, v, new_v)
 
     def get_config(self):
         config = super().get_config()
@@ -325,14 +366,15 @@ class TorchSGD(_GroupedDecayOptimizer):
         super().build(var_list)
         self._buffers = self.add_optimizer_variables(var_list, "momentum_buffer")
 
-    def _apply_update(self, gradient, variable, lr, index):
+    def _apply_update(self, gradient, variable, lr, index, active):
         if self.momentum == 0:
-            self.assign_sub(variable, lr * gradient)
+            self._assign_if(active, variable, variable - lr * gradient)
             return
         buf = self._buffers[index]
-        self.assign(buf, self.momentum * buf + gradient)
-        direction = gradient + self.momentum * buf if self.nesterov else buf
-        self.assign_sub(variable, lr * direction)
+        new_buf = self.momentum * buf + gradient
+        direction = gradient + self.momentum * new_buf if self.nesterov else new_buf
+        self._assign_if(active, variable, variable - lr * direction)
+        self._assign_if(active, buf, new_buf)
 
     def get_config(self):
         config = super().get_config()
@@ -396,18 +438,24 @@ class CosineAnnealingDecay(keras.optimizers.schedules.LearningRateSchedule):
     """``torch.optim.lr_scheduler.CosineAnnealingLR`` stepped once per epoch, driven by the step.
 
     ``lr(step) = eta_min + (initial_learning_rate - eta_min) * (1 + cos(pi * e / epochs)) / 2``
-    with ``e = step // steps_per_epoch`` (PyTorch's closed form; past ``epochs`` it rises again,
-    as PyTorch's does).
+    with ``e = max(step // steps_per_epoch - delay_epochs, 0)`` (PyTorch's closed form; past
+    ``epochs`` it rises again, as PyTorch's does).
 
     Args:
         initial_learning_rate: float > 0. epochs: ``T_max`` in epochs (int >= 1).
         steps_per_epoch: optimizer steps per epoch (int >= 1). eta_min: float >= 0 (0.0).
+        delay_epochs: epochs at the start during which the scheduler is not stepped (0): the
+            official SupRank warm-up (``warmup_step``) skips ``scheduler.step()`` in those epochs.
     """
 
-    def __init__(self, initial_learning_rate, epochs, steps_per_epoch, eta_min=0.0, name=None):
-        for arg, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
-                raise ValueError(f"{arg} must be an int >= 1, got {value!r}.")
+    def __init__(self, initial_learning_rate, epochs, steps_per_epoch, eta_min=0.0, name=None, delay_epochs=0):
+        for arg, value, least in (
+            ("epochs", epochs, 1),
+            ("steps_per_epoch", steps_per_epoch, 1),
+            ("delay_epochs", delay_epochs, 0),
+        ):
+            if isinstance(value, bool) or int(value) != value or int(value) < least:
+                raise ValueError(f"{arg} must be an int >= {least}, got {value!r}.")
         if not float(initial_learning_rate) > 0 or float(eta_min) < 0:
             raise ValueError(
                 f"initial_learning_rate must be > 0 and eta_min >= 0, got {initial_learning_rate} and {eta_min}."
@@ -417,9 +465,11 @@ class CosineAnnealingDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = int(steps_per_epoch)
         self.eta_min = float(eta_min)
         self.name = name
+        self.delay_epochs = int(delay_epochs)
 
     def __call__(self, step):
-        epoch = ops.cast(ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch), "float32")
+        epoch = ops.floor_divide(ops.cast(step, "int64"), self.steps_per_epoch)
+        epoch = ops.cast(ops.maximum(epoch - self.delay_epochs, 0), "float32")
         cosine = ops.cos(ops.cast(math.pi / self.epochs, "float32") * epoch)
         return self.eta_min + (self.initial_learning_rate - self.eta_min) * (1.0 + cosine) / 2.0
 
@@ -430,6 +480,7 @@ class CosineAnnealingDecay(keras.optimizers.schedules.LearningRateSchedule):
             "steps_per_epoch": self.steps_per_epoch,
             "eta_min": self.eta_min,
             "name": self.name,
+            "delay_epochs": self.delay_epochs,
         }
 
 
@@ -447,6 +498,9 @@ def build_optimizer(
     gamma: float = 0.3,
     steps_per_epoch: int | None = None,
     head_prefix: str = HEAD_PREFIX,
+    cosine_epochs: int | None = None,
+    eta_min: float = 0.0,
+    warmup_epochs: int = 0,
     **kwargs,
 ) -> keras.optimizers.Optimizer:
     """The paper's optimiser: two learning rates, PyTorch decay semantics, per-epoch MultiStep.
@@ -469,7 +523,15 @@ def build_optimizer(
         gamma: the decay factor at each milestone.
         steps_per_epoch: optimizer steps per epoch, to turn milestones into steps.
         head_prefix: variable-path prefix of the head (default ``"head_"``).
-        **kwargs: passed to the optimiser (``beta_1``, ``epsilon``, ``momentum``, ``clipnorm``...).
+        cosine_epochs: instead of milestones, a :class:`CosineAnnealingDecay` with this
+            ``T_max`` (epochs) down to ``eta_min`` (SupRank's ``optimizer/sop.yaml``: T_max =
+            max_iter, eta_min 0.0). None (default) = no cosine.
+        warmup_epochs: SupRank's ``warmup_step`` (0 = none): for this many first epochs the
+            backbone (every variable outside the head and the groups) is not updated, and the
+            schedules wait (``delay_epochs``), as the official loop skips the backbone
+            optimiser's step and ``scheduler.step()`` in them.
+        **kwargs: passed to the optimiser (``beta_1``, ``epsilon``, ``momentum``, ``clipnorm``,
+            ``group_learning_rates``...).
 
     Returns:
         A :class:`TorchAdam` or :class:`TorchSGD` for ``model.compile(optimizer=...)``.
@@ -498,15 +560,36 @@ def build_optimizer(
             raise ValueError(f"head_lr must be >= 0, got {head_lr}.")
         multipliers[head_prefix] = float(head_lr) / backbone_lr
     learning_rate = backbone_lr
+    if (milestones or cosine_epochs or warmup_epochs) and steps_per_epoch is None:
+        raise ValueError("milestones, cosine_epochs and warmup_epochs are in epochs: pass steps_per_epoch.")
+    if milestones and cosine_epochs:
+        raise ValueError("give either milestones (MultiStepLR) or cosine_epochs (CosineAnnealingLR), not both.")
     if milestones:
-        if steps_per_epoch is None:
-            raise ValueError("milestones are in epochs: pass steps_per_epoch (e.g. len(train_dataset)).")
+        if warmup_epochs:
+            raise ValueError("warmup_epochs delays a cosine schedule (SupRank); it is not defined with milestones.")
         learning_rate = MultiStepDecay(backbone_lr, milestones, steps_per_epoch, gamma=gamma)
+    if cosine_epochs:
+
+        def cosine(rate):
+            return CosineAnnealingDecay(
+                rate, cosine_epochs, steps_per_epoch, eta_min=eta_min, delay_epochs=warmup_epochs
+            )
+
+        learning_rate = cosine(backbone_lr)
+        if multipliers:
+            # Each PyTorch group anneals to the same eta_min, which a factor of the base rate
+            # would scale: the head gets a schedule of its own.
+            groups = {head_prefix: cosine(float(head_lr)), **(kwargs.pop("group_learning_rates", None) or {})}
+            kwargs["group_learning_rates"] = groups
+            multipliers = {}
+    if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}.")
     cls = TorchSGD if name == "sgd" else TorchAdam
     return cls(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         decay_style=decay_style,
         lr_multipliers=multipliers,
+        frozen_steps=int(warmup_epochs) * int(steps_per_epoch or 0),
         **kwargs,
     )

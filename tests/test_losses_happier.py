@@ -124,3 +124,51 @@ def test_docs_snippets_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/hierarchical.md", "exec"), {})
+
+
+def test_happier_loss_is_the_official_weighted_sum_and_round_trips(tmp_path):
+    """HAPPIER_SOP.yaml: (1 - 0.1) HAPLoss + 0.1 ClusterLoss on the finest level; the proxies in
+    the model train under XLA and survive model.save / load_model."""
+    from keras_roadmap import ClusterLoss, HAPPIERLoss
+
+    z = load("hap_tree3_b20_ties")
+    labels = z["labels"].clip(min=0)
+    fine = np.unique(labels[:, -1], return_inverse=True)[1]
+    labels = np.concatenate([labels[:, :-1], fine[:, None]], axis=1)
+    loss = HAPPIERLoss(num_classes=int(fine.max()) + 1, embedding_dim=z["embeddings"].shape[1], seed=0, dtype="float64")
+    hap = float(HAPLoss(dtype="float64")(labels, z["embeddings"]))
+    cluster = float(
+        ClusterLoss(loss.proxies.num_classes, loss.proxies.embedding_dim, proxies=loss.proxies, dtype="float64")(
+            fine, z["embeddings"]
+        )
+    )
+    np.testing.assert_allclose(float(loss(labels, z["embeddings"])), 0.9 * hap + 0.1 * cluster, rtol=1e-12)
+    assert cluster > 0.1 * hap  # the cluster term is not negligible in that sum
+    # With a memory (reference form) only the H-AP term remains, weighted, as ROADMAP++ does.
+    reference = loss.call_with_reference(labels, z["embeddings"], labels, z["embeddings"])
+    np.testing.assert_allclose(
+        float(reference),
+        0.9 * float(HAPLoss(dtype="float64").call_with_reference(labels, z["embeddings"], labels, z["embeddings"])),
+        rtol=1e-12,
+    )
+    assert HAPPIERLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    inat = HAPPIERLoss.inaturalist(num_classes=4, embedding_dim=4)
+    assert (inat.offset, inat.start, inat.hap_weight, inat.cluster_weight) == (1.0, 0.0, 0.9, 0.1)
+    with pytest.raises(ValueError, match="hap_weight"):
+        HAPPIERLoss(4, 4, hap_weight=-1.0)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(8), 4)
+    y = np.stack([classes // 4, classes], axis=1)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    loss = HAPPIERLoss(num_classes=8, embedding_dim=8, seed=0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.UnitNormalization(), loss.proxies])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, jit_compile=True)
+    before = loss.proxies.proxies.numpy().copy()
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert np.abs(loss.proxies.proxies.numpy() - before).max() > 1e-3
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(restored.get_layer("cluster_proxies").proxies.numpy(), loss.proxies.proxies.numpy())
+    assert isinstance(restored.loss, HAPPIERLoss)

@@ -299,3 +299,53 @@ def test_xla_and_tf_distribute_give_the_eager_result():
         mirrored = _two_steps(mirrored_model)
     for got, want in zip(mirrored, expected, strict=False):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_warmup_freezes_the_backbone_and_delays_the_cosine_as_suprank_does():
+    """SupRank's loop (engine/train.py, base_training_loop.py) with `warmup_step=W`: in epochs
+    1..W the backbone optimiser does not step (no moments, its step count waits) and no
+    scheduler steps; the head trains. The reference is that loop over two torch.optim.Adam
+    (coupled decay, per-parameter step count) and CosineAnnealingLR, in float64 numpy."""
+    steps_per_epoch, epochs, warmup, wd, eta_min = 2, 5, 2, 0.05, 1e-3
+    base = {"conv/kernel": 1e-2, "head_projection/kernel": 2e-2}
+    params, grads, variables = _problem(grad_scale=0.1, steps=steps_per_epoch * epochs)
+    opt = build_optimizer(
+        1e-2,
+        2e-2,
+        weight_decay=wd,
+        cosine_epochs=epochs,
+        eta_min=eta_min,
+        warmup_epochs=warmup,
+        steps_per_epoch=steps_per_epoch,
+    )
+    got = _run(opt, grads, variables)
+
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    t = dict.fromkeys(p, 0)
+    scheduler_steps, step = 0, 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps_per_epoch):
+            for k in p:
+                if k == "conv/kernel" and epoch <= warmup:
+                    continue
+                lr = eta_min + (base[k] - eta_min) * (1 + np.cos(np.pi * scheduler_steps / epochs)) / 2
+                t[k] += 1
+                g = grads[step][k].astype(np.float64) + wd * p[k]
+                m[k] = 0.9 * m[k] + 0.1 * g
+                v[k] = 0.999 * v[k] + 0.001 * g * g
+                p[k] = p[k] - lr / (1 - 0.9 ** t[k]) * m[k] / (np.sqrt(v[k]) / np.sqrt(1 - 0.999 ** t[k]) + 1e-8)
+            step += 1
+        if epoch > warmup:
+            scheduler_steps += 1
+    assert _max_err(got, p) < 3e-6  # float32 variables, 10 steps
+    # It can fail: without the freeze the backbone moves in the first epochs.
+    _, _, fresh = _problem(grad_scale=0.1, steps=steps_per_epoch * epochs)
+    plain = build_optimizer(
+        1e-2, 2e-2, weight_decay=wd, cosine_epochs=epochs, eta_min=eta_min, steps_per_epoch=steps_per_epoch
+    )
+    assert _max_err(_run(plain, grads, fresh), p) > 1e-4
+    config = opt.get_config()
+    assert config["frozen_steps"] == warmup * steps_per_epoch
+    assert TorchAdam.from_config(config).frozen_steps == warmup * steps_per_epoch

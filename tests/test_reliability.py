@@ -432,7 +432,7 @@ def _set(path, value):
             r"cub.yaml: `backbones.resnet50_max_ln.epochs` must be an integer >= 1, got 'two'",
         ),
         (_set("loss.tua", 0.1), r"unknown key `loss.tua`; did you mean `tau`\?"),
-        (_set("loss.rho", -5), r"cub.yaml: `loss`: SupAPLoss: `rho` must be >= 0, got -5.0"),
+        (_set("loss.rho", -5), r"cub.yaml: `loss` \(roadmap\): SupAPLoss: `rho` must be >= 0, got -5.0"),
         (_set("memory.weight", "heavy"), r"`memory.weight` must be a number >= 0, got 'heavy'"),
         (_set("sampler.name", "m_per_clas"), r"`sampler.name` must be one of .*did you mean 'm_per_class'"),
         (_set("evaluation.ks", [1, 0]), r"`evaluation.ks\[1\]` must be an integer >= 1, got 0"),

@@ -26,6 +26,7 @@ from keras_roadmap.losses.cluster import (
 )
 
 # issue 23: HAPPIER's H-AP and the Recall@k surrogate (imported here so they register for loading)
+from keras_roadmap.losses.happier import HAPPIERLoss
 from keras_roadmap.losses.hierarchical import HAPLoss, hap_loss
 from keras_roadmap.losses.ndcg import SupNDCGLoss, supndcg
 from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS, SUPAP_PRESETS
@@ -44,6 +45,7 @@ __all__ = [
     "ClusterProxies",
     "ClusterLoss",
     "HAPLoss",
+    "HAPPIERLoss",
     "RecallAtKLoss",
     "hap_loss",
     "recall_at_k",

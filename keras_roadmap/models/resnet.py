@@ -180,13 +180,15 @@ def build_resnet50(
     backbone_weights=None,
     variant=None,
     pooling="avg",
+    layer_norm=False,
 ):
     """ResNet-50 (v1.5 by default) + global average pooling + Dense(512) + L2 (SOP/INShop/iNat).
 
     ``variant``: None (default: "torchvision", or "keras_hub" when ``weights`` is a keras-hub
     preset), "torchvision" (v1.5, torchvision's layer names), "keras_hub" (v1.5) or
     "keras_applications" (v1).
-    ``pooling``: "avg" (default) or "max".
+    ``pooling``: "avg" (default) or "max". ``layer_norm``: a LayerNorm without affine
+    parameters before the projection (False; SupRank's ``model/resnet_ln.yaml``: True).
     """
     return _build(
         input_shape,
@@ -195,7 +197,7 @@ def build_resnet50(
         freeze_batchnorm,
         backbone_weights,
         pooling=pooling,
-        layer_norm=False,
+        layer_norm=bool(layer_norm),
         variant=variant,
         model_name="resnet50_embedder",
     )

@@ -36,6 +36,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train from random weights although the paper started from ImageNet ones",
     )
+    add(
+        "--loss",
+        help="loss profile of the config (its `losses:` table; e.g. the suprank recipes: roadmap_pp, suprecall, "
+        "supndcg, happier)",
+    )
     add("--epochs", type=int, help="total number of epochs")
     add("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
     add("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")

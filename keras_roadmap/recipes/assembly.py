@@ -103,43 +103,111 @@ def build_encoder(config: RecipeConfig, *, weights="config"):
 
 
 #: `loss.name` values (default "roadmap"): every training loss the package ships.
-LOSS_NAMES = ("roadmap", "supap", "smoothap", "calibration")
+LOSS_NAMES = (
+    "roadmap",
+    "supap",
+    "smoothap",
+    "calibration",
+    "suprecall",
+    "supndcg",
+    "roadmap_pp",
+    "happier",
+    "rsk",
+)
+#: Losses whose `y_true` is `(B, 2)`: [super-category, class] (the split's two levels).
+HIERARCHICAL_LOSSES = ("happier",)
+#: Losses with class proxies (ClusterLoss): trained with their own learning rate.
+PROXY_LOSSES = ("roadmap_pp", "happier")
+#: The proxies' own optimiser settings in a loss section (not loss keywords), with the official
+#: values (suprank/config/loss/ROADMAP_pp_SOP.yaml: Adam lr 10.0, weight_decay 0.0,
+#: CosineAnnealingLR T_max = max_iter, eta_min 0.1).
+PROXY_SETTINGS = {"proxy_lr": 10.0, "proxy_eta_min": 0.1}
+_NOT_KEYWORDS = ("preset", "name", *PROXY_SETTINGS)
 
 
-def build_loss(config: RecipeConfig):
-    """The config's loss: `loss.name` (default "roadmap": `ROADMAPLoss.from_preset(loss.preset)`,
-    "default": SOP/CUB/In-Shop, "inaturalist"; "supap" the same preset; "smoothap";
-    "calibration"), with any extra keywords."""
+def loss_class(name: str):
+    """The loss class of a `loss.name` (ConfigError for an unknown one)."""
     from keras_roadmap import losses
 
-    kwargs = {k: v for k, v in config.loss.items() if k not in ("preset", "name")}
+    classes = {
+        "roadmap": losses.ROADMAPLoss,
+        "supap": losses.SupAPLoss,
+        "smoothap": losses.SmoothAPLoss,
+        "calibration": losses.CalibrationLoss,
+        "suprecall": losses.SupRecallLoss,
+        "supndcg": losses.SupNDCGLoss,
+        "roadmap_pp": losses.ROADMAPPlusPlusLoss,
+        "happier": losses.HAPPIERLoss,
+        "rsk": losses.RecallAtKLoss,
+    }
+    if name not in classes:
+        raise ConfigError(f"loss.name must be one of {LOSS_NAMES}, got {name!r}.")
+    return classes[name]
+
+
+def build_loss(config: RecipeConfig, num_classes: int | None = None, embedding_dim: int | None = None):
+    """The config's loss: `loss.name` (default "roadmap") built with the section's keywords.
+
+    `loss.preset` ("default": SOP/CUB/In-Shop, "inaturalist") picks the SupAP parameters of
+    the losses that have presets (roadmap, supap, suprecall, supndcg, roadmap_pp, happier);
+    keywords given in the section win over it. The proxy losses (roadmap_pp, happier) need
+    `num_classes` (training classes, ids in [0, C)) and `embedding_dim`.
+    """
     name = config.loss.get("name", "roadmap")
-    if name == "roadmap":
-        return losses.ROADMAPLoss.from_preset(config.loss["preset"], **kwargs)
-    if name == "supap":
-        return losses.SupAPLoss.from_preset(config.loss["preset"], **kwargs)
-    if name == "smoothap":
-        return losses.SmoothAPLoss(**kwargs)
-    if name == "calibration":
-        return losses.CalibrationLoss(**kwargs)
-    raise ConfigError(f"loss.name must be one of {LOSS_NAMES}, got {name!r}.")
+    cls = loss_class(name)
+    kwargs = {k: v for k, v in config.loss.items() if k not in _NOT_KEYWORDS}
+    if name in PROXY_LOSSES:
+        if num_classes is None or embedding_dim is None:
+            raise ConfigError(f"loss {name!r} has class proxies: give num_classes and embedding_dim.")
+        kwargs.update(num_classes=int(num_classes), embedding_dim=int(embedding_dim))
+    preset = config.loss.get("preset", "default")
+    if preset == "inaturalist" and hasattr(cls, "inaturalist"):
+        return cls.inaturalist(**kwargs)
+    if preset != "default" and not hasattr(cls, "inaturalist"):
+        raise ConfigError(f"loss.preset {preset!r} does not apply to loss {name!r} (it has no SupAP presets).")
+    return cls(**kwargs)
 
 
-def build_recipe_optimizer(config: RecipeConfig, steps_per_epoch: int):
+def build_recipe_optimizer(config: RecipeConfig, steps_per_epoch: int, loss=None):
     """`keras_roadmap.optim.build_optimizer` with the profile's settings (PyTorch semantics:
-    Adam = coupled decay, AdamW = decoupled; MultiStep decay counted in epochs)."""
-    from keras_roadmap.optim import build_optimizer
+    Adam = coupled decay, AdamW = decoupled; MultiStep or cosine decay counted in epochs; the
+    SupRank warm-up). A `loss` with proxies gives them their own group: the loss section's
+    `proxy_lr` annealed (cosine over the run's epochs) to `proxy_eta_min`, no weight decay."""
+    from keras_roadmap.optim import CosineAnnealingDecay, build_optimizer
 
     o = config.optimizer
-    return build_optimizer(
+    cosine = o.get("schedule") == "cosine"
+    warmup = int(o.get("warmup_epochs") or 0)
+    kwargs = {}
+    proxies = getattr(loss, "proxies", None)
+    if proxies is not None:
+        settings = {**PROXY_SETTINGS, **{k: config.loss[k] for k in PROXY_SETTINGS if k in config.loss}}
+        kwargs["group_learning_rates"] = {
+            proxies.name: CosineAnnealingDecay(
+                settings["proxy_lr"],
+                config.epochs,
+                int(steps_per_epoch),
+                eta_min=settings["proxy_eta_min"],
+                delay_epochs=warmup,
+            )
+        }
+    optimizer = build_optimizer(
         o["backbone_lr"],
         o["head_lr"],
         optimizer=o["name"],
         weight_decay=o["weight_decay"],
-        milestones=o["milestones"],
+        milestones=[] if cosine else o["milestones"],
         gamma=o["gamma"],
-        steps_per_epoch=int(steps_per_epoch) if o["milestones"] else None,
+        cosine_epochs=config.epochs if cosine else None,
+        eta_min=float(o.get("eta_min") or 0.0),
+        warmup_epochs=warmup,
+        steps_per_epoch=int(steps_per_epoch) if (o["milestones"] or cosine or warmup or proxies is not None) else None,
+        **kwargs,
     )
+    if proxies is not None:
+        # torch.optim.Adam(lr=10.0, weight_decay=0.0) for the proxies: no decay in either style.
+        optimizer.exclude_from_weight_decay(var_list=[proxies.proxies])
+    return optimizer
 
 
 def build_memory(config: RecipeConfig):
@@ -152,14 +220,24 @@ def build_memory(config: RecipeConfig):
     return CrossBatchMemory(m["size"], unique=m["unique"], weight=m["weight"], activate_after=m["activate_after"])
 
 
-def build_trainer(config: RecipeConfig, encoder, steps_per_epoch: int, *, jit_compile: bool = True):
-    """A compiled `RetrievalTrainer` around `encoder` (with the config's memory, loss, optimiser)."""
+def build_trainer(
+    config: RecipeConfig, encoder, steps_per_epoch: int, *, jit_compile: bool = True, num_classes: int | None = None
+):
+    """A compiled `RetrievalTrainer` around `encoder` (with the config's memory, loss, optimiser);
+    `num_classes` (training classes) for a loss with proxies."""
     from keras_roadmap.trainer import RetrievalTrainer
 
-    trainer = RetrievalTrainer(encoder, memory=build_memory(config))
+    loss = build_loss(config, num_classes=num_classes, embedding_dim=encoder.output_shape[-1])
+    model = encoder
+    if getattr(loss, "proxies", None) is not None:
+        import keras
+
+        # An identity layer that owns the proxies: they become trained (and saved) weights.
+        model = keras.Sequential([encoder, loss.proxies], name=f"{encoder.name}_with_proxies")
+    trainer = RetrievalTrainer(model, memory=build_memory(config))
     trainer.compile(
-        optimizer=build_recipe_optimizer(config, steps_per_epoch),
-        loss=build_loss(config),
+        optimizer=build_recipe_optimizer(config, steps_per_epoch, loss),
+        loss=loss,
         jit_compile=jit_compile,
     )
     return trainer

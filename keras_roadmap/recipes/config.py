@@ -35,7 +35,8 @@ class RecipeConfig:
         epochs: total epochs; seed: sampler, augmentation and initialisation seed.
         sampler: dict(name, batch_size, samples_per_class[, batches_per_super_pair]).
         optimizer: dict(name, backbone_lr, head_lr, weight_decay, milestones, gamma).
-        loss: dict(preset[, any ROADMAPLoss keyword, e.g. calibration_warmup_steps]).
+        loss: dict(name (default "roadmap"), preset[, the loss's keywords, e.g.
+            calibration_warmup_steps; proxy_lr / proxy_eta_min for the proxy losses]).
         memory: dict(size (0 = off), unique, weight, activate_after).
         evaluation: dict(every_n_epochs, ks, batch_size, grid_queries, grid_k).
         mixed_precision: Keras dtype policy used when a GPU is present ("float32" = off).
@@ -43,6 +44,7 @@ class RecipeConfig:
         precision_forced: apply `mixed_precision` even without a GPU (`--precision`).
         transform: the profile's transform preset name (`keras_roadmap.data.presets`: "sop",
             "sop_big", "cub", ...); `transform_preset(config)` gives it at `image_size`.
+        loss_profile: the `losses:` profile the loss came from (`--loss NAME`), None without.
     """
 
     dataset: str
@@ -65,6 +67,7 @@ class RecipeConfig:
     smoke: bool = False
     precision_forced: bool = False
     transform: str | None = None
+    loss_profile: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,13 +122,35 @@ def _deep_update(base: dict, extra: dict) -> dict:
 
 def _check_loss_arguments(loss: dict, source: str) -> None:
     """The loss keywords' ranges, checked by the loss constructor itself (one set of rules)."""
-    from keras_roadmap.losses import ROADMAPLoss
+    import types
 
-    kwargs = {k: v for k, v in loss.items() if k != "preset"}
+    from keras_roadmap.recipes.assembly import build_loss
+
     try:
-        ROADMAPLoss(**kwargs)
+        # Any class count and width: only the keywords are checked here.
+        build_loss(types.SimpleNamespace(loss=loss), num_classes=2, embedding_dim=2)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: `loss`: {err}") from None
+        raise ConfigError(f"{source}: `loss` ({loss.get('name', 'roadmap')}): {err}") from None
+
+
+def _loss_section(raw: dict, sections: dict, overrides: dict, smoke_section: dict | None, source: str):
+    """(profile name or None, the loss section): `losses[NAME]` (NAME = `--loss` or the file's
+    `loss_profile`) laid over `loss:`, then, in a smoke run, `smoke.loss` over that."""
+    profiles = raw.get("losses")
+    wanted = overrides.get("loss", raw.get("loss_profile"))
+    if not profiles:
+        if "loss" in overrides:
+            raise ConfigError(
+                f"{source}: --loss {overrides['loss']}: this config has no `losses:` profiles; set `loss.name` "
+                "in a copy (--print-config) or use a recipe with loss profiles (keras-roadmap recipes)."
+            )
+        return None, sections["loss"]
+    if wanted not in profiles:
+        raise ConfigError(f"{source}: unknown loss profile {wanted!r}; this config defines {sorted(profiles)}.")
+    loss = _deep_update(raw.get("loss") or {}, profiles[wanted])
+    if smoke_section is not None:
+        loss = _deep_update(loss, smoke_section.get("loss") or {})
+    return wanted, loss
 
 
 def resolve_config(
@@ -152,6 +177,7 @@ def resolve_config(
     profiles = _require(raw, "backbones", source)
     sections = {key: copy.deepcopy(raw.get(key) or {}) for key in ("sampler", "loss", "memory", "evaluation")}
     backbone = overrides.get("backbone", raw.get("backbone"))
+    smoke_section = None
     if smoke:
         smoke_section = raw.get("smoke") or {}
         for key in sections:
@@ -188,7 +214,7 @@ def resolve_config(
             sampler.get("batches_per_super_pair", 10), "sampler.batches_per_super_pair"
         )
 
-    loss = sections["loss"]
+    loss_profile, loss = _loss_section(raw, sections, overrides, smoke_section, source)
     loss.setdefault("preset", "default")
     if loss["preset"] not in LOSS_PRESETS:
         raise ConfigError(f"{source}: loss.preset must be one of {LOSS_PRESETS}, got {loss['preset']!r}.")
@@ -218,6 +244,13 @@ def resolve_config(
         weight=float(memory.get("weight", 1.0)),
         activate_after=int(memory.get("activate_after", 0)),
     )
+    from keras_roadmap.recipes.assembly import HIERARCHICAL_LOSSES
+
+    if loss.get("name") in HIERARCHICAL_LOSSES and size:
+        raise ConfigError(
+            f"{source}: loss {loss['name']!r} trains on [super-category, class] labels, which the cross-batch "
+            "memory does not store (the official HAPPIER runs use none): use --memory 0."
+        )
 
     evaluation = sections["evaluation"]
     evaluation["every_n_epochs"] = _positive_int(evaluation.get("every_n_epochs", 1), "evaluation.every_n_epochs")
@@ -235,6 +268,10 @@ def resolve_config(
     optimizer["weight_decay"] = _float_or_none(optimizer.get("weight_decay", 0.0), "weight_decay")
     optimizer["milestones"] = [int(m) for m in optimizer.get("milestones") or []]
     optimizer["gamma"] = _float_or_none(optimizer.get("gamma", 0.3), "gamma")
+    if optimizer.get("schedule") == "cosine" and optimizer["milestones"]:
+        raise ConfigError(f"{where}.optimizer: schedule cosine takes no milestones (those are MultiStepLR's).")
+    if optimizer.get("warmup_epochs") and optimizer.get("schedule") != "cosine":
+        raise ConfigError(f"{where}.optimizer: warmup_epochs (SupRank's warm-up) needs schedule: cosine.")
 
     weights = overrides.get("weights", profile.get("weights"))
     if isinstance(weights, str) and weights.lower() in ("none", "null", "random", ""):
@@ -262,6 +299,7 @@ def resolve_config(
         mixed_precision=str(raw.get("mixed_precision", "mixed_float16")),
         smoke=smoke,
         transform=transform,
+        loss_profile=loss_profile,
     )
 
 
@@ -301,6 +339,8 @@ def with_overrides(raw: dict, overrides: dict | None = None, *, smoke: bool = Fa
         sections.setdefault("evaluation", {})["every_n_epochs"] = overrides["eval_every"]
     if "seed" in overrides:
         out["seed"] = overrides["seed"]
+    if "loss" in overrides:
+        out["loss_profile"] = overrides["loss"]
     return out
 
 

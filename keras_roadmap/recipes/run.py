@@ -90,8 +90,8 @@ def _read_config(dataset: str, args, default_config):
     """`(path, mapping)` of `--config` (else `default_config`), checked to be `dataset`'s."""
     path = pathlib.Path(args.config or default_config)
     raw = load_yaml(path)
-    if raw.get("dataset") != dataset:
-        raise ConfigError(f"{path} is a config for {raw.get('dataset')!r}, not {dataset!r}.")
+    if raw.get("dataset") != catalog.dataset_of(dataset):
+        raise ConfigError(f"{path} is a config for {raw.get('dataset')!r}, not {catalog.dataset_of(dataset)!r}.")
     return path, raw
 
 
@@ -104,6 +104,7 @@ def _overrides(args) -> dict:
         "batch_size": args.batch_size,
         "memory": args.memory,
         "seed": args.seed,
+        "loss": getattr(args, "loss", None),
     }
 
 
@@ -165,7 +166,40 @@ def _datasets(config: RecipeConfig, splits, sampler, first_epoch: int):
             return None
         return make_eval_dataset(split, config.evaluation["batch_size"], preset=preset)
 
+    if config.loss.get("name") in assembly.HIERARCHICAL_LOSSES:
+        train = _with_levels(train, splits.train)
     return train, evaluation(splits.gallery), evaluation(splits.query)
+
+
+def super_of_class(split):
+    """`(C,)` int: the super-category of each class of `split` (ConfigError when a split has no
+    super-categories or a class sits in two)."""
+    import numpy as np
+
+    if split.super_labels is None:
+        raise ConfigError(
+            f"{split.name} has no super-categories, so a hierarchical loss (happier) has no second level: "
+            "use a two-level folder ROOT/<category>/<class>/ or a `category` column, or another --loss."
+        )
+    table = np.full(int(split.labels.max()) + 1, -1, dtype=np.int64)
+    table[split.labels] = split.super_labels
+    if np.any(table[split.labels] != split.super_labels):
+        raise ConfigError(f"{split.name}: a class has images in two super-categories; give each class one.")
+    return table
+
+
+def _with_levels(train, split):
+    """The training stream with `(B, 2)` [super-category, class] labels (HAPLoss's `y_true`;
+    the config refuses a memory with it, so the stream has no sample ids)."""
+    import tensorflow as tf
+
+    table = tf.constant(super_of_class(split))
+
+    def levels(labels):
+        labels = tf.cast(labels, tf.int64)
+        return tf.stack([tf.gather(table, labels), labels], axis=-1)
+
+    return train.map(lambda x, y: (x, levels(y)))
 
 
 def _log_start(out: pathlib.Path, config: RecipeConfig, first_epoch: int, policy: str, data_dir) -> None:
@@ -261,7 +295,9 @@ def train(
     sampler = assembly.build_sampler(config, splits.train)
     train_ds, gallery_ds, query_ds = _datasets(config, splits, sampler, first_epoch)
     encoder = assembly.build_encoder(config)
-    trainer = assembly.build_trainer(config, encoder, len(sampler), jit_compile=True)
+    trainer = assembly.build_trainer(
+        config, encoder, len(sampler), jit_compile=True, num_classes=int(splits.train.labels.max()) + 1
+    )
     _log_start(out, config, first_epoch, policy, data_dir)
     if first_epoch:
         print(f"Resuming from epoch {first_epoch} (backup in {backup_dir}).", flush=True)
@@ -357,6 +393,14 @@ def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
     # Custom data: single-image classes are gallery-only distractors, not (missed) queries.
     kwargs["exclude_lone_from_recall"] = bool(config.evaluation.get("exclude_lone_from_recall", False))
     metrics = retrieval_metrics(gallery, splits.gallery.labels, ks=config.evaluation["ks"], **kwargs)
+    if config.loss.get("name") in assembly.HIERARCHICAL_LOSSES and splits.query is None:
+        # The official HAPPIER runs also report the hierarchical metrics on [super, class].
+        import numpy as np
+
+        from keras_roadmap.evaluation.hierarchical import hierarchical_retrieval_metrics
+
+        levels = np.stack([splits.gallery.super_labels, splits.gallery.labels], axis=1)
+        metrics.update({k: float(v) for k, v in hierarchical_retrieval_metrics(gallery, levels).items()})
     embeddings = {"gallery": gallery, "query": kwargs.get("query_embeddings")}
     return metrics, embeddings
 
@@ -559,7 +603,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
         elif args.smoke:
             data_dir = out / "smoke_data"
             if not (data_dir / ".complete").is_file():
-                write_smoke_dataset(dataset, data_dir, _smoke_shape(args, default_config))
+                write_smoke_dataset(catalog.dataset_of(dataset), data_dir, _smoke_shape(args, default_config))
                 (data_dir / ".complete").write_text("")
         elif not data_dir:
             return fail("--data-dir is required (or --smoke for a generated tiny dataset).")
@@ -568,7 +612,7 @@ def main_from_args(dataset: str, args, *, prog: str, default_config=None) -> int
     if args.smoke:
         print(
             f"SMOKE MODE: {config.model} at {config.image_size}x{config.image_size}, {config.epochs} epoch(s), "
-            f"on a generated {dataset} tree in {data_dir}. Checks the pipeline end to end; "
+            f"on a generated {catalog.dataset_of(dataset)} tree in {data_dir}. Checks the pipeline end to end; "
             "the numbers mean nothing.",
             flush=True,
         )

@@ -73,6 +73,11 @@ OPTIMIZER = {
     "weight_decay": Field("number", minimum=0),
     "milestones": Field("list", item=Field("int", minimum=1)),
     "gamma": Field("number", minimum=0, min_open=True),
+    # SupRank's optimizer/*.yaml: CosineAnnealingLR(T_max = the run's epochs, eta_min) per group.
+    "schedule": Field("str", choices=("multistep", "cosine")),
+    "eta_min": Field("number", minimum=0),
+    # SupRank's `warmup_step`: epochs during which the backbone is not updated (keras_roadmap.optim).
+    "warmup_epochs": Field("int", minimum=0),
 }
 PROFILE = {
     "model": Field("str"),
@@ -93,8 +98,13 @@ SAMPLER = {
     "samples_per_class": POSITIVE_INT,
     "batches_per_super_pair": POSITIVE_INT,
 }
-# ROADMAPLoss keywords; their ranges are checked by the loss itself (keras_roadmap.validation).
+# The loss: `name` (keras_roadmap.recipes.assembly.LOSS_NAMES) and its keywords; their ranges
+# are checked by the loss itself (keras_roadmap.validation).
 LOSS = {
+    "name": Field(
+        "str",
+        choices=("roadmap", "supap", "smoothap", "calibration", "suprecall", "supndcg", "roadmap_pp", "happier", "rsk"),
+    ),
     "preset": Field("str", choices=("default", "inaturalist")),
     **{
         k: Field("number")
@@ -108,11 +118,22 @@ LOSS = {
             "neg_margin",
             "ap_weight",
             "calibration_weight",
+            "recall_weight",
+            "cluster_weight",
+            "hap_weight",
+            "temp",
+            "temperature",
+            "alpha",
         )
     },
+    "at_k": Field("list", item=Field("int", minimum=1)),
+    "k_values": Field("list", item=Field("int", minimum=1)),
     "include_self": Field("bool"),
     "pairs_per_chunk": Field("int", minimum=1, nullable=True),
     "calibration_warmup_steps": Field("int", minimum=0),
+    # The class proxies' own optimiser (roadmap_pp, happier): Adam lr, cosine to eta_min.
+    "proxy_lr": Field("number", minimum=0, min_open=True),
+    "proxy_eta_min": Field("number", minimum=0),
 }
 MEMORY = {
     "size": Field("int", minimum=0),
@@ -146,6 +167,9 @@ TOP = {
     "mixed_precision": Field("str", choices=("float32", "mixed_float16", "mixed_bfloat16")),
     "sampler": Field("section", fields=SAMPLER),
     "loss": Field("section", fields=LOSS),
+    # Named loss sections (`--loss NAME` picks one; `loss_profile` is the default), laid over `loss`.
+    "loss_profile": Field("str"),
+    "losses": Field("profiles", fields=LOSS),
     "memory": Field("section", fields=MEMORY),
     "evaluation": Field("section", fields=EVALUATION),
     "backbones": Field("profiles", fields=PROFILE),

@@ -1,0 +1,103 @@
+"""HAPPIER as its official configs train it: H-AP plus a proxy cluster term on the finest level.
+
+``config/loss/HAPPIER_SOP.yaml`` and ``HAPPIER_inat.yaml`` (elias-ramzi/HAPPIER, the same files
+in elias-ramzi/SupRank) combine ``HAPLoss`` (weight ``1 - 0.1``) with ``ClusterLoss`` (weight
+0.1, ``hierarchy_level: 0``: the finest labels) whose proxies have their own optimiser (Adam, lr
+10.0, no weight decay, cosine to 0.1), as ROADMAP++ does; see ``docs/rank-losses.md``.
+"""
+
+import keras
+
+from keras_roadmap import validation
+from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss
+from keras_roadmap.losses.hierarchical import HAPLoss
+from keras_roadmap.losses.roadmap import weighted_terms
+
+# HAPPIER_SOP.yaml: ClusterLoss `weight: 0.1`, HAPLoss `weight: ${sub:1,${loss.losses.1.weight}}`.
+HAPPIER_WEIGHTS = {"hap_weight": 0.9, "cluster_weight": 0.1}
+
+
+class _FinestLevel:
+    """The batch of hierarchical pairs seen by a flat loss: labels = the last (finest) level."""
+
+    def __init__(self, pairs):
+        self.labels = pairs.labels[:, -1]
+        self.embeddings = pairs.embeddings
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class HAPPIERLoss(HAPLoss):
+    """HAPPIER: ``hap_weight * HAPLoss + cluster_weight * ClusterLoss`` (0.9 / 0.1).
+
+    Args:
+        num_classes: (with embedding_dim) the proxies' shape: the finest level's training
+            classes (ids in ``[0, num_classes)``) and the embedding width.
+        hap_weight: (with cluster_weight) weights of the two terms (0.9, 0.1).
+        temperature: ClusterLoss temperature (0.05).
+        proxies: (with proxies_name, seed) as for :class:`ClusterLoss`; call ``loss.proxies``
+            in the model so ``fit`` trains them.
+        tau: (with rho, offset, delta, start, alpha, include_self, pairs_per_chunk, name,
+            dtype) as for :class:`HAPLoss`; ``HAPPIERLoss.inaturalist(...)``: offset 1.0,
+            start 0.0 (``HAPPIER_inat.yaml``). The official ``beta``, ``gamma`` and ``leak``
+            only act with ``with_hrank: True``, which both files turn off.
+
+    Call: ``loss(y_true=labels (B, L) int coarse-to-fine, y_pred=embeddings (B, D))`` -> scalar.
+    ``call_with_reference`` (a memory) gives the H-AP term only, weighted, as ROADMAP++ does.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        embedding_dim,
+        hap_weight=HAPPIER_WEIGHTS["hap_weight"],
+        cluster_weight=HAPPIER_WEIGHTS["cluster_weight"],
+        *,
+        temperature=CLUSTER_TEMPERATURE,
+        proxies=None,
+        proxies_name=DEFAULT_PROXIES_NAME,
+        seed=None,
+        name="happier_loss",
+        dtype=None,
+        **hap,
+    ):
+        super().__init__(name=name, dtype=dtype, **hap)
+        owner = type(self).__name__
+        self.cluster = ClusterLoss(
+            num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
+        )
+        self.hap_weight, self.cluster_weight = validation.loss_weights(
+            hap_weight=hap_weight, cluster_weight=cluster_weight, owner=owner
+        )
+
+    @property
+    def proxies(self):
+        """The :class:`ClusterProxies` layer (call it in the model so ``fit`` trains it)."""
+        return self.cluster.proxies
+
+    def batch_pairs(self, y_true, y_pred):
+        pairs = super().batch_pairs(y_true, y_pred)
+        pairs.batch_form = True
+        return pairs
+
+    def ratio_terms(self, pairs):
+        """H-AP's ratio and, in the batch form only, ClusterLoss's on the finest level, each weighted."""
+        terms = [(self.hap_weight, lambda: super(HAPPIERLoss, self).ratio_terms(pairs))]
+        if getattr(pairs, "batch_form", False):
+            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(_FinestLevel(pairs))))
+        return weighted_terms(*terms)
+
+    def get_config(self):
+        cluster = self.cluster.get_config()
+        return {
+            **super().get_config(),
+            "num_classes": cluster["num_classes"],
+            "embedding_dim": cluster["embedding_dim"],
+            "hap_weight": self.hap_weight,
+            "cluster_weight": self.cluster_weight,
+            "temperature": self.cluster.temperature,
+            "proxies_name": cluster["proxies_name"],
+            "seed": cluster["seed"],
+        }
+
+
+__all__ = ["HAPPIERLoss", "HAPPIER_WEIGHTS"]
