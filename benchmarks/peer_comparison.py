@@ -6,7 +6,7 @@ pytorch-metric-learning and open-metric-learning, with the same network, data, b
 The folder: the bundled glyphs written as PNG files (``write_glyph_folder``: one folder per
 character, ~500 classes x fonts x copies), split by class with ``keras-roadmap prepare`` (half of
 the classes held out). Every method trains the same ``tiny_cnn`` (three conv blocks, 64-d, L2)
-from random weights at ``--image-size`` with batches of 16 classes x 4 images, Adam at 1e-3, for
+from random weights at ``--image-size`` with batches of 16 classes x 4 images, Adam at ``--lr`` (2e-3), for
 ``--steps`` steps, with the same transform; the peers run in their own venvs
 (``benchmarks/peers/torch_peer.py``: torch + the peer library only). Every method's held-out
 embeddings are evaluated by the same exact evaluator (``retrieval_metrics``, leave-one-out over
@@ -44,6 +44,15 @@ KEYS = ("recall@1", "map@r", "r_precision", "map")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="runs/peers", help="folder for the images, the split and the runs")
+    parser.add_argument(
+        "--folder",
+        help="an image folder to use instead of the glyphs (e.g. benchmarks/emoji_folder.py's); split by "
+        "`keras-roadmap prepare --dedupe` into WORK/split.csv",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=2e-3, help="Adam learning rate of every method (2e-3: train custom's default)"
+    )
+    parser.add_argument("--no-ours", action="store_true", help="leave out the train custom rows (e.g. a peers-only rerun)")
     parser.add_argument("--copies", type=int, default=1, help="augmented images per (character, font)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=600)
@@ -105,6 +114,8 @@ def ours(args, work, split, loss):
         str(args.steps),
         "--seed",
         str(args.seed),
+        "--lr",
+        str(args.lr),
         "--verbose",
         "0",
     ]
@@ -136,8 +147,8 @@ def _our_version():
 
 def script_worker(args, split, out):
     """The hand-written script a user would write with our public API (no recipe): the same
-    split, transform, sampler (16 classes x 4), ``tiny_cnn`` from random weights, Adam at 1e-3
-    and steps, ``RetrievalTrainer`` + ``ROADMAPLoss()`` with its defaults, ``fit``, embed the
+    split, transform, sampler (16 classes x 4), ``tiny_cnn`` from random weights, Adam at
+    ``--lr`` and steps, ``RetrievalTrainer`` + ``ROADMAPLoss()`` with its defaults, ``fit``, embed the
     held-out images. Run in its own process (``--script-worker``) so that its wall time counts
     start-up as the others' does."""
     import keras
@@ -159,7 +170,7 @@ def script_worker(args, split, out):
     size = args.image_size
     encoder = build_embedder("tiny_cnn", input_shape=(size, size, 3), freeze_batchnorm=False)
     trainer = RetrievalTrainer(encoder)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ROADMAPLoss())
+    trainer.compile(optimizer=keras.optimizers.Adam(args.lr), loss=ROADMAPLoss())
     start = time.perf_counter()
     trainer.fit(train, epochs=1, steps_per_epoch=args.steps, verbose=0)
     train_seconds = time.perf_counter() - start
@@ -173,6 +184,7 @@ def script(args, work, split):
     out = work / "script_roadmap.npz"
     cli = [sys.executable, str(pathlib.Path(__file__).resolve()), "--work", str(work), "--script-worker", str(out)]
     cli += ["--steps", str(args.steps), "--image-size", str(args.image_size), "--seed", str(args.seed)]
+    cli += ["--lr", str(args.lr)]
     stdout, seconds = timed(cli)
     saved = np.load(out)
     return {
@@ -205,6 +217,8 @@ def peer(args, work, split, name, python):
             str(args.image_size),
             "--seed",
             str(args.seed),
+            "--lr",
+            str(args.lr),
         ]
     )
     info = json.loads(stdout.strip().splitlines()[-1])
@@ -226,30 +240,25 @@ def main(argv=None):
         script_worker(args, split, args.script_worker)
         return 0
     if not split.exists():
-        from keras_roadmap.data.glyph_tree import write_glyph_folder
+        if args.folder:
+            folder = pathlib.Path(args.folder).resolve()
+        else:
+            from keras_roadmap.data.glyph_tree import write_glyph_folder
 
-        write_glyph_folder(folder, copies=args.copies, image_size=args.image_size, seed=args.seed)
-        timed(
-            [
-                sys.executable,
-                "-m",
-                "keras_roadmap.cli",
-                "prepare",
-                str(folder),
-                "--out",
-                str(split),
-                "--seed",
-                str(args.seed),
-            ]
-        )
-    rows = [ours(args, work, split, loss) for loss in args.losses]
+            write_glyph_folder(folder, copies=args.copies, image_size=args.image_size, seed=args.seed)
+        prepare = [sys.executable, "-m", "keras_roadmap.cli", "prepare", str(folder), "--out", str(split)]
+        timed([*prepare, "--seed", str(args.seed), "--dedupe"])
+    rows = [] if args.no_ours else [ours(args, work, split, loss) for loss in args.losses]
     if not args.no_script:
         rows.append(script(args, work, split))
     for name, (library, _, _) in PEERS.items():
         python = args.pml_python if library == "pml" else args.oml_python
         if python:
             rows.append(peer(args, work, split, name, python))
-    print(f"\n{args.steps} steps of 16 classes x 4 images, tiny_cnn at {args.image_size} px, held-out classes:")
+    print(
+        f"\n{args.steps} steps of 16 classes x 4 images, tiny_cnn at {args.image_size} px, Adam {args.lr:g}, "
+        "held-out classes:"
+    )
     print("| method | version | mAP@R | R@1 | R-precision | mAP | wall s |")
     print("|---|---|---|---|---|---|---|")
     if rows and "untrained" in rows[0]:

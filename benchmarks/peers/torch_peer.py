@@ -151,8 +151,22 @@ class Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         if i not in self.cache:
-            self.cache[i] = Image.open(self.paths[i]).convert("RGB")
+            self.cache[i] = rgb(self.paths[i])
         return self.transform(self.cache[i]), self.labels[i]
+
+
+# keras_roadmap.data.presets.TRANSPARENT_BACKGROUND (this venv has no keras-roadmap): transparent
+# images are composited on it as keras-roadmap's loader does, so every library sees the same pixels.
+BACKGROUND = (255, 255, 255)
+
+
+def rgb(path):
+    image = Image.open(path)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, image).convert("RGB")
+    return image.convert("RGB")
 
 
 def sampler_and_loss(args, labels):

@@ -36,8 +36,9 @@ class HAPPIERLoss(HAPLoss):
         temperature: ClusterLoss temperature (0.05).
         proxies: (with proxies_name, seed) as for :class:`ClusterLoss`; call ``loss.proxies``
             in the model so ``fit`` trains them.
-        tau: (with rho, offset, delta, start, alpha, include_self, pairs_per_chunk, name,
-            dtype) as for :class:`HAPLoss`; ``HAPPIERLoss.inaturalist(...)``: offset 1.0,
+        name: (with dtype) as for ``keras.losses.Loss`` (``"happier_loss"``).
+        **hap: :class:`HAPLoss`'s keywords (tau, rho, offset, delta, start, alpha,
+            include_self, pairs_per_chunk); ``HAPPIERLoss.inaturalist(...)``: offset 1.0,
             start 0.0 (``HAPPIER_inat.yaml``). The official ``beta``, ``gamma`` and ``leak``
             only act with ``with_hrank: True``, which both files turn off.
 
