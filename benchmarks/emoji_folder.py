@@ -74,7 +74,8 @@ def build(npm_dir, out, vendors=VENDORS) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     summary = build(args.npm_dir, args.out, args.vendors)
-    print(f"{summary['images']} images of {summary['classes']} classes in {len(summary['categories'])} categories -> {args.out}")
+    count = len(summary["categories"])
+    print(f"{summary['images']} images of {summary['classes']} classes in {count} categories -> {args.out}")
     return 0
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "ClusterProxies": "keras_roadmap.losses.cluster",
     "ROADMAPPlusPlusLoss": "keras_roadmap.losses.cluster",
     "SupNDCGLoss": "keras_roadmap.losses.ndcg",
+    "ROADNDCGLoss": "keras_roadmap.losses.roadndcg",
     "SupRecallLoss": "keras_roadmap.losses.recall",
     # hierarchical and recall losses (issue 23: HAPPIER, RS@k)
     "HAPLoss": "keras_roadmap.losses.hierarchical",

@@ -2,7 +2,7 @@
 (keras_roadmap/recipes/configs/suprank_inaturalist.yaml).
 
     python recipes/suprank_inaturalist.py --data-dir PATH --out runs/suprank_inaturalist
-        [--loss roadmap_pp|suprecall|happier]
+        [--loss roadmap_pp|suprecall|supndcg|happier]
         [--smoke] [--verbose 1]
 
 The same as `keras-roadmap train suprank_inaturalist ...`; run with --help for the flags.

@@ -25,7 +25,10 @@ from keras_roadmap.losses import average_precision, cluster_loss, roadmap_plus_p
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "official_suprank"
-CASES = sorted(p.stem for p in FIXTURES.glob("*.npz"))
+ALL_CASES = sorted(p.stem for p in FIXTURES.glob("*.npz"))
+# Two-level labels for SupNDCG's graded relevance (make_fixtures.py GRADED_CASES).
+GRADED = [c for c in ALL_CASES if c.startswith("graded")]
+CASES = [c for c in ALL_CASES if c not in GRADED]
 BATCH_CASES = [c for c in CASES if not c.startswith("reference")]
 F64 = {"dtype": "float64"}
 
@@ -60,12 +63,16 @@ def assert_close(value, grad, want_value, want_grad):
 
 
 def test_fixtures_come_from_one_recorded_commit():
-    commits = {str(fixture(c)["official_commit"]) for c in CASES}
-    assert len(CASES) == 5 and len(commits) == 1
+    commits = {str(fixture(c)["official_commit"]) for c in ALL_CASES}
+    assert len(CASES) == 5 and len(GRADED) == 3 and len(commits) == 1
+    for case in GRADED:  # [coarse, fine] labels that form a tree, with more than one coarse group
+        levels = fixture(case)["labels"]
+        assert levels.shape[1] == 2 and len(np.unique(levels[:, 0])) > 1
+        assert all(len(np.unique(levels[levels[:, 1] == c, 0])) == 1 for c in np.unique(levels[:, 1]))
     assert commits.pop() in (FIXTURES / "README.md").read_text()
 
 
-PARITY = [(c, k) for c in CASES for k in sorted(RANK_LOSSES) if f"{k}_value" in np.load(FIXTURES / f"{c}.npz")]
+PARITY = [(c, k) for c in ALL_CASES for k in sorted(RANK_LOSSES) if f"{k}_value" in np.load(FIXTURES / f"{c}.npz")]
 
 
 @pytest.mark.parametrize("case,key", PARITY)
@@ -315,3 +322,61 @@ def test_docstring_examples(name):
     module = importlib.import_module(f"keras_roadmap.losses.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_graded_supndcg_is_not_the_binary_one_and_chunks_change_nothing():
+    """Two-level labels take the graded path (parity above); one level, or (B, 1), the binary
+    one; the graded kernel's loop gives the same result in small chunks and under XLA."""
+    data = fixture("graded_ties_b18_d8")
+    levels, x = data["labels"], data["embeddings"]
+    graded = value_and_grad(lambda e: SupNDCGLoss(**F64)(levels, e), x)
+    binary = value_and_grad(lambda e: SupNDCGLoss(**F64)(levels[:, 1], e), x)
+    column = value_and_grad(lambda e: SupNDCGLoss(**F64)(levels[:, 1:], e), x)
+    assert abs(graded[0] - binary[0]) > 1e-3  # the coarse level changes the loss
+    np.testing.assert_allclose(column[0], binary[0], rtol=1e-12)
+    chunked = value_and_grad(lambda e: SupNDCGLoss(pairs_per_chunk=5, **F64)(levels, e), x)
+    assert_close(*chunked, data["supndcg_value"], data["supndcg_grad"])
+
+    @tf.function(jit_compile=True)
+    def compiled(e):
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            value = SupNDCGLoss()(levels, e)
+        return value, tape.gradient(value, e)
+
+    value, grad = compiled(tf.constant(x.astype("float32")))
+    np.testing.assert_allclose(float(value), data["supndcg_value"], rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), data["supndcg_grad"], atol=1e-5)
+
+
+def test_road_ndcg_is_the_official_weighted_sum_and_trains_its_proxies(tmp_path):
+    """roadndcg_sop.yaml: 0.9 SupNDCG (graded) + 0.1 ClusterLoss on the finest level."""
+    from keras_roadmap import ROADNDCGLoss
+
+    data = fixture("graded_b24_d8")
+    levels, x = data["labels"], data["embeddings"]
+    loss = ROADNDCGLoss(num_classes=int(levels[:, 1].max()) + 1, embedding_dim=x.shape[1], seed=0, **F64)
+    cluster = ClusterLoss(loss.proxies.num_classes, loss.proxies.embedding_dim, proxies=loss.proxies, **F64)
+    want = 0.9 * data["supndcg_value"] + 0.1 * float(cluster(levels[:, 1], x))
+    np.testing.assert_allclose(float(loss(levels, x)), want, rtol=1e-6)
+    reference = loss.call_with_reference(levels, x, levels, x)  # a memory: the NDCG term only
+    np.testing.assert_allclose(
+        float(reference), 0.9 * float(SupNDCGLoss(**F64).call_with_reference(levels, x, levels, x)), rtol=1e-9
+    )
+    assert ROADNDCGLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    inat = ROADNDCGLoss.inaturalist(num_classes=4, embedding_dim=4)
+    assert (inat.supap_parameters["start"], inat.supap_parameters["offset"]) == (0.0, 1.0)
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    fine = np.repeat(np.arange(8), 4)
+    y = np.stack([fine // 4, fine], axis=1)
+    inputs = rng.normal(size=(32, 8)).astype("float32")
+    loss = ROADNDCGLoss(num_classes=8, embedding_dim=8, seed=0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.UnitNormalization(), loss.proxies])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, jit_compile=True)
+    before = loss.proxies.proxies.numpy().copy()
+    model.fit(inputs, y, batch_size=32, epochs=2, verbose=0)
+    assert np.abs(loss.proxies.proxies.numpy() - before).max() > 1e-3
+    model.save(tmp_path / "m.keras")
+    assert isinstance(keras.models.load_model(tmp_path / "m.keras").loss, ROADNDCGLoss)

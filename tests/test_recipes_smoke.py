@@ -1,14 +1,9 @@
-"""End-to-end smoke runs of every recipe (train -> select -> test table -> grid -> ONNX) and a
-run killed with SIGKILL mid-training that resumes where its backup left off."""
+"""End-to-end smoke runs of every recipe (train -> select -> test table -> grid -> ONNX). Runs
+killed with SIGKILL and resumed: tests/test_reliability_kill.py."""
 
 import csv
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -140,56 +135,3 @@ def test_smoke_recipe_end_to_end(tmp_path, capsys, dataset):
     )
     hits = json.loads((out / "hits.json").read_text())[0]["results"]
     assert hits[0]["path"] == str(query) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-
-
-def _recipe_command(out, epochs):
-    return [sys.executable, str(REPO / "recipes" / "cub.py"), "--smoke", "--out", str(out), "--epochs", str(epochs)]
-
-
-def _wait_for_backup(process, metadata, min_epoch, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended (status {process.returncode}) before it could be killed")
-        try:
-            if json.loads(metadata.read_text())["epoch"] >= min_epoch:
-                return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"no backup of epoch {min_epoch} after {timeout} s")
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_from_its_backup(tmp_path):
-    import h5py
-
-    epochs, steps_per_epoch = 12, 3  # cub smoke: 24 images, batches of 8
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.Popen(
-        _recipe_command(out, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for_backup(first, out / "backup" / "training_metadata.json", min_epoch=2)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        first.kill()
-        first.wait()
-    saved = json.loads((out / "backup" / "training_metadata.json").read_text())["epoch"]
-    assert 2 <= saved < epochs and not (out / "test_metrics.json").exists()
-    rows_before = len(history(out))
-
-    second = subprocess.run(_recipe_command(out, epochs), env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"Resuming from epoch {saved}" in second.stdout
-
-    starts = [entry["initial_epoch"] for entry in run_log(out)]
-    assert starts == [0, saved]
-    resumed_epochs = [int(r["epoch"]) for r in history(out)[rows_before:]]
-    assert resumed_epochs == list(range(saved, epochs))
-    # Optimiser state came back with the weights: the step count is that of one unbroken run.
-    weights_file = json.loads((out / "backup" / "training_metadata.json").read_text())["weights"]
-    with h5py.File(out / "backup" / weights_file, "r") as weights:
-        assert int(weights["optimizer/vars/0"][()]) == epochs * steps_per_epoch
-    assert json.loads((out / "test_metrics.json").read_text())["metrics"]["num_queries"] == 24

@@ -120,11 +120,19 @@ def official_settings(recipe: str, loss_profile: str) -> dict:
     weight_source = loss_file if spec["weight"] else f"{loss_file} (weight empty: getter.py gives 1/len each)"
     for key in ("tau", "rho", "offset", "delta", "start"):
         put(f"loss.{key}", first_kwargs[key], loss_file)
-    first_weight = {"SupAPLoss": "ap_weight", "SupRecallLoss": "recall_weight", "SupHAPLoss": "hap_weight"}[first]
+    first_weight = {
+        "SupAPLoss": "ap_weight",
+        "SupRecallLoss": "recall_weight",
+        "SupHAPLoss": "hap_weight",
+        "SupNDCGLoss": "ndcg_weight",
+    }[first]
     put(f"loss.{first_weight}", weights[0], weight_source)
     if first == "SupRecallLoss":
         put("loss.at_k", first_kwargs["at_k"], loss_file)
         put("loss.temp", first_kwargs["temp"], loss_file)
+    if first == "SupNDCGLoss":
+        assert first_kwargs["hierarchy_level"] == "MULTI"
+        put("loss.hierarchical", True, f"{loss_file} (hierarchy_level MULTI: graded relevance)")
     if first == "SupHAPLoss":
         assert first_kwargs["with_hrank"] is False  # beta, gamma, leak then unused
         put("loss.alpha", dataset["alpha"], f"{dataset_file} (alpha, relevance_type {dataset['relevance_type']})")
@@ -170,6 +178,7 @@ def our_settings(recipe: str, loss_profile: str) -> dict:
         **{f"sampler.{k}": v for k, v in config.sampler.items()},
         **{f"optimizer.{k}": v for k, v in config.optimizer.items()},
         **{f"loss.{k}": v for k, v in loss.get_config().items()},
+        "loss.hierarchical": assembly.hierarchical_labels(config),
     }
     if loss.get_config().get("at_k") is not None:
         values["loss.at_k"] = list(loss.get_config()["at_k"])
@@ -207,6 +216,7 @@ def test_every_loss_profile_is_audited():
         raw = load_yaml(CONFIG_DIR / f"{recipe}.yaml")
         assert sorted(raw["losses"]) == sorted(entry["losses"]), recipe
         assert raw["loss_profile"] == "roadmap_pp"
+    assert not {k for k in OFFICIAL["not_transcribed"] if k.startswith("loss/")}
 
 
 def test_the_warmup_trains_head_and_proxies_but_not_the_backbone():
@@ -245,7 +255,9 @@ def test_the_paper_profile_builds_resnet50_with_a_layer_norm():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe,loss", [("suprank_sop", "happier"), ("suprank_inaturalist", None)])
+@pytest.mark.parametrize(
+    "recipe,loss", [("suprank_sop", "happier"), ("suprank_inaturalist", None), ("suprank_inaturalist", "supndcg")]
+)
 def test_smoke_run(tmp_path, capsys, recipe, loss):
     out = tmp_path / recipe
     argv = ["--smoke", "--out", str(out)] + (["--loss", loss] if loss else [])
@@ -254,16 +266,18 @@ def test_smoke_run(tmp_path, capsys, recipe, loss):
     result = json.loads((out / "test_metrics.json").read_text())
     assert all(math.isfinite(v) for v in result["metrics"].values())
     hierarchical = {"H-AP", "ASI", "NDCG"} & set(result["metrics"])
-    assert hierarchical == ({"H-AP", "ASI", "NDCG"} if loss == "happier" else set())
+    assert hierarchical == ({"H-AP", "ASI", "NDCG"} if loss in ("happier", "supndcg") else set())
     logged = json.loads((out / "run_log.jsonl").read_text().splitlines()[0])["config"]
-    assert logged["loss_profile"] == (loss or "roadmap_pp") and logged["loss"]["name"] == (loss or "roadmap_pp")
+    name = {None: "roadmap_pp", "supndcg": "road_ndcg"}.get(loss, loss)
+    assert logged["loss_profile"] == (loss or "roadmap_pp") and logged["loss"]["name"] == name
     assert (out / "embedder.onnx").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
     "recipe,argv,message",
     [
-        ("suprank_sop", ["--loss", "supndcg"], "unknown loss profile 'supndcg'; this config defines"),
+        ("suprank_sop", ["--loss", "ndcg"], "unknown loss profile 'ndcg'; this config defines"),
+        ("suprank_sop", ["--loss", "supndcg", "--memory", "64"], "use --memory 0"),
         ("suprank_sop", ["--loss", "happier", "--memory", "64"], "use --memory 0"),
         ("sop", ["--loss", "happier"], "this config has no `losses:` profiles"),
     ],

@@ -33,6 +33,7 @@ from keras_roadmap.losses.parameters import CALIBRATION_DEFAULTS, SUPAP_DEFAULTS
 from keras_roadmap.losses.recall import SupRecallLoss, suprecall
 from keras_roadmap.losses.recall_surrogate import RecallAtKLoss, recall_at_k, simix
 from keras_roadmap.losses.roadmap import ROADMAPLoss, roadmap
+from keras_roadmap.losses.roadndcg import ROADNDCGLoss
 
 __all__ = [
     "suprecall",
@@ -41,6 +42,7 @@ __all__ = [
     "cluster_loss",
     "SupRecallLoss",
     "SupNDCGLoss",
+    "ROADNDCGLoss",
     "ROADMAPPlusPlusLoss",
     "ClusterProxies",
     "ClusterLoss",

@@ -163,6 +163,80 @@ def hap_per_query(scores, labels, ref_labels, *, alpha, excluded=None, ref_valid
     return sums / _inputs.floor_at(total_relevance, 1e-30), has_positive
 
 
+def graded_ndcg_per_query(scores, labels, ref_labels, *, excluded=None, ref_valid=None, pairs_per_chunk=None, **steps):
+    """Smooth NDCG of each query with graded relevance (SupRank's SupNDCG, ``hierarchy_level:
+    MULTI``) and whether it has an item of level >= 1.
+
+    An item k at level l (the number of levels it shares with the query) has gain ``2**l - 1``;
+    ``DCG_q = sum_k gain_k / log2(1 + rank_k)`` with ``rank_k`` HAPLoss's smooth rank (SupAP's
+    bound for items of lower level than k, the exact step for the others); ``IDCG_q`` is the DCG
+    of the items sorted by level. Arguments as :func:`hap_per_query` (no alpha).
+
+    Returns:
+        ``(ndcg (B,), has_positive (B,) bool)``.
+    """
+    dtype = scores.dtype
+    num_levels = int(labels.shape[1])
+    num_items = ops.shape(ref_labels)[0]
+    counts = ops.stop_gradient(level_counts(labels, ref_labels, num_levels, excluded, ref_valid, dtype))
+    gains = ops.convert_to_tensor(2.0 ** np.arange(num_levels + 1) - 1.0, dtype=dtype)  # (L + 1,)
+    # Ideal DCG: positions 1.. taken by the finest level first. `discounts[n]` = sum of
+    # 1 / log2(1 + i) over i <= n (discounts[0] = 0).
+    positions = ops.cast(ops.arange(1, num_items + 1), dtype)
+    discounts = ops.concatenate([ops.zeros((1,), dtype), _cumsum(_LN2 / ops.log1p(positions))])
+    ideal = ops.zeros_like(counts[:, 0])
+    above = ops.zeros_like(counts[:, 0])
+    for level in range(num_levels, 0, -1):
+        start = ops.cast(above, "int32")
+        end = ops.cast(above + counts[:, level], "int32")
+        ideal = ideal + gains[level] * (ops.take(discounts, end) - ops.take(discounts, start))
+        above = above + counts[:, level]
+    segments = label_segments(labels[:, 0], ref_labels[:, 0], excluded, ref_valid)
+    negative_step = _negative_step(**steps)
+
+    def ranks(pairs):
+        depth = common_depth(ops.take(labels, pairs.query, axis=0), ref_labels)
+        member = _membership(
+            pairs.columns, ops.take(excluded, pairs.query) if excluded is not None else None, ref_valid
+        )
+        member = ops.ones_like(depth, dtype="bool") if member is None else member
+        level_k = ops.take_along_axis(depth, ops.expand_dims(pairs.item, 1), axis=1)[:, 0]
+        others = ops.logical_and(member, ops.equal(pairs.onehot, 0))
+        lower = ops.logical_and(others, ops.less(depth, ops.expand_dims(level_k, 1)))
+        not_lower = ops.logical_and(others, ops.logical_not(lower))
+        neg_value, neg_deriv = negative_step(pairs.t)
+        step, _ = ranking.heaviside_step(pairs.t)
+        zero = ops.zeros_like(pairs.t)
+        rank = 1.0 + ops.sum(ops.where(lower, neg_value, zero) + ops.where(not_lower, step, zero), axis=1)
+        return rank, ops.take(gains, level_k), ops.where(lower, neg_deriv, zero)
+
+    def terms(pairs):
+        rank, gain, _ = ranks(pairs)
+        return ops.expand_dims(gain * _LN2 / ops.log1p(rank), 1)
+
+    def grads(pairs, upstream):
+        rank, gain, lower_deriv = ranks(pairs)
+        log = ops.log1p(rank)
+        d_rank = -gain * _LN2 / (ops.square(log) * (1.0 + rank))
+        return ops.expand_dims(upstream[:, 0] * d_rank, 1) * lower_deriv
+
+    dcg = _pair_kernel.pair_sums(scores, segments, terms, grads, 1, skip_item=excluded, pairs_per_chunk=pairs_per_chunk)
+    has_positive = ops.greater(ideal, 0)
+    return dcg[:, 0] / _inputs.floor_at(ideal, 1e-30), has_positive
+
+
+_LN2 = float(np.log(2.0))
+
+
+def _cumsum(x):
+    if keras.backend.backend() == "torch":
+        # Keras 3.15's torch cumsum returns float32 for float64 input (its result_type).
+        import torch
+
+        return torch.cumsum(x, dim=0)
+    return ops.cumsum(x)
+
+
 def _elementwise_min(a, b):
     """``min(a, b)`` in the inputs' dtype (Keras' ``minimum`` promotes float64 to float32 on JAX
     and torch, see ``_inputs.floor_at``)."""

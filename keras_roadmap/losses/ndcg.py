@@ -9,15 +9,23 @@ DCG of ``n`` positives is ``sum_{i=1..n} 1 / log2(1 + i)``. Defaults: ``supndcg.
 import math
 
 import keras
+import numpy as np
 from keras import backend, ops
 
 from keras_roadmap import validation
-from keras_roadmap.losses import rank_sums
+from keras_roadmap.losses import hierarchical, rank_sums
 from keras_roadmap.losses.ap_losses import supap_steps
 from keras_roadmap.losses.base import RetrievalLoss, loss_pairs, sum_of_ratios
 from keras_roadmap.losses.parameters import SUPAP_DEFAULTS, SupAPPresets, with_parameters
 
 _LN2 = math.log(2.0)
+
+
+def _graded(y_true) -> bool:
+    """Whether ``y_true`` holds hierarchical labels ``(B, L)`` with L >= 2 (graded relevance)."""
+    shape = getattr(y_true, "shape", None)
+    shape = tuple(shape) if shape is not None else np.shape(y_true)
+    return len(shape) == 2 and shape[1] is not None and shape[1] >= 2
 
 
 def ideal_dcg_table(num_items, dtype):
@@ -64,7 +72,7 @@ def supndcg_terms(pairs, *, pairs_per_chunk=None, **supap):
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
 class SupNDCGLoss(SupAPPresets, RetrievalLoss):
-    """SupNDCG: ``1 - mean over queries of a smooth NDCG`` (binary relevance: same label).
+    """SupNDCG: ``1 - mean over queries of a smooth NDCG``.
 
     For query q with positives P (itself included, as in the official code)::
 
@@ -72,7 +80,12 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
         loss = 1 - mean_q NDCG_q
 
     where ``rank_p`` is SupAP's smooth rank (an upper bound of the rank, so ``1 - NDCG_q`` is
-    bounded from above).
+    bounded from above). With hierarchical labels ``y_true`` ``(B, L)``, L >= 2, coarse to fine
+    (the official ``hierarchy_level: MULTI`` of ``supndcg.yaml`` / ``roadndcg_sop.yaml``), the
+    relevance is graded: an item sharing l levels with the query has gain ``2**l - 1``, its rank
+    takes SupAP's bound for the items of lower level and the exact step for the others, and the
+    ideal DCG sorts the items by level (:func:`keras_roadmap.losses.hierarchical.graded_ndcg_per_query`;
+    unknown ids and replicas as for :class:`HAPLoss`).
 
     Args:
         tau: (with rho, delta, start, offset) SupAP's rank parameters (0.01, 100.0, 0.05, 0.5, 1.44,
@@ -81,7 +94,7 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
         include_self: (with pairs_per_chunk, gather_across_replicas, name, dtype) as for
             :class:`SupAPLoss`. A query without positive is left out of the mean.
 
-    Call: ``loss(y_true=labels (B,) int, y_pred=embeddings (B, D))`` -> scalar;
+    Call: ``loss(y_true=labels (B,) or (B, L) int, y_pred=embeddings (B, D))`` -> scalar;
     ``call_with_reference`` ranks against a reference set (e.g. a ``CrossBatchMemory``).
     """
 
@@ -107,7 +120,37 @@ class SupNDCGLoss(SupAPPresets, RetrievalLoss):
 
     def ratio_terms(self, pairs):
         """``[(1, sum over queries with a positive of 1 - NDCG, their number)]``."""
+        if isinstance(pairs, hierarchical._HierarchicalPairs):
+            ndcg, has_positive = hierarchical.graded_ndcg_per_query(
+                pairs.scores,
+                pairs.labels,
+                pairs.ref_labels,
+                excluded=pairs.excluded,
+                ref_valid=pairs.ref_valid,
+                pairs_per_chunk=self.pairs_per_chunk,
+                **self.supap_parameters,
+            )
+            valid = ops.cast(has_positive, ndcg.dtype)
+            return [(1.0, ops.sum((1.0 - ndcg) * valid), ops.sum(valid))]
         return supndcg_terms(pairs, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters)
+
+    def call(self, y_true, y_pred):
+        if _graded(y_true):
+            pairs = self._hierarchical().batch_pairs(y_true, y_pred)
+            pairs.batch_form = True
+            return self.loss_from_pairs(pairs)
+        return super().call(y_true, y_pred)
+
+    def call_with_reference(self, y_true, y_pred, ref_y_true, ref_y_pred, self_index=None, ref_mask=None):
+        if _graded(y_true):
+            pairs = self._hierarchical().reference_pairs(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+            pairs.batch_form = False
+            return self.loss_from_pairs(pairs)
+        return super().call_with_reference(y_true, y_pred, ref_y_true, ref_y_pred, self_index, ref_mask)
+
+    def _hierarchical(self):
+        # HAPLoss's label checks and pairs (each replica ranks its own batch, as HAPLoss does).
+        return hierarchical.HAPLoss(include_self=self.include_self, dtype=self.dtype)
 
     def get_config(self):
         return {**super().get_config(), **self.supap_parameters, "pairs_per_chunk": self.pairs_per_chunk}

@@ -112,17 +112,26 @@ LOSS_NAMES = (
     "supndcg",
     "roadmap_pp",
     "happier",
+    "road_ndcg",
     "rsk",
 )
-#: Losses whose `y_true` is `(B, 2)`: [super-category, class] (the split's two levels).
+#: Losses whose `y_true` is always `(B, 2)`: [super-category, class] (the split's two levels);
+#: `loss.hierarchical: true` gives those labels to the others that take them (supndcg, road_ndcg).
 HIERARCHICAL_LOSSES = ("happier",)
+#: Losses that also take `(B, 2)` labels (graded relevance) with `loss.hierarchical: true`.
+GRADED_LOSSES = ("supndcg", "road_ndcg")
 #: Losses with class proxies (ClusterLoss): trained with their own learning rate.
-PROXY_LOSSES = ("roadmap_pp", "happier")
+PROXY_LOSSES = ("roadmap_pp", "happier", "road_ndcg")
 #: The proxies' own optimiser settings in a loss section (not loss keywords), with the official
 #: values (suprank/config/loss/ROADMAP_pp_SOP.yaml: Adam lr 10.0, weight_decay 0.0,
 #: CosineAnnealingLR T_max = max_iter, eta_min 0.1).
 PROXY_SETTINGS = {"proxy_lr": 10.0, "proxy_eta_min": 0.1}
-_NOT_KEYWORDS = ("preset", "name", *PROXY_SETTINGS)
+_NOT_KEYWORDS = ("preset", "name", "hierarchical", *PROXY_SETTINGS)
+
+
+def hierarchical_labels(config) -> bool:
+    """Whether the run trains on `(B, 2)` [super-category, class] labels."""
+    return config.loss.get("name") in HIERARCHICAL_LOSSES or bool(config.loss.get("hierarchical"))
 
 
 def loss_class(name: str):
@@ -138,6 +147,7 @@ def loss_class(name: str):
         "supndcg": losses.SupNDCGLoss,
         "roadmap_pp": losses.ROADMAPPlusPlusLoss,
         "happier": losses.HAPPIERLoss,
+        "road_ndcg": losses.ROADNDCGLoss,
         "rsk": losses.RecallAtKLoss,
     }
     if name not in classes:
@@ -149,8 +159,9 @@ def build_loss(config: RecipeConfig, num_classes: int | None = None, embedding_d
     """The config's loss: `loss.name` (default "roadmap") built with the section's keywords.
 
     `loss.preset` ("default": SOP/CUB/In-Shop, "inaturalist") picks the SupAP parameters of
-    the losses that have presets (roadmap, supap, suprecall, supndcg, roadmap_pp, happier);
-    keywords given in the section win over it. The proxy losses (roadmap_pp, happier) need
+    the losses that have presets (roadmap, supap, suprecall, supndcg, roadmap_pp, happier,
+    road_ndcg);
+    keywords given in the section win over it. The proxy losses (roadmap_pp, happier, road_ndcg) need
     `num_classes` (training classes, ids in [0, C)) and `embedding_dim`.
     """
     name = config.loss.get("name", "roadmap")

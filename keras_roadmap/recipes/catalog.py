@@ -19,8 +19,9 @@ RECIPES = {
     "inaturalist": "iNaturalist-2018 retrieval split, the paper setting (ResNet-50, the iNat loss preset)",
     "inshop": "In-Shop Clothes Retrieval, query/gallery evaluation (ResNet-50)",
     "glyphs": "characters rendered from bundled fonts, unseen-class retrieval on a CPU (no download)",
-    "suprank_sop": "SOP, the SupRank / HAPPIER setting: --loss roadmap_pp (default), suprecall, happier",
-    "suprank_inaturalist": "iNaturalist-2018, the SupRank / HAPPIER setting: --loss roadmap_pp, suprecall, happier",
+    "suprank_sop": "SOP, the SupRank / HAPPIER setting: --loss roadmap_pp (default), suprecall, supndcg, happier",
+    "suprank_inaturalist": "iNaturalist-2018, the SupRank / HAPPIER setting: --loss roadmap_pp, suprecall, supndcg, "
+    "happier",
 }
 # A recipe trains on the dataset of its name unless listed here.
 DATASET_OF = {"suprank_sop": "sop", "suprank_inaturalist": "inaturalist"}

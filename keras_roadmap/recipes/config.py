@@ -244,12 +244,17 @@ def resolve_config(
         weight=float(memory.get("weight", 1.0)),
         activate_after=int(memory.get("activate_after", 0)),
     )
-    from keras_roadmap.recipes.assembly import HIERARCHICAL_LOSSES
+    from keras_roadmap.recipes.assembly import GRADED_LOSSES, HIERARCHICAL_LOSSES
 
-    if loss.get("name") in HIERARCHICAL_LOSSES and size:
+    if loss.get("hierarchical") and loss.get("name") not in GRADED_LOSSES + HIERARCHICAL_LOSSES:
         raise ConfigError(
-            f"{source}: loss {loss['name']!r} trains on [super-category, class] labels, which the cross-batch "
-            "memory does not store (the official HAPPIER runs use none): use --memory 0."
+            f"{source}: loss.hierarchical applies to {', '.join(GRADED_LOSSES + HIERARCHICAL_LOSSES)} (the losses that "
+            f"take [super-category, class] labels), not {loss.get('name', 'roadmap')!r}."
+        )
+    if (loss.get("name") in HIERARCHICAL_LOSSES or loss.get("hierarchical")) and size:
+        raise ConfigError(
+            f"{source}: loss {loss.get('name', 'roadmap')!r} trains on [super-category, class] labels, which the "
+            "cross-batch memory does not store (the official runs use none): use --memory 0."
         )
 
     evaluation = sections["evaluation"]

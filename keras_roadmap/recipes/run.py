@@ -166,7 +166,7 @@ def _datasets(config: RecipeConfig, splits, sampler, first_epoch: int):
             return None
         return make_eval_dataset(split, config.evaluation["batch_size"], preset=preset)
 
-    if config.loss.get("name") in assembly.HIERARCHICAL_LOSSES:
+    if assembly.hierarchical_labels(config):
         train = _with_levels(train, splits.train)
     return train, evaluation(splits.gallery), evaluation(splits.query)
 
@@ -178,7 +178,8 @@ def super_of_class(split):
 
     if split.super_labels is None:
         raise ConfigError(
-            f"{split.name} has no super-categories, so a hierarchical loss (happier) has no second level: "
+            f"{split.name} has no super-categories, so a hierarchical loss (happier, or `loss.hierarchical`) has "
+            "no second level: "
             "use a two-level folder ROOT/<category>/<class>/ or a `category` column, or another --loss."
         )
     table = np.full(int(split.labels.max()) + 1, -1, dtype=np.int64)
@@ -393,8 +394,8 @@ def test_table(config: RecipeConfig, embedder, splits, verbose: int = 0):
     # Custom data: single-image classes are gallery-only distractors, not (missed) queries.
     kwargs["exclude_lone_from_recall"] = bool(config.evaluation.get("exclude_lone_from_recall", False))
     metrics = retrieval_metrics(gallery, splits.gallery.labels, ks=config.evaluation["ks"], **kwargs)
-    if config.loss.get("name") in assembly.HIERARCHICAL_LOSSES and splits.query is None:
-        # The official HAPPIER runs also report the hierarchical metrics on [super, class].
+    if assembly.hierarchical_labels(config) and splits.query is None:
+        # The official hierarchical runs also report the hierarchical metrics on [super, class].
         import numpy as np
 
         from keras_roadmap.evaluation.hierarchical import hierarchical_retrieval_metrics

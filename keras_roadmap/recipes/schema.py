@@ -103,7 +103,18 @@ SAMPLER = {
 LOSS = {
     "name": Field(
         "str",
-        choices=("roadmap", "supap", "smoothap", "calibration", "suprecall", "supndcg", "roadmap_pp", "happier", "rsk"),
+        choices=(
+            "roadmap",
+            "supap",
+            "smoothap",
+            "calibration",
+            "suprecall",
+            "supndcg",
+            "roadmap_pp",
+            "happier",
+            "road_ndcg",
+            "rsk",
+        ),
     ),
     "preset": Field("str", choices=("default", "inaturalist")),
     **{
@@ -121,6 +132,7 @@ LOSS = {
             "recall_weight",
             "cluster_weight",
             "hap_weight",
+            "ndcg_weight",
             "temp",
             "temperature",
             "alpha",
@@ -131,6 +143,8 @@ LOSS = {
     "include_self": Field("bool"),
     "pairs_per_chunk": Field("int", minimum=1, nullable=True),
     "calibration_warmup_steps": Field("int", minimum=0),
+    # [super-category, class] labels for the losses that take them (graded relevance: supndcg, road_ndcg).
+    "hierarchical": Field("bool"),
     # The class proxies' own optimiser (roadmap_pp, happier): Adam lr, cosine to eta_min.
     "proxy_lr": Field("number", minimum=0, min_open=True),
     "proxy_eta_min": Field("number", minimum=0),

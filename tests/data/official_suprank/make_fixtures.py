@@ -230,6 +230,59 @@ def make_case(official, name, labels, d, seed, *, ties=False, reference=None):
     return out
 
 
+def graded_value(crit, x, levels, ref_x=None, ref_levels=None):
+    """The official SupNDCG with ``hierarchy_level: MULTI`` on coarse-to-fine ``levels`` (B, L):
+    the official code takes them fine first, and its label matrix counts the equal columns."""
+    emb = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    lab = torch.tensor(np.ascontiguousarray(levels[:, ::-1]), dtype=torch.int64)
+    ref = ref_lab = None
+    if ref_x is not None:
+        ref = torch.tensor(ref_x, dtype=torch.float64)
+        ref_lab = torch.tensor(np.ascontiguousarray(ref_levels[:, ::-1]), dtype=torch.int64)
+    value = _call(crit, emb, lab, ref, ref_lab)
+    value.backward()
+    return float(value.detach()), emb.grad.numpy().copy()
+
+
+def make_graded_case(official, name, fine, coarse_of, d, seed, *, ties=False, reference=None):
+    """SupNDCG (MULTI) on two-level labels [coarse, fine]: the batch form, or queries against a
+    constant reference (every query has an item of level >= 1 there)."""
+    rng = np.random.default_rng(seed)
+    fine = np.asarray(fine, dtype=np.int64)
+    levels = np.stack([np.asarray(coarse_of)[fine], fine], axis=1)
+    x = tied_rows(rng, fine, d) if ties else unit_rows(rng, len(fine), d)
+    out = {"embeddings": x, "labels": levels}
+    if reference is not None:
+        ref_fine = np.asarray(reference, dtype=np.int64)
+        ref_levels = np.stack([np.asarray(coarse_of)[ref_fine], ref_fine], axis=1)
+        ref_x = unit_rows(rng, len(ref_fine), d)
+        out.update(ref_embeddings=ref_x, ref_labels=ref_levels)
+        out["supndcg_value"], out["supndcg_grad"] = graded_value(official.ndcg(SUPAP), x, levels, ref_x, ref_levels)
+        return out
+    for key, supap in (("supndcg", SUPAP), ("supndcg_inat", SUPAP_INAT)):
+        out[f"{key}_value"], out[f"{key}_grad"] = graded_value(official.ndcg(supap), x, levels)
+    return out
+
+
+# Two-level labels for SupNDCG's graded relevance (the official `hierarchy_level: MULTI`).
+GRADED_CASES = {
+    # 8 classes of 3 under 3 coarse groups of uneven sizes.
+    "graded_b24_d8": dict(fine=equal_classes([3] * 8), coarse_of=[0, 0, 0, 1, 1, 2, 2, 2], d=8, seed=10),
+    # Exact ties, singletons and a coarse group of one class.
+    "graded_ties_b18_d8": dict(
+        fine=equal_classes([1, 2, 4, 4, 5, 2]), coarse_of=[0, 0, 1, 1, 1, 2], d=8, seed=11, ties=True
+    ),
+    # Queries against a constant reference.
+    "graded_reference_b8_m20_d8": dict(
+        fine=[0, 0, 1, 2, 3, 3, 4, 5],
+        coarse_of=[0, 0, 1, 1, 2, 2],
+        d=8,
+        seed=12,
+        reference=equal_classes([4, 3, 5, 2, 3, 3]),
+    ),
+}
+
+
 CASES = {
     # 6 classes of 4: the official batch path of every loss runs as is.
     "equal_b24_d8": dict(labels=equal_classes([4] * 6), d=8, seed=0),
@@ -249,13 +302,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mirror", help="checkout or bare git directory of github.com/elias-ramzi/SupRank")
     parser.add_argument("--out", default=HERE)
+    parser.add_argument("--cases", nargs="*", help="write only these cases (default: all)")
     args = parser.parse_args(argv)
     root, commit = source_tree(args.mirror)
     official = Official(*load_official(root))
     torch.set_default_dtype(torch.float64)
     os.makedirs(args.out, exist_ok=True)
-    for name, spec in CASES.items():
-        out = make_case(official, name, **spec)
+    makers = {
+        **{n: (make_case, s) for n, s in CASES.items()},
+        **{n: (make_graded_case, s) for n, s in GRADED_CASES.items()},
+    }
+    for name, (make, spec) in makers.items():
+        if args.cases and name not in args.cases:
+            continue
+        out = make(official, name, **spec)
         out["official_commit"] = np.array(commit)
         path = os.path.join(args.out, f"{name}.npz")
         np.savez_compressed(path + ".tmp.npz", **out)
