@@ -124,7 +124,7 @@ def _check_loss_arguments(loss: dict, source: str) -> None:
     """The loss keywords' ranges, checked by the loss constructor itself (one set of rules)."""
     import types
 
-    from keras_roadmap.recipes.assembly import build_loss
+    from keras_roadmap.recipes.loss_config import build_loss
 
     try:
         # Any class count and width: only the keywords are checked here.
@@ -244,7 +244,7 @@ def resolve_config(
         weight=float(memory.get("weight", 1.0)),
         activate_after=int(memory.get("activate_after", 0)),
     )
-    from keras_roadmap.recipes.assembly import GRADED_LOSSES, HIERARCHICAL_LOSSES
+    from keras_roadmap.recipes.loss_config import GRADED_LOSSES, HIERARCHICAL_LOSSES
 
     if loss.get("hierarchical") and loss.get("name") not in GRADED_LOSSES + HIERARCHICAL_LOSSES:
         raise ConfigError(
