@@ -285,6 +285,17 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
         }
 
 
+class FinestLevel:
+    """A batch of pairs as a flat loss sees it: hierarchical ``(B, L)`` labels reduced to their
+    last (finest) level, flat ``(B,)`` labels unchanged. The combinations of a rank loss with
+    ClusterLoss on the finest level (HAPPIER, ROAD-NDCG) hand it to :meth:`ClusterLoss.ratio_terms`."""
+
+    def __init__(self, pairs):
+        labels = pairs.labels
+        self.labels = labels[:, -1] if len(labels.shape) == 2 else labels
+        self.embeddings = pairs.embeddings
+
+
 def cluster_loss(y_true, y_pred, proxies, temperature=CLUSTER_TEMPERATURE, *, dtype=None):
     """ClusterLoss as a function: mean cross-entropy of ``y_pred @ normalize(proxies).T /
     temperature``; ``proxies`` a ``(C, D)`` tensor or variable (differentiable).

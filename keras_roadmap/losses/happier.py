@@ -9,20 +9,12 @@ in elias-ramzi/SupRank) combine ``HAPLoss`` (weight ``1 - 0.1``) with ``ClusterL
 import keras
 
 from keras_roadmap import validation
-from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss
+from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss, FinestLevel
 from keras_roadmap.losses.hierarchical import HAPLoss
 from keras_roadmap.losses.roadmap import weighted_terms
 
 # HAPPIER_SOP.yaml: ClusterLoss `weight: 0.1`, HAPLoss `weight: ${sub:1,${loss.losses.1.weight}}`.
 HAPPIER_WEIGHTS = {"hap_weight": 0.9, "cluster_weight": 0.1}
-
-
-class _FinestLevel:
-    """The batch of hierarchical pairs seen by a flat loss: labels = the last (finest) level."""
-
-    def __init__(self, pairs):
-        self.labels = pairs.labels[:, -1]
-        self.embeddings = pairs.embeddings
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
@@ -84,7 +76,7 @@ class HAPPIERLoss(HAPLoss):
         """H-AP's ratio and, in the batch form only, ClusterLoss's on the finest level, each weighted."""
         terms = [(self.hap_weight, lambda: super(HAPPIERLoss, self).ratio_terms(pairs))]
         if getattr(pairs, "batch_form", False):
-            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(_FinestLevel(pairs))))
+            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(FinestLevel(pairs))))
         return weighted_terms(*terms)
 
     def get_config(self):

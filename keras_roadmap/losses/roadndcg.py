@@ -10,22 +10,13 @@ as ROADMAP++ does; see ``docs/rank-losses.md``.
 import keras
 
 from keras_roadmap import validation
-from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss
+from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss, FinestLevel
 from keras_roadmap.losses.ndcg import SupNDCGLoss
 from keras_roadmap.losses.parameters import SUPAP_DEFAULTS, with_parameters
 from keras_roadmap.losses.roadmap import weighted_terms
 
 # roadndcg_sop.yaml: `weight: [0.9, 0.1]` (SupNDCGLoss, ClusterLoss).
 ROAD_NDCG_WEIGHTS = {"ndcg_weight": 0.9, "cluster_weight": 0.1}
-
-
-class _FinestLevel:
-    """The batch seen by the cluster term: labels = the finest level of hierarchical labels."""
-
-    def __init__(self, pairs):
-        labels = pairs.labels
-        self.labels = labels[:, -1] if len(labels.shape) == 2 else labels
-        self.embeddings = pairs.embeddings
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
@@ -91,7 +82,7 @@ class ROADNDCGLoss(SupNDCGLoss):
         """SupNDCG's ratio and, in the batch form only, ClusterLoss's on the finest level, each weighted."""
         terms = [(self.ndcg_weight, lambda: super(ROADNDCGLoss, self).ratio_terms(pairs))]
         if getattr(pairs, "batch_form", False):
-            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(_FinestLevel(pairs))))
+            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(FinestLevel(pairs))))
         return weighted_terms(*terms)
 
     def get_config(self):

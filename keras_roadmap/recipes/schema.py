@@ -15,6 +15,7 @@ import math
 import numbers
 
 from keras_roadmap.errors import ConfigError
+from keras_roadmap.recipes.loss_config import LOSS_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,24 +99,10 @@ SAMPLER = {
     "samples_per_class": POSITIVE_INT,
     "batches_per_super_pair": POSITIVE_INT,
 }
-# The loss: `name` (keras_roadmap.recipes.assembly.LOSS_NAMES) and its keywords; their ranges
+# The loss: `name` (keras_roadmap.recipes.loss_config.LOSS_NAMES) and its keywords; their ranges
 # are checked by the loss itself (keras_roadmap.validation).
 LOSS = {
-    "name": Field(
-        "str",
-        choices=(
-            "roadmap",
-            "supap",
-            "smoothap",
-            "calibration",
-            "suprecall",
-            "supndcg",
-            "roadmap_pp",
-            "happier",
-            "road_ndcg",
-            "rsk",
-        ),
-    ),
+    "name": Field("str", choices=LOSS_NAMES),
     "preset": Field("str", choices=("default", "inaturalist")),
     **{
         k: Field("number")
