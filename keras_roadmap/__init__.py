@@ -49,6 +49,7 @@ _EXPORTS = {
     "IMAGENET_MEAN": "keras_roadmap.models",
     "IMAGENET_STD": "keras_roadmap.models",
     "build_embedder": "keras_roadmap.models",
+    "GeMPooling": "keras_roadmap.models",
     "freeze_batchnorm": "keras_roadmap.models",
     "list_embedders": "keras_roadmap.models",
     "register_embedder": "keras_roadmap.models",
@@ -79,6 +80,7 @@ _EXPORTS = {
     "build_glyph_dataset": "keras_roadmap.data",
     "HierarchicalSampler": "keras_roadmap.samplers",
     "MPerClassSampler": "keras_roadmap.samplers",
+    "NoReplacementSampler": "keras_roadmap.samplers",
     # evaluation
     "RetrievalEvaluation": "keras_roadmap.evaluation",
     "retrieval_metrics": "keras_roadmap.evaluation",

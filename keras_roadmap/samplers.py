@@ -235,6 +235,102 @@ class HierarchicalSampler:
         return iter(self.batches(0))
 
 
+class NoReplacementSampler:
+    """Batches of `batch_size // samples_per_class` distinct classes x `samples_per_class`
+    images in which every image appears at most once per epoch (RS@k's ``TrainDatasetrsk``,
+    yash0307/RecallatK_surrogate ``src/datasets.py``).
+
+    A class of n images offers ``n // samples_per_class`` draws per epoch (a class with fewer
+    than `samples_per_class` images is never drawn; its leftover images wait for another epoch).
+    An epoch is the largest number R of batches these draws can fill with distinct classes per
+    batch: each class gives ``min(draws, R)`` of them, shortened at random so that the total is
+    exactly ``R * classes_per_batch``, and the draws are dealt to the R batches so that no batch
+    holds a class twice. R depends only on the class sizes, so every epoch has the same length.
+
+    The official sampler sweeps its shuffled class list again and again, taking from the first
+    classes that still have `samples_per_class` images, and stops at the first sweep that cannot
+    fill a batch: one or two batches fewer than R on SOP, depending on the shuffle (14 or 15 of
+    15 at batch 4,000). Both use each image at most once and give each class at most one
+    block per batch.
+
+    Args:
+        labels: (N,) integer class ids.
+        batch_size: images per batch, a multiple of `samples_per_class` (4,000 in the paper).
+        samples_per_class: images per class in a batch (m, 4).
+        seed: int; epoch `e` uses `np.random.default_rng([seed, e])`.
+
+    Raises:
+        ValueError: batch_size not a multiple of samples_per_class, or the class sizes cannot
+            fill one batch (fewer than `classes_per_batch` classes of `samples_per_class` images).
+    """
+
+    def __init__(self, labels, batch_size: int, samples_per_class: int = 4, seed: int = 0):
+        validation.sampler_args("NoReplacementSampler", batch_size, samples_per_class, seed)
+        self.labels = _as_labels(labels, "labels")
+        self.batch_size = int(batch_size)
+        self.samples_per_class = int(samples_per_class)
+        self.classes_per_batch = _check_batch_shape(batch_size, samples_per_class)
+        self.seed = int(seed)
+        order = np.argsort(self.labels, kind="stable")
+        self.classes, starts, counts = np.unique(self.labels[order], return_index=True, return_counts=True)
+        self._members = np.split(order, starts[1:])
+        self._draws = counts // self.samples_per_class
+        self._length = _most_rounds(self._draws, self.classes_per_batch)
+        if self._length == 0:
+            usable = int((self._draws > 0).sum())
+            raise ValueError(
+                f"A batch needs {self.classes_per_batch} distinct classes of at least {samples_per_class} "
+                f"images (batch_size {batch_size} / samples_per_class {samples_per_class}) but only {usable} "
+                f"classes have that many; lower batch_size or samples_per_class."
+            )
+
+    def __len__(self) -> int:
+        """Batches per epoch: the most the class sizes allow (see the class docstring)."""
+        return self._length
+
+    def batches(self, epoch: int = 0) -> np.ndarray:
+        """Index batches of epoch `epoch`: int64 array (len(self), batch_size), class-block layout."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        rounds, per_batch, m = self._length, self.classes_per_batch, self.samples_per_class
+        take = np.minimum(self._draws, rounds)
+        surplus = int(take.sum()) - rounds * per_batch
+        if surplus:
+            # Drop `surplus` draws uniformly among all offered draws (without replacement).
+            owners = np.repeat(np.arange(len(take)), take)
+            np.subtract.at(take, rng.choice(owners, size=surplus, replace=False), 1)
+        classes = rng.permutation(len(take))
+        draws = np.repeat(classes, take[classes])  # each class's draws contiguous
+        # Dealing draw j to batch j % R puts a class's <= R consecutive draws in distinct batches.
+        blocks = draws.reshape(per_batch, rounds).T  # (R, classes per batch)
+        images = {int(c): rng.permutation(self._members[c])[: take[c] * m].reshape(-1, m) for c in classes if take[c]}
+        used = dict.fromkeys(images, 0)
+        out = np.empty((rounds, self.batch_size), dtype=np.int64)
+        for b in rng.permutation(rounds):
+            row = []
+            for c in blocks[b]:
+                row.append(images[int(c)][used[int(c)]])
+                used[int(c)] += 1
+            out[b] = np.concatenate(row)
+        return out
+
+    def __iter__(self):
+        """Iterate over the batches of epoch 0 (use `batches(epoch)` for later epochs)."""
+        return iter(self.batches(0))
+
+
+def _most_rounds(draws: np.ndarray, per_batch: int) -> int:
+    """The largest R with ``sum(min(draws, R)) >= R * per_batch``: batches of `per_batch`
+    distinct classes that classes offering `draws` draws each can fill (0 if none)."""
+    low, high = 0, int(draws.sum()) // per_batch
+    while low < high:
+        mid = (low + high + 1) // 2
+        if int(np.minimum(draws, mid).sum()) >= mid * per_batch:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 class FixedStepsSampler:
     """Another sampler with `steps` batches per epoch: the base sampler's batches read as one
     stream (base epoch 0, then 1, ...), epoch `e` taking stream batches `e * steps` to

@@ -211,12 +211,12 @@ def test_every_config_profile_is_audited():
     for path in sorted(CONFIGS.glob("*.yaml")):
         raw = load_yaml(path)
         if path.stem not in OFFICIAL["recipes"]:
-            # A recipe of ours with no ROADMAP counterpart (the suprank ones: test_recipes_suprank.py).
+            # A recipe of ours with no ROADMAP counterpart (test_recipes_suprank.py, test_recipes_recallatk.py).
             ours_only.add(path.stem)
             continue
         assert raw["dataset"] == path.stem
         assert sorted(raw["backbones"]) == sorted(OFFICIAL["recipes"][raw["dataset"]]), path.name
-    assert ours_only == {"glyphs", "suprank_sop", "suprank_inaturalist"}
+    assert ours_only == {"glyphs", "suprank_sop", "suprank_inaturalist", "recallatk_sop", "recallatk_inaturalist"}
 
 
 def test_known_fixes_are_in():

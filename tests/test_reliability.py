@@ -510,6 +510,14 @@ def test_resume_with_another_config_refuses_and_lists_the_differences(tmp_path, 
     state = resume_state(longer, tmp_path / "run" / "backup", allow_config_change=True)
     assert state.epoch == 1 and "Continuing with a changed configuration: epochs: 2 -> 5" in capsys.readouterr().out
     assert resume_state(stored, tmp_path / "run" / "backup").epoch == 1  # same config: no question asked
+    # A backup from before a setting existed (its key absent, now None by default) still resumes.
+    older = {k: v for k, v in stored.to_dict().items() if k not in ("chunk_size", "checkpoint")}
+    _fake_backup(tmp_path / "old", older)
+    assert resume_state(stored, tmp_path / "old" / "backup").epoch == 1
+    chunked = resolve_config(_raw(), source="cub.yaml", smoke=True, overrides={"chunk_size": 4})
+    resolve_pretrained(chunked)
+    with pytest.raises(ConfigError, match=r"chunk_size: '\(absent\)' -> 4"):
+        resume_state(chunked, tmp_path / "old" / "backup")
 
 
 def test_a_recipe_rerun_on_a_damaged_backup_says_what_to_do(tmp_path, capsys):

@@ -11,10 +11,13 @@ elias-ramzi/ROADMAP, where torchvision runs on PIL images (bilinear, antialiased
     inaturalist RRC(224)                                Resize(256) + CenterCrop(224)
     inshop_big  RRC(256)                                Resize([288, 288]) + CenterCrop(256)
     inshop      RRC(224)                                Resize([256, 256]) + CenterCrop(224)
+    recall_at_k RRC(224)*                               Resize(256) + CenterCrop(224)
 
 `Resize(n)` resizes the shorter side to n (aspect ratio kept), `Resize([n, n])` to an n x n
 square (aspect ratio not kept). RRC = RandomResizedCrop(scale (0.16, 1), ratio (0.75, 1.33)),
 then RandomHorizontalFlip(0.5); every preset ends with ToTensor + the ImageNet Normalize.
+*`recall_at_k` is not a ROADMAP file but RS@k's `src/datasets.py` (yash0307/RecallatK_surrogate):
+its RRC keeps torchvision's default scale (0.08, 1) and ratio (3/4, 4/3).
 `inshop` has no official file (the repository ships only `inshop_big`): it is `inshop_big`
 at the 224 crop, as `sop` is `sop_big` at 224.
 
@@ -43,6 +46,9 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 #: (1.33, not 4/3).
 CROP_SCALE = (0.16, 1.0)
 CROP_RATIO = (0.75, 1.33)
+#: torchvision's `RandomResizedCrop` defaults (what RS@k's transforms leave unset).
+TORCHVISION_CROP_SCALE = (0.08, 1.0)
+TORCHVISION_CROP_RATIO = (3 / 4, 4 / 3)
 
 _OFFICIAL = "elias-ramzi/ROADMAP roadmap/config/transform/{}.yaml"
 
@@ -159,6 +165,18 @@ PRESETS = {
         256,
         True,
         source="none: the repository ships only inshop_big; this is inshop_big at the 224 crop",
+    ),
+    # yash0307/RecallatK_surrogate src/datasets.py (TrainDatasetrsk, BaseTripletDataset): torchvision's
+    # RandomResizedCrop(224) with its default scale and ratio, and Resize(256) + CenterCrop(224).
+    "recall_at_k": TransformPreset(
+        "recall_at_k",
+        224,
+        None,
+        256,
+        False,
+        scale=TORCHVISION_CROP_SCALE,
+        ratio=TORCHVISION_CROP_RATIO,
+        source="yash0307/RecallatK_surrogate src/datasets.py: RandomResizedCrop(224) with torchvision's defaults",
     ),
     # Ours: the glyph renderings are already 32x32, so the test transform is the identity resize.
     "glyphs": TransformPreset(

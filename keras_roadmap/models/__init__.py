@@ -15,7 +15,7 @@ from keras_roadmap.models import deit, resnet, tiny_cnn  # noqa: F401  (register
 from keras_roadmap.models.batchnorm import FrozenStatsBatchNormalization, freeze_batchnorm
 from keras_roadmap.models.convert import PRETRAINED, load_checkpoint, read_state_dict
 from keras_roadmap.models.head import HEAD_PREFIX, embedding_head
-from keras_roadmap.models.layers import IMAGENET_MEAN, IMAGENET_STD, ImageNetToCaffe, TokenPooling
+from keras_roadmap.models.layers import IMAGENET_MEAN, IMAGENET_STD, GeMPooling, ImageNetToCaffe, TokenPooling
 from keras_roadmap.models.registry import (
     INPUT_NAME,
     RandomWeightsWarning,
@@ -30,6 +30,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INPUT_NAME",
+    "GeMPooling",
     "ImageNetToCaffe",
     "PRETRAINED",
     "RandomWeightsWarning",

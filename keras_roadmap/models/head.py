@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import keras
 
-from keras_roadmap.models.layers import TokenPooling
+from keras_roadmap.models.layers import GeMPooling, TokenPooling
 
 # Every head layer's name starts with this, so its variables' paths do too: the optimiser uses it
 # to give the head its own learning rate (`keras_roadmap.optim.build_optimizer`).
 HEAD_PREFIX = "head_"
 
-_POOLINGS = ("avg", "max") + TokenPooling.MODES
+_POOLINGS = ("avg", "max", "gem") + TokenPooling.MODES
+_LAYER_NORMS = (False, True, "affine")
 
 
 def embedding_head(
@@ -18,7 +19,7 @@ def embedding_head(
     *,
     pooling: str,
     embedding_dim: int | None,
-    layer_norm: bool = False,
+    layer_norm: bool | str = False,
     l2_normalize: bool = True,
 ):
     """Apply the head to backbone features (a symbolic tensor) and return the embeddings.
@@ -26,10 +27,13 @@ def embedding_head(
     Args:
         features: (B, H, W, C) feature map for ``pooling`` "avg"/"max", or (B, T, D) tokens for
             the TokenPooling modes ("cls", "cls_dist_mean", "cls_dist_concat").
-        pooling: one of the above.
+        pooling: one of the above, or "gem" for (B, H, W, C) features: `GeMPooling` (trainable
+            p = 3, RS@k's setting).
         embedding_dim: size of the Dense projection, or None for no projection.
-        layer_norm: LayerNorm without affine parameters (eps 1e-5) before the projection: the
-            paper's CUB setting (``norm_features=True`` in the official code).
+        layer_norm: False (default), True: a LayerNorm without affine parameters (eps 1e-5)
+            before the projection, the paper's CUB setting (``norm_features=True`` in the official
+            code); "affine": the same with a learned scale and offset (``torch.nn.LayerNorm``'s
+            default, RS@k's setting).
         l2_normalize: divide by the L2 norm (zero vectors stay zero, no NaN).
 
     Returns:
@@ -44,10 +48,17 @@ def embedding_head(
         x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "avg_pool")(features)
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name=HEAD_PREFIX + "max_pool")(features)
+    elif pooling == "gem":
+        x = GeMPooling(name=HEAD_PREFIX + "gem_pool")(features)
     else:
         x = TokenPooling(pooling, name=HEAD_PREFIX + "token_pool")(features)
+    if not (isinstance(layer_norm, bool) or layer_norm == "affine"):
+        raise ValueError(f"layer_norm must be one of {_LAYER_NORMS}, got {layer_norm!r}.")
     if layer_norm:
-        x = keras.layers.LayerNormalization(epsilon=1e-5, center=False, scale=False, name=HEAD_PREFIX + "layer_norm")(x)
+        affine = layer_norm == "affine"
+        x = keras.layers.LayerNormalization(epsilon=1e-5, center=affine, scale=affine, name=HEAD_PREFIX + "layer_norm")(
+            x
+        )
     if embedding_dim is not None:
         if int(embedding_dim) != embedding_dim or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be a positive int or None, got {embedding_dim!r}.")

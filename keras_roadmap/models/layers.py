@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_roadmap import validation
+
 # ImageNet statistics of [0, 1] RGB images, defined once with the transforms (TensorFlow-free).
 from keras_roadmap.data.presets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 
@@ -64,3 +66,40 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="keras_roadmap")
+class GeMPooling(keras.layers.Layer):
+    """Generalised-mean pooling with a trainable exponent (Radenović et al.; RS@k's ``GeM``).
+
+    Input: (B, H, W, C) features. Output: (B, C),
+    ``mean over H, W of max(x, eps) ** p``, to the power ``1 / p``; ``p`` is one trainable scalar
+    (default 3.0) shared by all channels, ``eps`` 1e-6 (yash0307/RecallatK_surrogate
+    ``src/netlib.py``). p = 1 is average pooling, large p approaches max pooling. Computes in
+    float32 whatever the dtype policy (``x ** 3`` of ResNet features can overflow float16).
+    """
+
+    def __init__(self, p=3.0, eps=1e-6, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.initial_p = validation.number("p", p, owner="GeMPooling", minimum=0, min_open=True)
+        self.eps = validation.number("eps", eps, owner="GeMPooling", minimum=0, min_open=True)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"GeMPooling takes (B, H, W, C) features, got shape {tuple(input_shape)}.")
+        self.p = self.add_weight(
+            name="p", shape=(1,), initializer=keras.initializers.Constant(self.initial_p), trainable=True
+        )
+
+    def call(self, features):
+        x = ops.cast(features, self.compute_dtype)
+        p = ops.cast(self.p, x.dtype)
+        pooled = ops.mean(ops.power(ops.maximum(x, self.eps), p), axis=(1, 2))
+        return ops.power(pooled, 1.0 / p)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.initial_p, "eps": self.eps}

@@ -187,8 +187,9 @@ def build_resnet50(
     ``variant``: None (default: "torchvision", or "keras_hub" when ``weights`` is a keras-hub
     preset), "torchvision" (v1.5, torchvision's layer names), "keras_hub" (v1.5) or
     "keras_applications" (v1).
-    ``pooling``: "avg" (default) or "max". ``layer_norm``: a LayerNorm without affine
-    parameters before the projection (False; SupRank's ``model/resnet_ln.yaml``: True).
+    ``pooling``: "avg" (default), "max" or "gem" (`GeMPooling`, trainable p = 3: RS@k's).
+    ``layer_norm`` before the projection: False (default), True (no affine parameters: SupRank's
+    ``model/resnet_ln.yaml``) or "affine" (learned scale and offset: RS@k's ``src/netlib.py``).
     """
     return _build(
         input_shape,
@@ -197,7 +198,7 @@ def build_resnet50(
         freeze_batchnorm,
         backbone_weights,
         pooling=pooling,
-        layer_norm=bool(layer_norm),
+        layer_norm=layer_norm if layer_norm == "affine" else bool(layer_norm),
         variant=variant,
         model_name="resnet50_embedder",
     )

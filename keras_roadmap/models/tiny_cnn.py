@@ -39,8 +39,10 @@ def build_tiny_cnn(
     backbone_weights=None,
     width=16,
     pooling="avg",
+    layer_norm=False,
 ):
-    """Tiny CNN + global pooling ("avg" or "max") + Dense(64 by default) + L2. Random init only
+    """Tiny CNN + global pooling ("avg", "max" or "gem") + optional LayerNorm (False, True or
+    "affine", as in `embedding_head`) + Dense(64 by default) + L2. Random init only
     (or a ``.weights.h5`` of this embedder); with ``freeze_batchnorm`` (the default, as for the
     real backbones) BatchNorm is a fixed affine map at init, so pass False to train from scratch.
     """
@@ -57,6 +59,7 @@ def build_tiny_cnn(
     embeddings = embedding_head(
         backbone(images),
         pooling=pooling,
+        layer_norm=layer_norm,
         embedding_dim=64 if embedding_dim is None else embedding_dim,
         l2_normalize=l2_normalize,
     )

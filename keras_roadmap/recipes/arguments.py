@@ -39,10 +39,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--loss",
         help="loss profile of the config (its `losses:` table; e.g. the suprank recipes: roadmap_pp, suprecall, "
-        "supndcg, happier)",
+        "supndcg, happier; recallatk: rsk)",
     )
     add("--epochs", type=int, help="total number of epochs")
     add("--batch-size", type=int, help="images per batch (a multiple of samples_per_class)")
+    add(
+        "--chunk-size",
+        type=int,
+        help="embed each batch this many images at a time (gradient caching: memory grows with the chunk, "
+        "the result is the whole batch's); default the config's chunk_size, none = the whole batch",
+    )
     add("--memory", help="cross-batch memory slots: an int, 0 (off) or 'official'")
     add("--eval-every", type=int, help="evaluate (and select the best model) every N epochs")
     add(

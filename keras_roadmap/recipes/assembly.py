@@ -56,7 +56,8 @@ def load_splits(dataset: str, root) -> Splits:
 
 
 def build_sampler(config: RecipeConfig, split):
-    """The config's sampler over `split` (`MPerClassSampler` or `HierarchicalSampler`).
+    """The config's sampler over `split` (`MPerClassSampler`, `HierarchicalSampler` or
+    `NoReplacementSampler`).
 
     Raises:
         ConfigError: the sampler settings do not fit the split (e.g. more classes per batch
@@ -69,9 +70,13 @@ def build_sampler(config: RecipeConfig, split):
 
 
 def _sampler(config: RecipeConfig, split):
-    from keras_roadmap.samplers import HierarchicalSampler, MPerClassSampler
+    from keras_roadmap.samplers import HierarchicalSampler, MPerClassSampler, NoReplacementSampler
 
     s = config.sampler
+    if s["name"] == "no_replacement":
+        return NoReplacementSampler(
+            split.labels, batch_size=s["batch_size"], samples_per_class=s["samples_per_class"], seed=config.seed
+        )
     if s["name"] == "hierarchical":
         if split.super_labels is None:
             raise ValueError(
@@ -180,7 +185,7 @@ def build_trainer(
 
         # An identity layer that owns the proxies: they become trained (and saved) weights.
         model = keras.Sequential([encoder, loss.proxies], name=f"{encoder.name}_with_proxies")
-    trainer = RetrievalTrainer(model, memory=build_memory(config))
+    trainer = RetrievalTrainer(model, memory=build_memory(config), chunk_size=config.chunk_size)
     trainer.compile(
         optimizer=build_recipe_optimizer(config, steps_per_epoch, loss),
         loss=loss,

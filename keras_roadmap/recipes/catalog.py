@@ -22,9 +22,16 @@ RECIPES = {
     "suprank_sop": "SOP, the SupRank / HAPPIER setting: --loss roadmap_pp (default), suprecall, supndcg, happier",
     "suprank_inaturalist": "iNaturalist-2018, the SupRank / HAPPIER setting: --loss roadmap_pp, suprecall, supndcg, "
     "happier",
+    "recallatk_sop": "SOP, the RS@k setting (Recall@k surrogate, batch 4,000 embedded 200 at a time, GeM)",
+    "recallatk_inaturalist": "iNaturalist-2018, the RS@k setting (Recall@k surrogate, batch 4,000, GeM)",
 }
 # A recipe trains on the dataset of its name unless listed here.
-DATASET_OF = {"suprank_sop": "sop", "suprank_inaturalist": "inaturalist"}
+DATASET_OF = {
+    "suprank_sop": "sop",
+    "suprank_inaturalist": "inaturalist",
+    "recallatk_sop": "sop",
+    "recallatk_inaturalist": "inaturalist",
+}
 
 
 def dataset_of(name: str) -> str:

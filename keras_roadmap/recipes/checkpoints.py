@@ -120,13 +120,14 @@ def _flatten(value, prefix=""):
 
 
 def config_changes(old: dict, new: dict) -> list:
-    """`["key.path: old -> new", ...]` for every leaf that differs (sorted by key path)."""
+    """`["key.path: old -> new", ...]` for every leaf that differs (sorted by key path). A key
+    absent on one side and None on the other is no change: a setting added in a later version
+    with the default None (e.g. `chunk_size`) must not stop the resume of an older run."""
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
-    missing = object()
     return [
         f"{key}: {a.get(key, '(absent)')!r} -> {b.get(key, '(absent)')!r}"
         for key in sorted(set(a) | set(b))
-        if a.get(key, missing) != b.get(key, missing)
+        if a.get(key) != b.get(key)
     ]
 
 

@@ -15,7 +15,7 @@ import pathlib
 from keras_roadmap.errors import ConfigError  # noqa: F401  (re-exported: recipes.config.ConfigError)
 from keras_roadmap.recipes.schema import check_config
 
-SAMPLERS = ("m_per_class", "hierarchical")
+SAMPLERS = ("m_per_class", "hierarchical", "no_replacement")
 LOSS_PRESETS = ("default", "inaturalist")
 DATASETS = ("sop", "cub", "inaturalist", "inshop", "glyphs")
 
@@ -45,6 +45,10 @@ class RecipeConfig:
         transform: the profile's transform preset name (`keras_roadmap.data.presets`: "sop",
             "sop_big", "cub", ...); `transform_preset(config)` gives it at `image_size`.
         loss_profile: the `losses:` profile the loss came from (`--loss NAME`), None without.
+        chunk_size: `RetrievalTrainer(chunk_size=...)`: the batch embedded this many images at a
+            time (gradient caching; RS@k's `bs_base`), None = the whole batch at once.
+        checkpoint: the file `weights: pretrained` looks for, None = the model's default
+            (`keras_roadmap.recipes.pretrained.CHECKPOINT_FILES`).
     """
 
     dataset: str
@@ -68,6 +72,8 @@ class RecipeConfig:
     precision_forced: bool = False
     transform: str | None = None
     loss_profile: str | None = None
+    chunk_size: int | None = None
+    checkpoint: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,8 +167,8 @@ def resolve_config(
     Args:
         raw: the YAML mapping (see `keras_roadmap/recipes/configs/sop.yaml` for the keys).
         source: where `raw` came from (named in errors).
-        overrides: flag values; keys backbone, weights, epochs, batch_size, memory, seed
-            (None values are ignored). `memory` is an int size (0 = off) or "official" (the
+        overrides: flag values; keys backbone, weights, epochs, batch_size, memory, seed, loss,
+            chunk_size (None values are ignored). `memory` is an int size (0 = off) or "official" (the
             file's `memory.official_size`).
         smoke: apply the file's `smoke:` section (a tiny model and sampler) before the overrides.
 
@@ -305,7 +311,25 @@ def resolve_config(
         smoke=smoke,
         transform=transform,
         loss_profile=loss_profile,
+        chunk_size=_chunk_size(
+            overrides.get("chunk_size", (smoke_section or {}).get("chunk_size", raw.get("chunk_size"))),
+            sampler["batch_size"],
+            source,
+        ),
+        checkpoint=profile.get("checkpoint"),
     )
+
+
+def _chunk_size(value, batch_size: int, source: str):
+    if value is None:
+        return None
+    value = _positive_int(value, "chunk_size")
+    if value > batch_size:
+        raise ConfigError(
+            f"{source}: chunk_size {value} is larger than the batch ({batch_size}); give at most the batch size "
+            "(or none: the whole batch at once)."
+        )
+    return value
 
 
 def with_overrides(raw: dict, overrides: dict | None = None, *, smoke: bool = False) -> dict:
@@ -344,6 +368,8 @@ def with_overrides(raw: dict, overrides: dict | None = None, *, smoke: bool = Fa
         sections.setdefault("evaluation", {})["every_n_epochs"] = overrides["eval_every"]
     if "seed" in overrides:
         out["seed"] = overrides["seed"]
+    if "chunk_size" in overrides:
+        sections["chunk_size"] = overrides["chunk_size"]
     if "loss" in overrides:
         out["loss_profile"] = overrides["loss"]
     return out

@@ -31,12 +31,16 @@ CHECKPOINT_FILES = {
 }
 
 
-def find_checkpoint(model: str) -> str | None:
-    """Path of the paper's checkpoint for embedder ``model`` in the torch hub or Hugging Face
-    cache, or None when it is not there (or ``model`` has none)."""
-    if model not in CHECKPOINT_FILES:
+def find_checkpoint(model: str, filename: str | None = None) -> str | None:
+    """Path of the paper's checkpoint for embedder ``model`` (or the file ``filename``, e.g. a
+    profile's ``checkpoint:``) in the torch hub or Hugging Face cache, or None when it is not
+    there (or ``model`` has none)."""
+    if filename is not None:
+        hub_repo = None
+    elif model in CHECKPOINT_FILES:
+        filename, hub_repo = CHECKPOINT_FILES[model]
+    else:
         return None
-    filename, hub_repo = CHECKPOINT_FILES[model]
     torch_home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
     candidate = os.path.join(torch_home, "hub", "checkpoints", filename)
     if os.path.isfile(candidate):
@@ -68,16 +72,18 @@ def resolve_pretrained(config, *, random_init: bool = False, recipe: str = "this
             raise ConfigError(f"--random-init and --weights {weights} contradict each other: give one.")
         config.weights = "random"
         return
+    checkpoint = config.checkpoint
     if wants_pretrained:
-        config.weights = find_checkpoint(config.model)
+        config.weights = find_checkpoint(config.model, checkpoint)
     if config.weights is None or config.weights == "random":
         if config.model not in PRETRAINED or config.smoke:
             config.weights = "random"
             return
-        filename = CHECKPOINT_FILES[config.model][0]
+        filename = checkpoint or CHECKPOINT_FILES[config.model][0]
+        source = f"the file {checkpoint}" if checkpoint else PRETRAINED[config.model]
         raise ConfigError(
             f"{recipe} with backbone {config.backbone!r} ({config.model}) starts from ImageNet weights, "
-            f"as the paper did: {PRETRAINED[config.model]}. Pass --weights PATH/TO/{filename} (or "
+            f"as the paper did: {source}. Pass --weights PATH/TO/{filename} (or "
             f"put the file in $TORCH_HOME/hub/checkpoints/, default ~/.cache/torch), or "
             "--random-init to train from random weights (not the paper's setting)."
         )

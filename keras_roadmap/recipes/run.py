@@ -105,6 +105,7 @@ def _overrides(args) -> dict:
         "memory": args.memory,
         "seed": args.seed,
         "loss": getattr(args, "loss", None),
+        "chunk_size": getattr(args, "chunk_size", None),
     }
 
 

@@ -85,6 +85,8 @@ PROFILE = {
     "model_kwargs": Field("mapping", nullable=True),
     "embedding_dim": Field("int", minimum=1, nullable=True),
     "weights": Field("str", nullable=True),
+    # The file `weights: pretrained` looks for (default: the model's, recipes.pretrained.CHECKPOINT_FILES).
+    "checkpoint": Field("str", nullable=True),
     "freeze_batchnorm": Field("bool"),
     "image_size": POSITIVE_INT,
     "eval_resize": Field("int", minimum=1, nullable=True),
@@ -94,7 +96,7 @@ PROFILE = {
     "optimizer": Field("section", fields=OPTIMIZER),
 }
 SAMPLER = {
-    "name": Field("str", choices=("m_per_class", "hierarchical")),
+    "name": Field("str", choices=("m_per_class", "hierarchical", "no_replacement")),
     "batch_size": POSITIVE_INT,
     "samples_per_class": POSITIVE_INT,
     "batches_per_super_pair": POSITIVE_INT,
@@ -123,6 +125,7 @@ LOSS = {
             "temp",
             "temperature",
             "alpha",
+            "k_temperatures",  # rsk: one temperature for every k
         )
     },
     "at_k": Field("list", item=Field("int", minimum=1)),
@@ -165,6 +168,8 @@ TOP = {
     "backbone": Field("str"),
     "glyphs": Field("section", fields=GLYPHS),
     "seed": Field("int", minimum=0),
+    # RetrievalTrainer(chunk_size=...): embed the batch this many images at a time (RS@k's bs_base).
+    "chunk_size": Field("int", minimum=1, nullable=True),
     "mixed_precision": Field("str", choices=("float32", "mixed_float16", "mixed_bfloat16")),
     "sampler": Field("section", fields=SAMPLER),
     "loss": Field("section", fields=LOSS),
@@ -182,6 +187,7 @@ TOP = {
         loss=Field("section", fields=LOSS),
         memory=Field("section", fields=MEMORY),
         evaluation=Field("section", fields=EVALUATION),
+        chunk_size=Field("int", minimum=1, nullable=True),
     ),
 }
 
