@@ -70,6 +70,8 @@ EXTRAS = {
     ],
     "test": [
         "pytest>=8,<10",
+        # `make test` runs the suite on two workers, a test file per worker at a time (tested: 3.8.0)
+        "pytest-xdist>=3.8,<4",
         "scikit-learn>=1.5,<2",
         "pillow>=10.4,<14",
         "pyyaml>=6.0.1,<7",

@@ -31,6 +31,7 @@ NOT_IN_LOWEST_RUN = {
     "python-multipart",
     "build",
     "twine",
+    "pytest-xdist",
     "httpx2",
     "playwright",
     "ruff",
