@@ -241,7 +241,8 @@ class NoReplacementSampler:
     yash0307/RecallatK_surrogate ``src/datasets.py``).
 
     A class of n images offers ``n // samples_per_class`` draws per epoch (a class with fewer
-    than `samples_per_class` images is never drawn; its leftover images wait for another epoch).
+    than `samples_per_class` images is never drawn; which ``n % samples_per_class`` images of a
+    class are left out changes from epoch to epoch).
     An epoch is the largest number R of batches these draws can fill with distinct classes per
     batch: each class gives ``min(draws, R)`` of them, shortened at random so that the total is
     exactly ``R * classes_per_batch``, and the draws are dealt to the R batches so that no batch
@@ -249,9 +250,9 @@ class NoReplacementSampler:
 
     The official sampler sweeps its shuffled class list again and again, taking from the first
     classes that still have `samples_per_class` images, and stops at the first sweep that cannot
-    fill a batch: one or two batches fewer than R on SOP, depending on the shuffle (14 or 15 of
-    15 at batch 4,000). Both use each image at most once and give each class at most one
-    block per batch.
+    fill a batch, which can be fewer than R depending on the shuffle (14 or 15 where R = 15, for
+    11,318 simulated classes of 2 to 12 images at batch 4,000, SOP's shape). Both use each image
+    at most once and give each class at most one block per batch.
 
     Args:
         labels: (N,) integer class ids.
