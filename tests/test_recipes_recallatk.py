@@ -16,6 +16,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from settings_tables import cell, readme_table
 
 from keras_roadmap.data.presets import PRESETS
 from keras_roadmap.models import GeMPooling, build_embedder
@@ -276,31 +277,18 @@ def test_bad_flags_stop_with_one_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "run" / "backup").exists()
 
 
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return "null" if value is None else str(value).replace("True", "true").replace("False", "false")
-
-
 def settings_table() -> str:
     """The markdown table of recipes/README.md: recipe, setting, value, official source."""
     lines = ["| recipe | setting | value | official source |", "|---|---|---|---|"]
     for recipe in RECIPES:
         ours = our_settings(recipe)
         for key, (_value, source) in official_settings(recipe).items():
-            lines.append(f"| {recipe} | `{key}` | {_fmt(ours[key])} | {source} |")
+            lines.append(f"| {recipe} | `{key}` | {cell(ours[key])} | {source} |")
     return "\n".join(lines)
 
 
 def test_recipes_readme_has_the_table():
-    text = (REPO / "recipes" / "README.md").read_text()
-    assert TABLE_START in text and TABLE_END in text
-    inside = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
-    assert inside == settings_table()
+    assert readme_table(TABLE_START, TABLE_END) == settings_table()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from settings_tables import cell, readme_table
 
 from keras_roadmap.data.presets import PRESETS
 from keras_roadmap.recipes import assembly
@@ -303,29 +304,18 @@ def test_a_hierarchical_loss_needs_super_categories():
     assert super_of_class(ok).tolist() == [0, 1]
 
 
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-    return "null" if value is None else str(value).replace("True", "true").replace("False", "false")
-
-
 def settings_table() -> str:
     """The markdown table of recipes/README.md: recipe / loss, setting, value, official source."""
     lines = ["| recipe / --loss | setting | value | official source |", "|---|---|---|---|"]
     for recipe, loss in CASES:
         ours = our_settings(recipe, loss)
         for key, (_value, source) in official_settings(recipe, loss).items():
-            lines.append(f"| {recipe} / {loss} | `{key}` | {_fmt(ours[key])} | {source} |")
+            lines.append(f"| {recipe} / {loss} | `{key}` | {cell(ours[key])} | {source} |")
     return "\n".join(lines)
 
 
 def test_recipes_readme_has_the_table():
-    text = (REPO / "recipes" / "README.md").read_text()
-    assert TABLE_START in text and TABLE_END in text
-    inside = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
-    assert inside == settings_table()
+    assert readme_table(TABLE_START, TABLE_END) == settings_table()
 
 
 if __name__ == "__main__":
