@@ -198,8 +198,78 @@ class ClusterLoss(RetrievalLoss):
         }
 
 
+class FinestLevel:
+    """A batch of pairs as a flat loss sees it: hierarchical ``(B, L)`` labels reduced to their
+    last (finest) level, flat ``(B,)`` labels unchanged. The combinations of a rank loss with
+    ClusterLoss on the finest level (HAPPIER, ROAD-NDCG) hand it to :meth:`ClusterLoss.ratio_terms`."""
+
+    def __init__(self, pairs):
+        labels = pairs.labels
+        self.labels = labels[:, -1] if len(labels.shape) == 2 else labels
+        self.embeddings = pairs.embeddings
+
+
+class WithClusterTerm:
+    """What the combinations of a rank loss with the proxy cluster term share (ROADMAP++,
+    HAPPIER, ROAD-NDCG): ``rank_weight * rank term + cluster_weight * ClusterLoss`` on the finest
+    labels, the cluster term in the batch form only (the official loops apply a cross-batch
+    memory to the losses that take reference embeddings, which ClusterLoss does not).
+
+    A subclass names its rank term's weight in ``RANK_WEIGHT`` (its keyword and config key),
+    calls ``_build_cluster_term`` in ``__init__``, ``_with_cluster_term`` in ``ratio_terms``
+    and adds ``_cluster_config()`` to its config.
+    """
+
+    RANK_WEIGHT = "rank_weight"
+
+    def _build_cluster_term(
+        self,
+        num_classes,
+        embedding_dim,
+        rank_weight,
+        cluster_weight,
+        *,
+        temperature,
+        proxies,
+        proxies_name,
+        seed,
+        dtype,
+    ):
+        self.cluster = ClusterLoss(
+            num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
+        )
+        rank_weight, self.cluster_weight = validation.loss_weights(
+            **{self.RANK_WEIGHT: rank_weight, "cluster_weight": cluster_weight}, owner=type(self).__name__
+        )
+        setattr(self, self.RANK_WEIGHT, rank_weight)
+
+    @property
+    def proxies(self):
+        """The :class:`ClusterProxies` layer (call it in the model so ``fit`` trains it)."""
+        return self.cluster.proxies
+
+    def _with_cluster_term(self, pairs, rank_terms):
+        """``rank_terms()`` weighted, plus ClusterLoss's ratio on the finest level in the batch form."""
+        terms = [(getattr(self, self.RANK_WEIGHT), rank_terms)]
+        if getattr(pairs, "batch_form", False):
+            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(FinestLevel(pairs))))
+        return weighted_terms(*terms)
+
+    def _cluster_config(self) -> dict:
+        cluster = self.cluster.get_config()
+        return {
+            "num_classes": cluster["num_classes"],
+            "embedding_dim": cluster["embedding_dim"],
+            self.RANK_WEIGHT: getattr(self, self.RANK_WEIGHT),
+            "cluster_weight": self.cluster_weight,
+            "temperature": self.cluster.temperature,
+            "proxies_name": cluster["proxies_name"],
+            "seed": cluster["seed"],
+        }
+
+
 @keras.saving.register_keras_serializable(package="keras_roadmap")
-class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
+class ROADMAPPlusPlusLoss(WithClusterTerm, SupAPPresets, RetrievalLoss):
     """ROADMAP++: ``ap_weight * SupAP + cluster_weight * ClusterLoss`` (0.9 / 0.1).
 
     The official ``ROADMAP_pp_SOP.yaml``: ``weight: [0.9, 0.1]``, SupAP with the ROADMAP
@@ -220,6 +290,8 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
     official training loop applies the memory to the losses that take reference embeddings,
     which ClusterLoss does not; the batch form keeps the cluster term.
     """
+
+    RANK_WEIGHT = "ap_weight"
 
     @with_parameters(SUPAP_DEFAULTS, after="cluster_weight")
     def __init__(
@@ -245,55 +317,34 @@ class ROADMAPPlusPlusLoss(SupAPPresets, RetrievalLoss):
         )
         owner = type(self).__name__
         self.supap_parameters = validation.supap_parameters(owner=owner, **supap)
-        self.cluster = ClusterLoss(
-            num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
-        )
-        self.ap_weight, self.cluster_weight = validation.loss_weights(
-            ap_weight=ap_weight, cluster_weight=cluster_weight, owner=owner
+        self._build_cluster_term(
+            num_classes,
+            embedding_dim,
+            ap_weight,
+            cluster_weight,
+            temperature=temperature,
+            proxies=proxies,
+            proxies_name=proxies_name,
+            seed=seed,
+            dtype=dtype,
         )
         self.pairs_per_chunk = validation.integer(
             "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True
         )
 
-    @property
-    def proxies(self):
-        """The :class:`ClusterProxies` layer (call it in the model so ``fit`` trains it)."""
-        return self.cluster.proxies
-
     def ratio_terms(self, pairs):
         """SupAP's ratio and, in the batch form only, ClusterLoss's, each weighted."""
-        terms = [
-            (self.ap_weight, lambda: supap_terms(pairs, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters))
-        ]
-        if pairs.batch_form:
-            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(pairs)))
-        return weighted_terms(*terms)
+        return self._with_cluster_term(
+            pairs, lambda: supap_terms(pairs, pairs_per_chunk=self.pairs_per_chunk, **self.supap_parameters)
+        )
 
     def get_config(self):
-        cluster = self.cluster.get_config()
         return {
             **super().get_config(),
-            "num_classes": cluster["num_classes"],
-            "embedding_dim": cluster["embedding_dim"],
-            "ap_weight": self.ap_weight,
-            "cluster_weight": self.cluster_weight,
+            **self._cluster_config(),
             **self.supap_parameters,
-            "temperature": self.cluster.temperature,
-            "proxies_name": cluster["proxies_name"],
-            "seed": cluster["seed"],
             "pairs_per_chunk": self.pairs_per_chunk,
         }
-
-
-class FinestLevel:
-    """A batch of pairs as a flat loss sees it: hierarchical ``(B, L)`` labels reduced to their
-    last (finest) level, flat ``(B,)`` labels unchanged. The combinations of a rank loss with
-    ClusterLoss on the finest level (HAPPIER, ROAD-NDCG) hand it to :meth:`ClusterLoss.ratio_terms`."""
-
-    def __init__(self, pairs):
-        labels = pairs.labels
-        self.labels = labels[:, -1] if len(labels.shape) == 2 else labels
-        self.embeddings = pairs.embeddings
 
 
 def cluster_loss(y_true, y_pred, proxies, temperature=CLUSTER_TEMPERATURE, *, dtype=None):

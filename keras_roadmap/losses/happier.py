@@ -8,17 +8,15 @@ in elias-ramzi/SupRank) combine ``HAPLoss`` (weight ``1 - 0.1``) with ``ClusterL
 
 import keras
 
-from keras_roadmap import validation
-from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss, FinestLevel
+from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, WithClusterTerm
 from keras_roadmap.losses.hierarchical import HAPLoss
-from keras_roadmap.losses.roadmap import weighted_terms
 
 # HAPPIER_SOP.yaml: ClusterLoss `weight: 0.1`, HAPLoss `weight: ${sub:1,${loss.losses.1.weight}}`.
 HAPPIER_WEIGHTS = {"hap_weight": 0.9, "cluster_weight": 0.1}
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
-class HAPPIERLoss(HAPLoss):
+class HAPPIERLoss(WithClusterTerm, HAPLoss):
     """HAPPIER: ``hap_weight * HAPLoss + cluster_weight * ClusterLoss`` (0.9 / 0.1).
 
     Args:
@@ -38,6 +36,8 @@ class HAPPIERLoss(HAPLoss):
     ``call_with_reference`` (a memory) gives the H-AP term only, weighted, as ROADMAP++ does.
     """
 
+    RANK_WEIGHT = "hap_weight"
+
     def __init__(
         self,
         num_classes,
@@ -54,18 +54,17 @@ class HAPPIERLoss(HAPLoss):
         **hap,
     ):
         super().__init__(name=name, dtype=dtype, **hap)
-        owner = type(self).__name__
-        self.cluster = ClusterLoss(
-            num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
+        self._build_cluster_term(
+            num_classes,
+            embedding_dim,
+            hap_weight,
+            cluster_weight,
+            temperature=temperature,
+            proxies=proxies,
+            proxies_name=proxies_name,
+            seed=seed,
+            dtype=dtype,
         )
-        self.hap_weight, self.cluster_weight = validation.loss_weights(
-            hap_weight=hap_weight, cluster_weight=cluster_weight, owner=owner
-        )
-
-    @property
-    def proxies(self):
-        """The :class:`ClusterProxies` layer (call it in the model so ``fit`` trains it)."""
-        return self.cluster.proxies
 
     def batch_pairs(self, y_true, y_pred):
         pairs = super().batch_pairs(y_true, y_pred)
@@ -74,23 +73,10 @@ class HAPPIERLoss(HAPLoss):
 
     def ratio_terms(self, pairs):
         """H-AP's ratio and, in the batch form only, ClusterLoss's on the finest level, each weighted."""
-        terms = [(self.hap_weight, lambda: super(HAPPIERLoss, self).ratio_terms(pairs))]
-        if getattr(pairs, "batch_form", False):
-            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(FinestLevel(pairs))))
-        return weighted_terms(*terms)
+        return self._with_cluster_term(pairs, lambda: super(HAPPIERLoss, self).ratio_terms(pairs))
 
     def get_config(self):
-        cluster = self.cluster.get_config()
-        return {
-            **super().get_config(),
-            "num_classes": cluster["num_classes"],
-            "embedding_dim": cluster["embedding_dim"],
-            "hap_weight": self.hap_weight,
-            "cluster_weight": self.cluster_weight,
-            "temperature": self.cluster.temperature,
-            "proxies_name": cluster["proxies_name"],
-            "seed": cluster["seed"],
-        }
+        return {**super().get_config(), **self._cluster_config()}
 
 
 __all__ = ["HAPPIERLoss", "HAPPIER_WEIGHTS"]

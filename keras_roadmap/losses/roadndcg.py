@@ -9,18 +9,16 @@ as ROADMAP++ does; see ``docs/rank-losses.md``.
 
 import keras
 
-from keras_roadmap import validation
-from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, ClusterLoss, FinestLevel
+from keras_roadmap.losses.cluster import CLUSTER_TEMPERATURE, DEFAULT_PROXIES_NAME, WithClusterTerm
 from keras_roadmap.losses.ndcg import SupNDCGLoss
 from keras_roadmap.losses.parameters import SUPAP_DEFAULTS, with_parameters
-from keras_roadmap.losses.roadmap import weighted_terms
 
 # roadndcg_sop.yaml: `weight: [0.9, 0.1]` (SupNDCGLoss, ClusterLoss).
 ROAD_NDCG_WEIGHTS = {"ndcg_weight": 0.9, "cluster_weight": 0.1}
 
 
 @keras.saving.register_keras_serializable(package="keras_roadmap")
-class ROADNDCGLoss(SupNDCGLoss):
+class ROADNDCGLoss(WithClusterTerm, SupNDCGLoss):
     """ROAD-NDCG: ``ndcg_weight * SupNDCG + cluster_weight * ClusterLoss`` (0.9 / 0.1).
 
     Args:
@@ -38,6 +36,8 @@ class ROADNDCGLoss(SupNDCGLoss):
     Call: ``loss(y_true=labels (B,) or (B, L) int coarse-to-fine, y_pred=embeddings (B, D))``;
     ``call_with_reference`` (a memory) gives the SupNDCG term only, weighted, as ROADMAP++ does.
     """
+
+    RANK_WEIGHT = "ndcg_weight"
 
     @with_parameters(SUPAP_DEFAULTS, after="cluster_weight")
     def __init__(
@@ -66,34 +66,21 @@ class ROADNDCGLoss(SupNDCGLoss):
             dtype=dtype,
             **supap,
         )
-        self.cluster = ClusterLoss(
-            num_classes, embedding_dim, temperature, proxies=proxies, proxies_name=proxies_name, seed=seed, dtype=dtype
+        self._build_cluster_term(
+            num_classes,
+            embedding_dim,
+            ndcg_weight,
+            cluster_weight,
+            temperature=temperature,
+            proxies=proxies,
+            proxies_name=proxies_name,
+            seed=seed,
+            dtype=dtype,
         )
-        self.ndcg_weight, self.cluster_weight = validation.loss_weights(
-            ndcg_weight=ndcg_weight, cluster_weight=cluster_weight, owner=type(self).__name__
-        )
-
-    @property
-    def proxies(self):
-        """The :class:`ClusterProxies` layer (call it in the model so ``fit`` trains it)."""
-        return self.cluster.proxies
 
     def ratio_terms(self, pairs):
         """SupNDCG's ratio and, in the batch form only, ClusterLoss's on the finest level, each weighted."""
-        terms = [(self.ndcg_weight, lambda: super(ROADNDCGLoss, self).ratio_terms(pairs))]
-        if getattr(pairs, "batch_form", False):
-            terms.append((self.cluster_weight, lambda: self.cluster.ratio_terms(FinestLevel(pairs))))
-        return weighted_terms(*terms)
+        return self._with_cluster_term(pairs, lambda: super(ROADNDCGLoss, self).ratio_terms(pairs))
 
     def get_config(self):
-        cluster = self.cluster.get_config()
-        return {
-            **super().get_config(),
-            "num_classes": cluster["num_classes"],
-            "embedding_dim": cluster["embedding_dim"],
-            "ndcg_weight": self.ndcg_weight,
-            "cluster_weight": self.cluster_weight,
-            "temperature": self.cluster.temperature,
-            "proxies_name": cluster["proxies_name"],
-            "seed": cluster["seed"],
-        }
+        return {**super().get_config(), **self._cluster_config()}
