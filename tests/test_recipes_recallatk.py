@@ -197,6 +197,26 @@ def test_the_smoke_head_has_gem_and_an_affine_layer_norm_and_round_trips(tmp_pat
         build_embedder("tiny_cnn", input_shape=(16, 16, 3), layer_norm="yes")
 
 
+def test_gem_and_the_layer_norm_train_and_decay_like_every_other_parameter():
+    # src/main.py optimises model.parameters() in one group: GeM's p and the LayerNorm's scale and
+    # offset get the same learning rate and the coupled weight decay.
+    from keras_roadmap import _keras_compat
+
+    config = resolved("recallatk_sop", smoke=True)
+    encoder = assembly.build_encoder(config)
+    trainer = assembly.build_trainer(config, encoder, steps_per_epoch=2, jit_compile=False)
+    head = {v.path: v for v in encoder.trainable_variables if v.path.startswith(("head_gem_pool", "head_layer_norm"))}
+    assert sorted(head) == ["head_gem_pool/p", "head_layer_norm/beta", "head_layer_norm/gamma"]
+    optimizer = trainer.optimizer
+    assert all(_keras_compat.uses_weight_decay(optimizer, v) for v in head.values())
+    assert all(optimizer.lr_factor_for(path) == 1.0 for path in head) and optimizer.decay_rate == 4e-4
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(16, 32, 32, 3)).astype("float32")
+    before = {path: v.numpy().copy() for path, v in head.items()}
+    trainer.train_on_batch(images, np.repeat(np.arange(4), 4).astype("int32"))
+    assert all(not np.array_equal(before[path], v.numpy()) for path, v in head.items())
+
+
 def _official_rule_batches(sizes, per_batch, m, rng):
     """The number of batches of TrainDatasetrsk.reshuffle for class sizes `sizes` (its rule:
     sweep the shuffled classes, take m images of each class that still has m, stop at the first
