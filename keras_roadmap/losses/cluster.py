@@ -228,7 +228,6 @@ class WithClusterTerm:
         embedding_dim,
         rank_weight,
         cluster_weight,
-        *,
         temperature,
         proxies,
         proxies_name,
@@ -318,15 +317,7 @@ class ROADMAPPlusPlusLoss(WithClusterTerm, SupAPPresets, RetrievalLoss):
         owner = type(self).__name__
         self.supap_parameters = validation.supap_parameters(owner=owner, **supap)
         self._build_cluster_term(
-            num_classes,
-            embedding_dim,
-            ap_weight,
-            cluster_weight,
-            temperature=temperature,
-            proxies=proxies,
-            proxies_name=proxies_name,
-            seed=seed,
-            dtype=dtype,
+            num_classes, embedding_dim, ap_weight, cluster_weight, temperature, proxies, proxies_name, seed, dtype
         )
         self.pairs_per_chunk = validation.integer(
             "pairs_per_chunk", pairs_per_chunk, owner=owner, minimum=1, allow_none=True

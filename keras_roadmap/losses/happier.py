@@ -55,15 +55,7 @@ class HAPPIERLoss(WithClusterTerm, HAPLoss):
     ):
         super().__init__(name=name, dtype=dtype, **hap)
         self._build_cluster_term(
-            num_classes,
-            embedding_dim,
-            hap_weight,
-            cluster_weight,
-            temperature=temperature,
-            proxies=proxies,
-            proxies_name=proxies_name,
-            seed=seed,
-            dtype=dtype,
+            num_classes, embedding_dim, hap_weight, cluster_weight, temperature, proxies, proxies_name, seed, dtype
         )
 
     def batch_pairs(self, y_true, y_pred):

@@ -67,15 +67,7 @@ class ROADNDCGLoss(WithClusterTerm, SupNDCGLoss):
             **supap,
         )
         self._build_cluster_term(
-            num_classes,
-            embedding_dim,
-            ndcg_weight,
-            cluster_weight,
-            temperature=temperature,
-            proxies=proxies,
-            proxies_name=proxies_name,
-            seed=seed,
-            dtype=dtype,
+            num_classes, embedding_dim, ndcg_weight, cluster_weight, temperature, proxies, proxies_name, seed, dtype
         )
 
     def ratio_terms(self, pairs):
